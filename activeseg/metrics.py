@@ -1,0 +1,345 @@
+"""Segmentation quality metrics (DESIGN.md §8).
+
+Everything is computed from per-slice counts, so a whole stack is evaluated block by
+block (memmaps welcome) and the same counts give per-slice, per-index and whole-stack
+figures. Labels are integer arrays with 0 = solid, 1 = pore (more classes allowed);
+probabilities are the predicted pore probability, float in [0, 1].
+
+Conventions for degenerate slices (one class present):
+
+- IoU / Dice of a class absent from both prediction and truth is 1.0 (nothing to find,
+  nothing found); absent from truth but predicted it is 0.0.
+- Boundary F1 of a slice without boundaries in both is 1.0; with boundaries in only one
+  of them it is 0.0.
+- Grey-pore error of a slice with no grey pores is NaN (undefined), and slices without
+  grey pores do not enter the whole-stack figure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import ndimage
+
+from activeseg.errors import ConfigError
+
+__all__ = [
+    "BCE_EPS",
+    "accuracy",
+    "bce",
+    "iou",
+    "dice",
+    "porosity",
+    "porosity_error",
+    "boundary_f1",
+    "grey_pore_error",
+    "Evaluation",
+    "evaluate",
+]
+
+BCE_EPS = 1e-7
+"""Probabilities are clipped to ``[BCE_EPS, 1 - BCE_EPS]`` before the log (DESIGN.md §8)."""
+
+PORE = 1
+
+
+def _as_volume(a, name: str) -> np.ndarray:
+    a = np.asarray(a)
+    if a.ndim == 2:
+        a = a[None]
+    if a.ndim != 3:
+        raise ConfigError(f"{name} must be a 2D slice (Y, X) or a volume (Z, Y, X), got shape {a.shape}")
+    return a
+
+
+def _check_pair(pred, truth) -> tuple[np.ndarray, np.ndarray]:
+    pred = _as_volume(pred, "prediction")
+    truth = _as_volume(truth, "truth")
+    if pred.shape != truth.shape:
+        raise ConfigError(f"prediction shape {pred.shape} does not match truth shape {truth.shape}")
+    return pred, truth
+
+
+def _boundary(mask: np.ndarray) -> np.ndarray:
+    """Inner boundary of a 2D boolean mask (pixels of the mask with a 4-neighbour outside)."""
+    if not mask.any() or mask.all():
+        return np.zeros_like(mask)
+    return mask & ~ndimage.binary_erosion(mask, border_value=1)
+
+
+def _phase_boundary(labels: np.ndarray) -> np.ndarray:
+    """Pixels on the pore/solid interface of a 2D label image (both sides)."""
+    pore = labels == PORE
+    return _boundary(pore) | _boundary(~pore)
+
+
+@dataclass
+class _Counts:
+    """Per-slice sufficient statistics; metrics are ratios of sums of these."""
+
+    n_classes: int
+    n: list = field(default_factory=list)
+    correct: list = field(default_factory=list)
+    inter: list = field(default_factory=list)  # (C,) per slice
+    n_pred: list = field(default_factory=list)
+    n_truth: list = field(default_factory=list)
+    bce_sum: list = field(default_factory=list)
+    grey_n: list = field(default_factory=list)
+    grey_wrong: list = field(default_factory=list)
+    bf_tp_pred: list = field(default_factory=list)
+    bf_n_pred: list = field(default_factory=list)
+    bf_tp_truth: list = field(default_factory=list)
+    bf_n_truth: list = field(default_factory=list)
+
+    def add_slice(self, p, t, prob, depth, grey_depth, tolerance, with_boundary) -> None:
+        c = self.n_classes
+        self.n.append(t.size)
+        self.correct.append(int(np.count_nonzero(p == t)))
+        idx = t.astype(np.int64).ravel() * c + p.astype(np.int64).ravel()
+        conf = np.bincount(idx, minlength=c * c)[: c * c].reshape(c, c)
+        self.inter.append(np.diag(conf).copy())
+        self.n_truth.append(conf.sum(axis=1))
+        self.n_pred.append(conf.sum(axis=0))
+        if prob is not None:
+            q = np.clip(prob.astype(np.float64), BCE_EPS, 1.0 - BCE_EPS)
+            pore = t == PORE
+            self.bce_sum.append(float(-(np.log(q[pore]).sum() + np.log1p(-q[~pore]).sum())))
+        if depth is not None:
+            grey = (t == PORE) & (depth > 0) & (depth <= grey_depth)
+            self.grey_n.append(int(np.count_nonzero(grey)))
+            self.grey_wrong.append(int(np.count_nonzero(grey & (p != PORE))))
+        if with_boundary:
+            bp, bt = _phase_boundary(p), _phase_boundary(t)
+            # distance from every pixel to the nearest boundary pixel of the other map
+            dt = ndimage.distance_transform_edt(~bt) if bt.any() else np.full(bt.shape, np.inf)
+            dp = ndimage.distance_transform_edt(~bp) if bp.any() else np.full(bp.shape, np.inf)
+            self.bf_tp_pred.append(int(np.count_nonzero(bp & (dt <= tolerance))))
+            self.bf_n_pred.append(int(np.count_nonzero(bp)))
+            self.bf_tp_truth.append(int(np.count_nonzero(bt & (dp <= tolerance))))
+            self.bf_n_truth.append(int(np.count_nonzero(bt)))
+
+
+def _iou_from(inter, n_pred, n_truth):
+    inter, union = np.asarray(inter, float), np.asarray(n_pred, float) + np.asarray(n_truth, float) - inter
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(union > 0, inter / np.where(union > 0, union, 1), 1.0)
+
+
+def _dice_from(inter, n_pred, n_truth):
+    inter, tot = np.asarray(inter, float), np.asarray(n_pred, float) + np.asarray(n_truth, float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(tot > 0, 2 * inter / np.where(tot > 0, tot, 1), 1.0)
+
+
+def _f1_from(tp_pred, n_pred, tp_truth, n_truth):
+    tp_pred, n_pred = np.asarray(tp_pred, float), np.asarray(n_pred, float)
+    tp_truth, n_truth = np.asarray(tp_truth, float), np.asarray(n_truth, float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = np.where(n_pred > 0, tp_pred / np.where(n_pred > 0, n_pred, 1), 0.0)
+        recall = np.where(n_truth > 0, tp_truth / np.where(n_truth > 0, n_truth, 1), 0.0)
+        f1 = np.where(precision + recall > 0, 2 * precision * recall / np.where(precision + recall > 0, precision + recall, 1), 0.0)
+    return np.where((n_pred == 0) & (n_truth == 0), 1.0, f1)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Metrics of a prediction against truth, per slice and over the evaluated slices.
+
+    Attributes
+    ----------
+    slices : int (n,), the global z of each evaluated slice.
+    per_slice : name -> float64 (n,) arrays.
+    overall : name -> float over all evaluated pixels (not a mean of slice figures).
+    """
+
+    slices: np.ndarray
+    per_slice: dict
+    overall: dict
+
+    def at(self, z: int) -> dict:
+        """Metrics of global slice ``z`` (which must have been evaluated)."""
+        hits = np.flatnonzero(self.slices == z)
+        if hits.size == 0:
+            raise ConfigError(f"slice {z} was not evaluated; evaluated slices: {self.slices.min()}..{self.slices.max()}")
+        i = int(hits[0])
+        return {k: float(v[i]) for k, v in self.per_slice.items()}
+
+    def to_dict(self) -> dict:
+        """JSON-serialisable form (NaN kept as None)."""
+
+        def clean(x):
+            return None if x is None or not np.isfinite(x) else float(x)
+
+        return {
+            "slices": [int(z) for z in self.slices],
+            "per_slice": {k: [clean(x) for x in v] for k, v in self.per_slice.items()},
+            "overall": {k: clean(v) for k, v in self.overall.items()},
+        }
+
+
+def evaluate(
+    pred,
+    truth,
+    *,
+    prob=None,
+    depth=None,
+    slices: Sequence[int] | None = None,
+    n_classes: int = 2,
+    grey_depth: float = 5.0,
+    tolerance: float = 1.0,
+    boundary: bool = True,
+) -> Evaluation:
+    """Evaluate a segmentation slice by slice (streams: reads one slice at a time).
+
+    Parameters
+    ----------
+    pred, truth : integer (Z, Y, X) array-likes (memmaps and lazy stacks work), values
+        in ``0..n_classes-1`` (0 = solid, 1 = pore).
+    prob : optional float (Z, Y, X) pore probability, for ``bce``.
+    depth : optional float32 (Z, Y, X) back-wall depth map of the simulator (DESIGN.md
+        §8), for ``grey_pore_error``.
+    slices : global z indices to evaluate (default: all).
+    grey_depth : pore pixels with ``0 < depth <= grey_depth`` count as grey pores.
+    tolerance : boundary F1 match distance in pixels.
+    boundary : compute boundary F1 (the slowest metric; off for quick scoring).
+
+    Returns
+    -------
+    Evaluation with per-slice and overall ``accuracy``, ``iou_solid``, ``iou_pore``,
+    ``dice_solid``, ``dice_pore``, ``porosity_pred``, ``porosity_true``, ``porosity_error``
+    (predicted minus true; negative = underestimate), and, when their inputs are given,
+    ``bce``, ``grey_pore_error``, ``boundary_f1``.
+    """
+    if getattr(pred, "shape", None) != getattr(truth, "shape", None):
+        raise ConfigError(f"prediction shape {getattr(pred, 'shape', None)} does not match truth shape {getattr(truth, 'shape', None)}")
+    if len(pred.shape) != 3:
+        raise ConfigError(f"evaluate expects (Z, Y, X) volumes, got shape {pred.shape}; use accuracy()/iou() for single slices")
+    for name, extra in (("prob", prob), ("depth", depth)):
+        if extra is not None and tuple(extra.shape) != tuple(truth.shape):
+            raise ConfigError(f"{name} shape {tuple(extra.shape)} does not match truth shape {tuple(truth.shape)}")
+    zs = np.arange(pred.shape[0]) if slices is None else np.asarray(list(slices), dtype=np.intp)
+    if zs.size and (zs.min() < 0 or zs.max() >= pred.shape[0]):
+        raise ConfigError(f"slices must lie in 0..{pred.shape[0] - 1}, got {zs.min()}..{zs.max()}")
+    counts = _Counts(n_classes)
+    for z in zs:
+        t = np.asarray(truth[int(z)])
+        p = np.asarray(pred[int(z)])
+        if t.max(initial=0) >= n_classes or p.max(initial=0) >= n_classes:
+            raise ConfigError(
+                f"slice {int(z)}: label values must be < n_classes={n_classes}; "
+                f"got max truth {t.max()}, max prediction {p.max()} (255 = unlabelled is not allowed here)"
+            )
+        counts.add_slice(
+            p,
+            t,
+            None if prob is None else np.asarray(prob[int(z)]),
+            None if depth is None else np.asarray(depth[int(z)]),
+            grey_depth,
+            tolerance,
+            boundary,
+        )
+    return _summarise(zs, counts, prob is not None, depth is not None, boundary)
+
+
+def _summarise(zs, c: _Counts, with_bce: bool, with_depth: bool, with_boundary: bool) -> Evaluation:
+    n = np.asarray(c.n, float)
+    inter = np.asarray(c.inter, float).reshape(len(zs), c.n_classes)
+    n_pred = np.asarray(c.n_pred, float).reshape(len(zs), c.n_classes)
+    n_truth = np.asarray(c.n_truth, float).reshape(len(zs), c.n_classes)
+    per, tot = {}, {}
+    per["accuracy"] = np.asarray(c.correct, float) / n
+    tot["accuracy"] = float(np.sum(c.correct) / n.sum())
+    for k, name in ((0, "solid"), (PORE, "pore")):
+        per[f"iou_{name}"] = _iou_from(inter[:, k], n_pred[:, k], n_truth[:, k])
+        tot[f"iou_{name}"] = float(_iou_from(inter[:, k].sum(), n_pred[:, k].sum(), n_truth[:, k].sum()))
+        per[f"dice_{name}"] = _dice_from(inter[:, k], n_pred[:, k], n_truth[:, k])
+        tot[f"dice_{name}"] = float(_dice_from(inter[:, k].sum(), n_pred[:, k].sum(), n_truth[:, k].sum()))
+    per["porosity_pred"] = n_pred[:, PORE] / n
+    per["porosity_true"] = n_truth[:, PORE] / n
+    per["porosity_error"] = per["porosity_pred"] - per["porosity_true"]
+    tot["porosity_pred"] = float(n_pred[:, PORE].sum() / n.sum())
+    tot["porosity_true"] = float(n_truth[:, PORE].sum() / n.sum())
+    tot["porosity_error"] = tot["porosity_pred"] - tot["porosity_true"]
+    if with_bce:
+        per["bce"] = np.asarray(c.bce_sum) / n
+        tot["bce"] = float(np.sum(c.bce_sum) / n.sum())
+    if with_depth:
+        g, w = np.asarray(c.grey_n, float), np.asarray(c.grey_wrong, float)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            per["grey_pore_error"] = np.where(g > 0, w / np.where(g > 0, g, 1), np.nan)
+        tot["grey_pore_error"] = float(w.sum() / g.sum()) if g.sum() > 0 else float("nan")
+    if with_boundary:
+        per["boundary_f1"] = _f1_from(c.bf_tp_pred, c.bf_n_pred, c.bf_tp_truth, c.bf_n_truth)
+        tot["boundary_f1"] = float(
+            _f1_from(sum(c.bf_tp_pred), sum(c.bf_n_pred), sum(c.bf_tp_truth), sum(c.bf_n_truth))
+        )
+    return Evaluation(slices=np.asarray(zs), per_slice=per, overall=tot)
+
+
+# --- single-call helpers over whole arrays (slices or small volumes) -----------------
+
+
+def accuracy(pred, truth) -> float:
+    """Fraction of pixels where ``pred == truth``."""
+    pred, truth = _check_pair(pred, truth)
+    return float(np.count_nonzero(pred == truth) / truth.size)
+
+
+def bce(prob, truth) -> float:
+    """Mean binary cross-entropy of the pore probability against truth (the paper's "loss").
+
+    Probabilities are clipped to ``[1e-7, 1 - 1e-7]``.
+    """
+    prob, truth = _check_pair(prob, truth)
+    q = np.clip(prob.astype(np.float64), BCE_EPS, 1.0 - BCE_EPS)
+    pore = truth == PORE
+    return float(-(np.log(q[pore]).sum() + np.log1p(-q[~pore]).sum()) / truth.size)
+
+
+def iou(pred, truth, cls: int = 0) -> float:
+    """Intersection over union of class ``cls`` (default 0 = solid, the headline figure)."""
+    pred, truth = _check_pair(pred, truth)
+    p, t = pred == cls, truth == cls
+    return float(_iou_from(np.count_nonzero(p & t), np.count_nonzero(p), np.count_nonzero(t)))
+
+
+def dice(pred, truth, cls: int = 0) -> float:
+    """Dice coefficient of class ``cls``."""
+    pred, truth = _check_pair(pred, truth)
+    p, t = pred == cls, truth == cls
+    return float(_dice_from(np.count_nonzero(p & t), np.count_nonzero(p), np.count_nonzero(t)))
+
+
+def porosity(labels, pore_class: int = PORE) -> float:
+    """Fraction of pixels labelled ``pore_class``."""
+    labels = np.asarray(labels)
+    return float(np.count_nonzero(labels == pore_class) / labels.size)
+
+
+def porosity_error(pred, truth) -> float:
+    """Predicted minus true porosity (negative = porosity underestimated)."""
+    pred, truth = _check_pair(pred, truth)
+    return porosity(pred) - porosity(truth)
+
+
+def boundary_f1(pred, truth, *, tolerance: float = 1.0) -> float:
+    """Boundary F1 of the pore/solid interface, matched within ``tolerance`` pixels in 2D."""
+    pred, truth = _check_pair(pred, truth)
+    return evaluate(pred, truth, tolerance=tolerance).overall["boundary_f1"]
+
+
+def grey_pore_error(pred, truth, depth, *, max_depth: float = 5.0) -> float:
+    """Error rate on grey pores: true pore pixels whose back wall lies within ``max_depth`` slices.
+
+    These are the pixels the pore-back artifact makes look like solid. NaN when there are
+    none.
+    """
+    pred, truth = _check_pair(pred, truth)
+    depth = _as_volume(depth, "depth")
+    if depth.shape != truth.shape:
+        raise ConfigError(f"depth shape {depth.shape} does not match truth shape {truth.shape}")
+    grey = (truth == PORE) & (depth > 0) & (depth <= max_depth)
+    n = np.count_nonzero(grey)
+    return float(np.count_nonzero(grey & (pred != PORE)) / n) if n else float("nan")
