@@ -1,0 +1,383 @@
+"""The session directory: manifest, append-only label files, atomic writes, one writer.
+
+A session is everything one labelling campaign on one stack produces (DESIGN.md §5)::
+
+    mysession/
+      activeseg.json        manifest (the commit point; written last, atomically)
+      labels/r000_i00.npz   append-only label files: slice ids, masks, provenance, cost
+      rounds/r001/          files to correct, the round's model, scores, metrics
+      lock                  who writes now (PID, host, command)
+
+Every write goes to a temporary file, is fsynced and moved into place with
+``os.replace``; the manifest is written last. A crash at any moment leaves the previous
+committed state readable, and files the manifest does not reference are ignored.
+
+The lock is an ``fcntl.flock`` on ``lock``: the kernel releases it when the holder dies,
+so a lock left by a killed process is taken over safely, and the file records the PID so
+a live holder can be named in the error.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import hashlib
+import json
+import logging
+import os
+import socket
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+from activeseg.errors import SessionError, SessionLockedError
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "MANIFEST",
+    "Session",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_save_npz",
+    "file_fingerprint",
+    "sha256_file",
+]
+
+SCHEMA_VERSION = 1
+MANIFEST = "activeseg.json"
+LOCK = "lock"
+log = logging.getLogger("activeseg")
+
+
+# --- atomic file writes ---------------------------------------------------------------
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # e.g. Windows: directories cannot be opened
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def _atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success fsync it and move it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as fh:
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically (temp file + fsync + os.replace)."""
+    with _atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def atomic_write_json(path: Path, obj) -> Path:
+    """Write JSON atomically (NaN becomes null)."""
+    text = json.dumps(_jsonable(obj), indent=2, allow_nan=False)
+    return atomic_write_bytes(path, text.encode())
+
+
+def atomic_save_npz(path: Path, **arrays) -> Path:
+    """Save arrays to a compressed ``.npz`` atomically (no pickled objects allowed)."""
+    with _atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(fh, **{k: np.asarray(v) for k, v in arrays.items()})
+    return Path(path)
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating, float)):
+        return float(obj) if np.isfinite(obj) else None
+    if isinstance(obj, np.bool_):
+        return bool(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+# --- fingerprints of input files --------------------------------------------------------
+
+
+def sha256_file(path: Path, *, chunk: int = 1 << 22) -> str:
+    """SHA-256 of a file, or of a folder's files in sorted order (a folder of slices)."""
+    path = Path(path)
+    h = hashlib.sha256()
+    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        if path.is_dir():
+            h.update(f.name.encode())
+        with open(f, "rb") as fh:
+            while block := fh.read(chunk):
+                h.update(block)
+    return h.hexdigest()
+
+
+def _stat_key(path: Path) -> dict:
+    path = Path(path)
+    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+    return {
+        "size": int(sum(f.stat().st_size for f in files)),
+        "mtime_ns": int(max((f.stat().st_mtime_ns for f in files), default=0)),
+    }
+
+
+def file_fingerprint(path: Path) -> dict:
+    """Absolute path, SHA-256, size and modification time of an input file or folder."""
+    path = Path(path).resolve()
+    return {"path": str(path), "sha256": sha256_file(path), **_stat_key(path)}
+
+
+# --- the lock -------------------------------------------------------------------------------
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+class _Lock:
+    """An exclusive advisory lock on ``session/lock`` naming its holder."""
+
+    def __init__(self, path: Path, command: str):
+        self.path = Path(path)
+        self.command = command
+        self._fh = None
+
+    def _holder(self) -> dict:
+        try:
+            return json.loads(self.path.read_text() or "{}")
+        except (OSError, ValueError):
+            return {}
+
+    def acquire(self) -> None:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows
+            fcntl = None
+        fh = open(self.path, "a+")
+        if fcntl is not None:
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                fh.close()
+                h = self._holder()
+                raise SessionLockedError(
+                    f"session {self.path.parent} is in use by process {h.get('pid', '?')} "
+                    f"({h.get('command', 'another activeseg command')}, since {h.get('since', '?')}); "
+                    "wait for it to finish, or stop it, then run this command again"
+                ) from None
+            previous = self._holder()
+            if previous.get("pid") and previous.get("pid") != os.getpid():
+                log.warning(
+                    "took over a stale session lock left by process %s (%s), which is no longer running; "
+                    "its uncommitted work is discarded, committed work is kept",
+                    previous.get("pid"),
+                    previous.get("command", "?"),
+                )
+        else:  # pragma: no cover - Windows fallback: PID check only
+            h = self._holder()
+            if h.get("pid") and h.get("pid") != os.getpid() and _pid_alive(int(h["pid"])):
+                fh.close()
+                raise SessionLockedError(
+                    f"session {self.path.parent} is in use by process {h['pid']} ({h.get('command', '?')}); "
+                    "wait for it to finish, then run this command again"
+                )
+        fh.seek(0)
+        fh.truncate()
+        fh.write(
+            json.dumps(
+                {
+                    "pid": os.getpid(),
+                    "host": socket.gethostname(),
+                    "command": self.command,
+                    "since": _dt.datetime.now().isoformat(timespec="seconds"),
+                }
+            )
+        )
+        fh.flush()
+        self._fh = fh
+
+    def release(self) -> None:
+        if self._fh is None:
+            return
+        try:
+            self._fh.seek(0)
+            self._fh.truncate()
+            self._fh.flush()
+        finally:
+            self._fh.close()  # closing the descriptor releases the flock
+            self._fh = None
+
+
+# --- the session ----------------------------------------------------------------------------
+
+
+class Session:
+    """A session directory on disk (the one class in activeseg that owns state).
+
+    Open with :meth:`create` or :meth:`open`. Read the committed state from
+    :attr:`manifest`; change it with :meth:`commit` inside :meth:`writing` (which holds the
+    lock). Nothing changes on disk until :meth:`commit` writes the manifest.
+    """
+
+    def __init__(self, root: Path, manifest: dict):
+        self.root = Path(root)
+        self._manifest = manifest
+        self._lock: _Lock | None = None
+
+    # -- opening ----------------------------------------------------------------------
+    @classmethod
+    def create(cls, root: Path, manifest: dict) -> Session:
+        """Create a new session directory with an initial manifest (refuses to overwrite)."""
+        root = Path(root)
+        if (root / MANIFEST).exists():
+            raise SessionError(
+                f"{root} already holds a session; choose another directory or continue it "
+                f"(activeseg status {root})"
+            )
+        if root.exists() and any(root.iterdir()):
+            raise SessionError(f"{root} exists and is not empty; give a new or empty directory for the session")
+        root.mkdir(parents=True, exist_ok=True)
+        m = {"schema_version": SCHEMA_VERSION, "created": _now(), **manifest}
+        m.setdefault("rounds", [])
+        s = cls(root, m)
+        with s.writing("init"):
+            s.commit()
+        return s
+
+    @classmethod
+    def open(cls, root: Path) -> Session:
+        """Open an existing session and check its schema version."""
+        root = Path(root)
+        path = root / MANIFEST
+        if not path.exists():
+            hint = " (it is a file; give the session directory)" if root.is_file() else ""
+            raise SessionError(
+                f"no session at {root}{hint}: {MANIFEST} not found; create one with "
+                f"`activeseg init {root} --image STACK`"
+            )
+        try:
+            manifest = json.loads(path.read_text())
+        except ValueError as exc:
+            raise SessionError(f"session manifest {path} is not valid JSON ({exc}); restore it from a backup") from None
+        version = manifest.get("schema_version")
+        if not isinstance(version, int):
+            raise SessionError(f"{path} has no schema_version; it was not written by activeseg")
+        if version > SCHEMA_VERSION:
+            raise SessionError(
+                f"session {root} was written by a newer activeseg (schema {version}; this version "
+                f"reads up to {SCHEMA_VERSION}); upgrade activeseg to continue it"
+            )
+        return cls(root, manifest)
+
+    # -- state ------------------------------------------------------------------------------
+    @property
+    def manifest(self) -> dict:
+        """The committed manifest (a deep copy: edit it, then :meth:`commit`)."""
+        return copy.deepcopy(self._manifest)
+
+    @property
+    def rounds(self) -> list[dict]:
+        return copy.deepcopy(self._manifest.get("rounds", []))
+
+    def path(self, *parts: str) -> Path:
+        """A path inside the session directory."""
+        return self.root.joinpath(*parts)
+
+    def reload(self) -> None:
+        """Re-read the manifest from disk."""
+        self._manifest = Session.open(self.root)._manifest
+
+    # -- writing ----------------------------------------------------------------------------
+    @contextmanager
+    def writing(self, command: str) -> Iterator[Session]:
+        """Hold the session lock for the duration of a step; reloads the manifest first."""
+        if self._lock is not None:  # re-entrant within one process
+            yield self
+            return
+        lock = _Lock(self.path(LOCK), command)
+        lock.acquire()
+        self._lock = lock
+        try:
+            if self.path(MANIFEST).exists():
+                self.reload()
+            yield self
+        finally:
+            self._lock = None
+            lock.release()
+
+    def _require_lock(self) -> None:
+        if self._lock is None:
+            raise SessionError("internal: session writes need `with session.writing(...)`")
+
+    def commit(self, manifest: dict | None = None) -> None:
+        """Write the manifest atomically: the commit point of every step."""
+        self._require_lock()
+        m = self._manifest if manifest is None else manifest
+        m["schema_version"] = SCHEMA_VERSION
+        m["updated"] = _now()
+        atomic_write_json(self.path(MANIFEST), m)
+        self._manifest = json.loads(self.path(MANIFEST).read_text())
+
+    def write_json(self, rel: str, obj) -> str:
+        """Write a JSON file inside the session atomically; returns its relative path."""
+        self._require_lock()
+        atomic_write_json(self.path(rel), obj)
+        return rel
+
+    def save_npz(self, rel: str, **arrays) -> str:
+        """Write an ``.npz`` inside the session atomically; returns its relative path."""
+        self._require_lock()
+        atomic_save_npz(self.path(rel), **arrays)
+        return rel
+
+    def load_npz(self, rel: str) -> dict[str, np.ndarray]:
+        """Read a committed ``.npz`` (never with pickle)."""
+        path = self.path(rel)
+        if not path.exists():
+            raise SessionError(f"session file {path} is missing; the session directory was changed by hand")
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+
+
+def _now() -> str:
+    return _dt.datetime.now().isoformat(timespec="seconds")
