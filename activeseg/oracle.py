@@ -1,0 +1,251 @@
+"""Oracles: who corrects the queried slices.
+
+- :func:`truth_correction` — simulation: ground truth answers, optionally like a person
+  with limited effort (the largest wrong regions are fixed first until an effort budget
+  in pixels is spent). The cost is the number of pixels changed from the pre-filled mask.
+- :func:`pseudo_labels` — no human: a model's confident predictions stand in for
+  corrections (recorded as such), the rest stays unlabelled.
+- :func:`export_for_correction` / :func:`read_corrections` — people: for each queried
+  slice, a small image stack with neighbouring slices, a pre-filled 0/1 mask to edit in
+  Fiji or napari, and a PNG preview; then validated import of the edited masks.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from activeseg.errors import LabelError
+
+__all__ = [
+    "Correction",
+    "truth_correction",
+    "pseudo_labels",
+    "export_for_correction",
+    "find_mask_files",
+    "read_corrections",
+    "mask_name",
+    "slice_from_name",
+]
+
+log = logging.getLogger("activeseg")
+UNLABELLED = 255
+
+
+@dataclass(frozen=True)
+class Correction:
+    """A corrected slice: the mask (uint8 (Y, X), 0..C-1 or 255 unlabelled) and its cost."""
+
+    z: int
+    mask: np.ndarray
+    cost: int
+    source: str
+
+
+# --- simulation ---------------------------------------------------------------------------
+
+
+def truth_correction(z: int, truth_slice, prefill, *, effort: int | None = None, min_region: int = 1) -> Correction:
+    """Correct a pre-filled slice with ground truth.
+
+    Parameters
+    ----------
+    z : global slice index.
+    truth_slice : uint8 (Y, X) true labels.
+    prefill : uint8 (Y, X) the pre-filled mask shown to the corrector.
+    effort : pixel budget of an imperfect corrector, or None for a perfect one. The
+        wrong connected regions (8-connected, per wrong value) are fixed largest first;
+        a region is fixed whole or not at all, and fixing stops at the first region that
+        no longer fits the remaining budget, like a person working down from the most
+        visible mistakes.
+    min_region : regions smaller than this are never noticed (imperfect mode only).
+
+    Returns
+    -------
+    Correction with ``cost`` = pixels changed from ``prefill``.
+    """
+    truth_slice = np.asarray(truth_slice)
+    prefill = np.asarray(prefill)
+    if truth_slice.shape != prefill.shape:
+        raise LabelError(f"slice {z}: pre-filled mask shape {prefill.shape} differs from truth {truth_slice.shape}")
+    wrong = prefill != truth_slice
+    if effort is None:
+        return Correction(z, truth_slice.astype(np.uint8, copy=True), int(np.count_nonzero(wrong)), "oracle")
+    out = prefill.astype(np.uint8, copy=True)
+    regions = []
+    for value in np.unique(truth_slice[wrong]):
+        lab, n = ndimage.label(wrong & (truth_slice == value), structure=np.ones((3, 3), bool))
+        sizes = np.bincount(lab.ravel())[1:]
+        regions += [(int(s), int(value), lab, i + 1) for i, s in enumerate(sizes)]
+    regions.sort(key=lambda r: -r[0])
+    spent = 0
+    for size, value, lab, idx in regions:
+        if size < min_region or spent + size > effort:
+            break
+        out[lab == idx] = value
+        spent += size
+    return Correction(z, out, spent, "oracle")
+
+
+def pseudo_labels(z: int, probs, *, threshold: float = 0.9, source: str = "rf") -> Correction:
+    """Confident predictions as labels: class where ``max prob >= threshold``, else 255.
+
+    Parameters
+    ----------
+    probs : float (C, Y, X) class probabilities of one slice.
+    source : provenance recorded with the labels ("rf" for the Random Forest, "pseudo"
+        for a network).
+    """
+    probs = np.asarray(probs)
+    if probs.ndim != 3:
+        raise LabelError(f"pseudo_labels needs (C, Y, X) probabilities of one slice, got shape {probs.shape}")
+    if not 0.5 <= threshold <= 1.0:
+        raise LabelError(f"pseudo-label threshold must be in [0.5, 1], got {threshold}")
+    mask = np.argmax(probs, axis=0).astype(np.uint8)
+    mask[probs.max(axis=0) < threshold] = UNLABELLED
+    return Correction(z, mask, 0, source)
+
+
+# --- files for people ------------------------------------------------------------------------
+
+
+def mask_name(z: int) -> str:
+    """File name of the editable mask of slice ``z`` (the index is in the name)."""
+    return f"z{z:04d}_mask.tif"
+
+
+def slice_from_name(name: str) -> int | None:
+    """Global slice index carried by a file name such as ``z0120_mask.tif`` (None if absent)."""
+    from activeseg.io import slice_index_from_name
+
+    return slice_index_from_name(name)
+
+
+def _context(z: int, n_slices: int, radius: int) -> list[int]:
+    return [min(max(z + d, 0), n_slices - 1) for d in range(-radius, radius + 1)]
+
+
+def export_for_correction(
+    out_dir: Path,
+    image,
+    slices,
+    prefill: dict,
+    *,
+    radius: int = 3,
+    voxel_size=None,
+    preview: bool = True,
+) -> dict[int, dict[str, Path]]:
+    """Write what a person needs to correct each queried slice.
+
+    For slice z: ``z0120_image.tif`` (slices z-radius..z+radius, clamped at the stack
+    edges, so the slice to correct is always the middle plane — a ghost can only be told
+    from a cut face by looking along z), ``z0120_mask.tif`` (the pre-filled 0/1 mask to
+    edit; ImageJ TIFF with a LUT), and ``z0120_preview.png`` (image with the mask outline).
+    An ``INSTRUCTIONS.txt`` says what to do.
+
+    Parameters
+    ----------
+    image : (Z, Y, X) array-like (a lazy stack is fine).
+    slices : global z of the queried slices.
+    prefill : z -> uint8 (Y, X) pre-filled mask (the current best prediction).
+    """
+    from activeseg import io
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    nz = int(image.shape[0])
+    written = {}
+    for z in slices:
+        z = int(z)
+        ctx = _context(z, nz, radius)
+        stackp = io.write_stack(out_dir / f"z{z:04d}_image.tif", np.asarray(image[ctx]), voxel_size=voxel_size)
+        maskp = io.write_stack(out_dir / mask_name(z), np.asarray(prefill[z], np.uint8)[None], voxel_size=voxel_size, kind="labels")
+        files = {"image": stackp, "mask": maskp}
+        if preview:
+            files["preview"] = _overlay_png(out_dir / f"z{z:04d}_preview.png", np.asarray(image[z]), prefill[z], z)
+        written[z] = files
+    (out_dir / "INSTRUCTIONS.txt").write_text(
+        "Correct the pre-filled masks, one per queried slice:\n\n"
+        "  zNNNN_mask.tif   edit this: 0 = solid, 1 = pore (a 0/255 mask is fine too)\n"
+        "  zNNNN_image.tif  the slice to correct is the MIDDLE plane of this small stack;\n"
+        f"                   the other planes are its neighbours (+-{radius} slices) - a ghost\n"
+        "                   (back wall seen through a pore) drifts between planes, a cut face stays put\n"
+        "  zNNNN_preview.png a quick look: the image with the current mask outline\n\n"
+        "Open both TIFFs in Fiji or napari, fix the mask, save it under the same name,\n"
+        "then run `activeseg import SESSION`. Import a few now and the rest later if you like;\n"
+        "skip a slice with `activeseg import SESSION --skip NNNN`.\n"
+    )
+    return written
+
+
+def _overlay_png(path: Path, image_slice, mask, z: int) -> Path:
+    from activeseg.report import _mpl
+
+    plt = _mpl()
+    mask = np.asarray(mask)
+    lo, hi = np.percentile(image_slice, [0.5, 99.5])
+    fig, axes = plt.subplots(1, 2, figsize=(8, 4.2))
+    axes[0].imshow(image_slice, cmap="gray", vmin=lo, vmax=max(hi, lo + 1))
+    axes[0].set_title(f"slice z={z}", fontsize=9)
+    axes[1].imshow(image_slice, cmap="gray", vmin=lo, vmax=max(hi, lo + 1))
+    axes[1].contour(mask == 1, levels=[0.5], colors=["tab:orange"], linewidths=0.6)
+    axes[1].set_title("pre-filled mask outline (inside = pore)", fontsize=9)
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def find_mask_files(directory: Path) -> dict[int, Path]:
+    """Mask files in ``directory`` by the slice index in their names (``z0120`` ...)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise LabelError(f"{directory} is not a directory of corrected masks")
+    found: dict[int, Path] = {}
+    for p in sorted(directory.iterdir()):
+        if p.suffix.lower() not in (".tif", ".tiff", ".png") or "_image" in p.stem or "_preview" in p.stem:
+            continue
+        z = slice_from_name(p.name)
+        if z is None:
+            continue
+        if z in found:
+            raise LabelError(
+                f"two mask files for slice {z} in {directory}: {found[z].name} and {p.name}; keep one"
+            )
+        found[z] = p
+    return found
+
+
+def read_corrections(files: dict[int, Path], shape: tuple[int, int], *, n_classes: int = 2) -> dict[int, np.ndarray]:
+    """Read and validate edited masks ``{z: file}`` of one plane each.
+
+    Accepts 0..C-1 masks, a binary 0/255 mask (read as 0/1, with a log message), and
+    napari's int32 labels when in range (see :func:`activeseg.io.read_labels`). Every
+    problem raises :class:`LabelError` naming the file and slice; nothing is returned
+    unless all files are valid.
+    """
+    from activeseg import io
+
+    out = {}
+    for z, path in sorted(files.items()):
+        try:
+            found = io.read_labels(path, shape=tuple(shape), n_classes=n_classes, kind="mask")
+        except (OSError, ValueError) as exc:  # StackError/LabelError are ValueErrors; add the slice
+            raise LabelError(f"slice {z}: corrected mask {Path(path).name}: {exc}") from None
+        mask = found.get(z) if z in found else (next(iter(found.values())) if len(found) == 1 else None)
+        if mask is None:
+            raise LabelError(f"slice {z}: {Path(path).name} holds no mask for slice {z}")
+        if np.any(mask == UNLABELLED):
+            raise LabelError(
+                f"slice {z}: corrected mask {Path(path).name} leaves pixels unlabelled (255); a corrected slice "
+                "must be complete (0 = solid, 1 = pore everywhere)"
+            )
+        out[z] = mask
+    return out
