@@ -48,6 +48,7 @@ from activeseg.errors import ActiveSegError, ConfigError, StrategyError
 __all__ = [
     "ENTRY_POINT_GROUP",
     "KNOWN_SCORES",
+    "EMBEDDINGS",
     "QueryContext",
     "StrategyInfo",
     "strategy",
@@ -79,9 +80,16 @@ KNOWN_SCORES: Mapping[str, str] = types.MappingProxyType(
 )
 """Per-slice score names the query step knows how to compute, with their meaning.
 
+Besides these, a strategy may list :data:`EMBEDDINGS` in ``requires`` to ask the query
+step to fill ``ctx.embeddings``; it is not a score, and a strategy that asks for it must
+still work without it (the embeddings can be missing, e.g. when computing them failed).
+
 All are float32 ``(Z,)``; NaN = not scored. Except for ``porosity``, higher = more
 informative.
 """
+
+EMBEDDINGS = "embeddings"
+"""Requirement name meaning "compute per-slice embeddings into ``ctx.embeddings``"."""
 
 # Attribute names set by the decorator (public so plugin code can introspect them).
 _REQUIRES_ATTR = "__strategy_requires__"
@@ -825,7 +833,7 @@ def run_strategy(
         raise ConfigError(f"query budget n must be an integer >= 0, got {n!r}")
     n = int(n)
     full = validate_params(fn, params)
-    missing = [s for s in required_scores(fn, full) if s not in ctx.scores]
+    missing = [s for s in required_scores(fn, full) if s != EMBEDDINGS and s not in ctx.scores]
     if missing:
         raise StrategyError(
             f"strategy {name!r} needs scores {missing} that the query context lacks "

@@ -28,6 +28,7 @@ import numpy as np
 
 from activeseg.errors import ActiveSegError
 from activeseg.registry import (
+    EMBEDDINGS,
     KNOWN_SCORES,
     QueryContext,
     _validate_output,
@@ -244,7 +245,7 @@ def check_strategy(
     try:
         strategy_parameters(fn)
         full = validate_params(fn, params)
-        required = required_scores(fn, full)
+        required = tuple(r for r in required_scores(fn, full) if r != EMBEDDINGS)
     except ActiveSegError as exc:
         raise _fail(name, "signature", str(exc)) from exc
     all_scores = tuple(dict.fromkeys(tuple(KNOWN_SCORES) + required))

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from activeseg.errors import ConfigError
-from activeseg.registry import QueryContext, strategy
+from activeseg.registry import EMBEDDINGS, QueryContext, strategy
 from activeseg.strategies.common import as_ids, embedding_matrix, fill_spread
 
 __all__ = ["coreset", "ranked_batch", "ranked_batch_pool", "RANKED_BATCH_METRICS"]
@@ -50,7 +50,7 @@ def _fill_unembedded(ctx: QueryContext, picks: list[int] | np.ndarray, embedded:
     return np.concatenate([picks, more]).astype(np.intp)
 
 
-@strategy(description="greedy k-center (core-set) on slice embeddings: most different from all labelled slices")
+@strategy(requires=(EMBEDDINGS,), description="greedy k-center (core-set) on slice embeddings: most different from all labelled slices")
 def coreset(ctx: QueryContext, n: int, /, *, standardise: bool = True) -> np.ndarray:
     """Greedy k-center selection (Sener & Savarese 2018) on ``ctx.embeddings``.
 
@@ -134,7 +134,7 @@ def ranked_batch_pool(
 
 
 def _ranked_batch_requires(*, score: str = "entropy", **_) -> tuple[str, ...]:
-    return (score,)
+    return (score, EMBEDDINGS)
 
 
 @strategy(

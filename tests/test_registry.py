@@ -173,7 +173,8 @@ def test_decorator_rejects_bad_signatures(src, match):
 def test_requires_can_depend_on_parameters():
     assert required_scores("hybrid") == ("entropy",)
     assert required_scores("hybrid", {"score": "bald"}) == ("bald",)
-    assert required_scores("ranked_batch", {"score": "margin"}) == ("margin",)
+    assert required_scores("ranked_batch", {"score": "margin"}) == ("margin", "embeddings")
+    assert required_scores("coreset") == ("embeddings",)
     assert required_scores("spaced_entropy") == ("entropy",)
     assert required_scores("distributed") == ()
 
