@@ -1,0 +1,598 @@
+"""Whole-stack inference with a :class:`~activeseg.model.SegModel` (DESIGN.md §3, §6).
+
+- :func:`predict_stack` gives float32 ``(n, C, Y, X)`` class probabilities for chosen
+  slices, or streams the pore probability into a ``(Z, Y, X)`` ``out`` array (e.g. a
+  memmap from :func:`activeseg.io.create_stack`) block by block, so stacks larger than
+  RAM work: only the context slices of the current block are read, and peak memory
+  does not depend on the stack depth.
+- Any ``Y, X``: inputs are padded by reflection to the network's multiple. Slices larger
+  than ``tile`` are cut into overlapping tiles whose predictions are blended with a
+  smooth (sine-squared) window.
+- Slices (or tiles) are batched; the network runs under ``torch.inference_mode`` on a
+  copy with batch norm folded into the convolutions, channels_last memory format, and
+  bf16 autocast on CUDA.
+- :func:`mc_dropout_proba` draws ``T`` MC-dropout samples (dropout on, batch norm in
+  eval mode); the encoder has no dropout, so it runs once per batch and only the
+  decoder and head run ``T`` times.
+- :func:`tta_proba` gives predictions under x-flips and small intensity changes.
+- :func:`encoder_embeddings` gives per-slice global-average-pooled deepest encoder
+  features, the slice embedding the diversity strategies use.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from activeseg.errors import ConfigError, ModelError
+from activeseg.model import SegModel, check_stack, check_slices, resolve_device
+
+__all__ = [
+    "predict_stack",
+    "mc_dropout_proba",
+    "tta_proba",
+    "encoder_embeddings",
+    "TTATransform",
+    "DEFAULT_TTA",
+    "fuse_batchnorm",
+    "tile_plan",
+    "pad_to_multiple",
+]
+
+CPU_CHANNELS_LAST = True
+"""channels_last on CPU by default (benchmarks/bench_infer.py: faster with oneDNN convolutions)."""
+
+DEFAULT_TILE = 1024
+DEFAULT_OVERLAP = 64
+
+ProgressCallback = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class TTATransform:
+    """One test-time augmentation: optional x-flip, then ``x * gain + offset`` on the
+    normalised input (raw ``lo..hi`` maps to ``-1..1``, so ``offset=0.05`` is a 2.5 %
+    brightness change)."""
+
+    flip_x: bool = False
+    gain: float = 1.0
+    offset: float = 0.0
+
+
+DEFAULT_TTA: tuple[TTATransform, ...] = (
+    TTATransform(),
+    TTATransform(flip_x=True),
+    TTATransform(gain=1.1, offset=0.05),
+    TTATransform(flip_x=True, gain=0.9, offset=-0.05),
+)
+"""Identity, x-flip, and two small contrast/brightness changes (one flipped)."""
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _fuse_pair(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    return fuse_conv_bn_eval(conv, bn)
+
+
+def fuse_batchnorm(net: nn.Module) -> int:
+    """Fold eval-mode BatchNorm2d layers into the preceding Conv2d, in place.
+
+    Only pairs whose execution order is certain are fused: consecutive children of a
+    plain ``nn.Sequential`` (smp's decoder blocks and heads, ResNet downsample paths)
+    and ``convN``/``bnN`` of torchvision ResNet stems and blocks. Call on a copy in
+    eval mode. Returns the number of fused pairs.
+    """
+    from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
+
+    fused = 0
+    for module in list(net.modules()):
+        if isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward:
+            names = list(module._modules)
+            for a, b in zip(names[:-1], names[1:]):
+                conv, bn = module._modules[a], module._modules[b]
+                if type(conv) is nn.Conv2d and type(bn) is nn.BatchNorm2d and bn.track_running_stats:
+                    module._modules[a] = _fuse_pair(conv, bn)
+                    module._modules[b] = nn.Identity()
+                    fused += 1
+        if isinstance(module, (ResNet, BasicBlock, Bottleneck)):
+            for i in ("1", "2", "3"):
+                conv, bn = getattr(module, "conv" + i, None), getattr(module, "bn" + i, None)
+                if type(conv) is nn.Conv2d and type(bn) is nn.BatchNorm2d and bn.track_running_stats:
+                    setattr(module, "conv" + i, _fuse_pair(conv, bn))
+                    setattr(module, "bn" + i, nn.Identity())
+                    fused += 1
+    return fused
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Pad a (B, K, H, W) tensor at the bottom/right to multiples of ``multiple``
+    (reflection; edge replication where the tensor is too small to reflect)."""
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if ph == 0 and pw == 0:
+        return x
+    mode = "reflect" if (ph < h and pw < w) else "replicate"
+    return F.pad(x, (0, pw, 0, ph), mode=mode)
+
+
+def _starts(length: int, tile: int, overlap: int) -> list[int]:
+    if length <= tile:
+        return [0]
+    n = math.ceil((length - overlap) / (tile - overlap))
+    return [int(s) for s in np.round(np.linspace(0, length - tile, n)).astype(np.int64)]
+
+
+def _window_1d(start: int, size: int, length: int, ramp: int) -> np.ndarray:
+    w = np.ones(size, dtype=np.float32)
+    r = min(ramp, size // 2)
+    if r > 0:
+        up = np.sin(0.5 * np.pi * (np.arange(r, dtype=np.float32) + 0.5) / r) ** 2
+        if start > 0:
+            w[:r] = up
+        if start + size < length:
+            w[size - r :] = np.minimum(w[size - r :], up[::-1])
+    return w
+
+
+def tile_plan(ny: int, nx: int, tile: int, overlap: int) -> list[tuple[int, int, int, int, np.ndarray]]:
+    """Tiles ``(y0, y1, x0, x1, window)`` covering a ``(ny, nx)`` slice.
+
+    Tiles are ``tile`` pixels wide (or the whole axis when it is not longer), spread
+    evenly so neighbours overlap by at least ``overlap``. ``window`` is float32
+    ``(y1 - y0, x1 - x0)``: 1 inside, a sine-squared ramp over ``overlap`` pixels at
+    edges shared with another tile, positive everywhere.
+    """
+    if tile < 1 or not 0 <= overlap < tile:
+        raise ConfigError(f"need tile >= 1 and 0 <= overlap < tile, got tile={tile}, overlap={overlap}")
+    plan = []
+    ys, xs = _starts(ny, tile, overlap), _starts(nx, tile, overlap)
+    hy, hx = min(tile, ny), min(tile, nx)
+    for y0 in ys:
+        wy = _window_1d(y0, hy, ny, overlap)
+        for x0 in xs:
+            wx = _window_1d(x0, hx, nx, overlap)
+            plan.append((y0, y0 + hy, x0, x0 + hx, np.outer(wy, wx)))
+    return plan
+
+
+@dataclass
+class _Runner:
+    """A prepared inference copy of a model's network."""
+
+    net: nn.Module
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    channels_last: bool
+    multiple: int
+    n_classes: int
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def to_tensor(self, x: np.ndarray) -> torch.Tensor:
+        t = torch.from_numpy(np.ascontiguousarray(x))
+        if self.device.type == "cuda":
+            t = t.pin_memory().to(self.device, non_blocking=True)
+        elif self.device.type != "cpu":
+            t = t.to(self.device)
+        t = pad_to_multiple(t, self.multiple)
+        if self.channels_last:
+            t = t.contiguous(memory_format=torch.channels_last)
+        return t
+
+
+def resolve_autocast(autocast: str, device: torch.device) -> torch.dtype | None:
+    """"auto" -> bf16 on CUDA, none elsewhere; "bf16" -> bf16 anywhere; "off" -> none."""
+    if autocast == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    if autocast == "bf16":
+        return torch.bfloat16
+    if autocast in ("off", "none", None):
+        return None
+    raise ConfigError(f"autocast must be 'auto', 'bf16' or 'off', got {autocast!r}")
+
+
+def _prepare(
+    model: SegModel,
+    *,
+    device: str | torch.device,
+    autocast: str,
+    channels_last: bool | None,
+    mc_dropout: bool = False,
+    fuse: bool = True,
+) -> _Runner:
+    if not isinstance(model, SegModel):
+        raise ModelError(f"expected a SegModel, got {type(model).__name__}")
+    dev = resolve_device(device)
+    if channels_last is None:
+        channels_last = dev.type == "cuda" or (dev.type == "cpu" and CPU_CHANNELS_LAST)
+    # a prepared (copied, folded, moved) network is cached on the model until its weights change
+    key = (str(dev), bool(channels_last), bool(mc_dropout), bool(fuse))
+    fp = model.weights_fingerprint()
+    hit = model._cache.get(key)
+    if hit is not None and hit[0] == fp:
+        net = hit[1]
+    else:
+        net = _prepared_net(model, dev, bool(channels_last), mc_dropout, fuse)
+        if len(model._cache) >= 3:
+            model._cache.clear()
+        model._cache[key] = (fp, net)
+    return _Runner(
+        net=net,
+        device=dev,
+        amp_dtype=resolve_autocast(autocast, dev),
+        channels_last=bool(channels_last),
+        multiple=model.multiple,
+        n_classes=model.n_classes,
+    )
+
+
+def _prepared_net(model: SegModel, dev: torch.device, channels_last: bool, mc_dropout: bool, fuse: bool) -> nn.Module:
+    net = copy.deepcopy(model.net).to("cpu")
+    net.eval()
+    if fuse:
+        fuse_batchnorm(net)
+    if mc_dropout:
+        n_drop = 0
+        for m in net.modules():
+            if isinstance(m, nn.modules.dropout._DropoutNd):
+                m.train()
+                n_drop += 1
+        if n_drop == 0:
+            raise ModelError(
+                "MC dropout needs dropout layers, but this model has none (ModelConfig.dropout=0); "
+                "build the model with dropout > 0"
+            )
+    net = net.to(dev)
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    for p in net.parameters():
+        p.requires_grad_(False)
+    return net
+
+
+def _decode(net: nn.Module, features: list[torch.Tensor]) -> torch.Tensor:
+    return net.segmentation_head(net.decoder(features))
+
+
+def _forward(runner: _Runner, x: np.ndarray, mode: str, n_samples: int, transforms: Sequence[TTATransform]) -> np.ndarray:
+    """Run one batch ``x`` float32 (B, K, h, w); return probabilities (T, B, C, h, w)."""
+    h, w = x.shape[-2:]
+    t = runner.to_tensor(x)
+    net = runner.net
+    outs: list[tuple[bool, torch.Tensor]] = []  # (flipped back needed, logits)
+    with runner.autocast():
+        if mode == "single":
+            outs.append((False, net(t)))
+        elif mode == "mc":
+            feats = net.encoder(t)
+            for _ in range(n_samples):
+                outs.append((False, _decode(net, feats)))
+        elif mode == "tta":
+            for tr in transforms:
+                # flip the unpadded input, then pad bottom/right: the valid output region
+                # is [:h, :w] in the flipped frame; crop there, then flip back
+                ti = runner.to_tensor(np.ascontiguousarray(x[..., ::-1])) if tr.flip_x else t
+                if tr.gain != 1.0 or tr.offset != 0.0:
+                    ti = ti * tr.gain + tr.offset
+                outs.append((tr.flip_x, net(ti)))
+        else:  # pragma: no cover - internal
+            raise ValueError(mode)
+    res = []
+    for flip, logits in outs:
+        p = torch.softmax(logits.float(), dim=1)[..., :h, :w]
+        res.append(p.flip(-1) if flip else p)
+    return torch.stack(res).to("cpu").numpy()
+
+
+def _run_blocks(
+    runner: _Runner,
+    model: SegModel,
+    image: Any,
+    slices: np.ndarray,
+    *,
+    mode: str,
+    n_samples: int,
+    transforms: Sequence[TTATransform],
+    batch_size: int,
+    tile: int,
+    overlap: int,
+    callback: ProgressCallback | None,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yield ``(positions into slices, probabilities (T, b, C, Y, X))`` block by block."""
+    nz, ny, nx = check_stack(image)
+    plan = tile_plan(ny, nx, tile, overlap)
+    n = len(slices)
+    tiled = len(plan) > 1
+    per_chunk = batch_size if not tiled else max(1, batch_size // len(plan))
+    starts = list(range(0, n, per_chunk))
+    T = n_samples if mode == "mc" else (len(transforms) if mode == "tta" else 1)
+    C = runner.n_classes
+    if tiled:
+        wsum = np.zeros((ny, nx), dtype=np.float32)
+        for y0, y1, x0, x1, win in plan:
+            wsum[y0:y1, x0:x1] += win
+
+    def load(s0: int) -> np.ndarray:
+        return model.make_input(image, slices[s0 : s0 + per_chunk])
+
+    # read the next block's context slices while the current one is computed
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        future = pool.submit(load, starts[0]) if starts else None
+        for k, s0 in enumerate(starts):
+            x = future.result()
+            if k + 1 < len(starts):
+                future = pool.submit(load, starts[k + 1])
+            b = x.shape[0]
+            if not tiled:
+                probs = np.concatenate(
+                    [_forward(runner, x[i : i + batch_size], mode, n_samples, transforms) for i in range(0, b, batch_size)],
+                    axis=1,
+                )
+            else:
+                probs = np.zeros((T, b, C, ny, nx), dtype=np.float32)
+                jobs = [(i, tl) for i in range(b) for tl in plan]
+                for j0 in range(0, len(jobs), batch_size):
+                    group = jobs[j0 : j0 + batch_size]
+                    xb = np.stack([x[i, :, y0:y1, x0:x1] for i, (y0, y1, x0, x1, _) in group])
+                    pb = _forward(runner, xb, mode, n_samples, transforms)
+                    for g, (i, (y0, y1, x0, x1, win)) in enumerate(group):
+                        probs[:, i, :, y0:y1, x0:x1] += pb[:, g] * win
+                probs /= wsum
+            yield np.arange(s0, s0 + b), probs
+            if callback is not None:
+                callback(s0 + b, n)
+
+
+def _check_common(batch_size: int, tile: int, overlap: int) -> None:
+    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if not isinstance(tile, (int, np.integer)) or tile < 16:
+        raise ConfigError(f"tile must be an integer >= 16 pixels, got {tile!r}")
+    if not isinstance(overlap, (int, np.integer)) or not 0 <= overlap < tile // 2 + 1:
+        raise ConfigError(f"overlap must be an integer in [0, tile/2], got {overlap!r} for tile {tile}")
+
+
+def _default_batch(batch_size: int | None, device: torch.device) -> int:
+    if batch_size is not None:
+        return batch_size
+    return 16 if device.type == "cuda" else 4
+
+
+# ----------------------------------------------------------------------------- public
+
+
+def predict_stack(
+    model: SegModel,
+    image: Any,
+    *,
+    slices: Sequence[int] | None = None,
+    out: np.ndarray | None = None,
+    batch_size: int | None = None,
+    tile: int = DEFAULT_TILE,
+    overlap: int = DEFAULT_OVERLAP,
+    callback: ProgressCallback | None = None,
+    device: str = "auto",
+    autocast: str = "auto",
+    channels_last: bool | None = None,
+) -> np.ndarray:
+    """Class probabilities of the requested slices.
+
+    Parameters
+    ----------
+    model : the :class:`~activeseg.model.SegModel`.
+    image : (Z, Y, X) stack (ndarray, memmap, or lazy :class:`activeseg.io.Stack`); any
+        Y, X. Only the context slices of the current block are read.
+    slices : global slice ids (None = all).
+    out : None to return the probabilities, or an array to write into: ``(Z, Y, X)``
+        (binary models: the pore probability, class 1) or ``(Z, C, Y, X)``; rows not in
+        ``slices`` are left untouched; ``out.flush()`` is called at the end if present.
+    batch_size : slices (or tiles) per forward pass; None = 4 on CPU, 16 on CUDA.
+    tile, overlap : slices larger than ``tile`` in y or x are predicted in tiles of
+        ``tile`` pixels overlapping by at least ``overlap``, blended with a smooth window.
+    callback : ``callback(done, total)`` after each block of slices.
+    device : "auto" (CUDA -> MPS -> CPU), "cpu", "cuda", "mps".
+    autocast : "auto" (bf16 on CUDA), "bf16" (also on CPU), "off".
+    channels_last : None = on CUDA and on CPU (faster there, see BENCHMARKS.md).
+
+    Returns
+    -------
+    float32 (n, C, Y, X) when ``out`` is None, else ``out``.
+    """
+    nz, ny, nx = check_stack(image)
+    ids = check_slices(slices, nz)
+    runner = _prepare(model, device=device, autocast=autocast, channels_last=channels_last)
+    batch_size = _default_batch(batch_size, runner.device)
+    _check_common(batch_size, tile, overlap)
+    C = model.n_classes
+    if out is not None:
+        shape = tuple(out.shape)
+        if shape == (nz, ny, nx):
+            if C != 2:
+                raise ConfigError(
+                    f"a (Z, Y, X) out holds one probability per voxel, which needs a binary model; "
+                    f"this model has {C} classes: pass out of shape {(nz, C, ny, nx)}"
+                )
+        elif shape != (nz, C, ny, nx):
+            raise ConfigError(
+                f"out has shape {shape}; expected {(nz, ny, nx)} (pore probability) or {(nz, C, ny, nx)}"
+            )
+        result = None
+    else:
+        result = np.empty((len(ids), C, ny, nx), dtype=np.float32)
+    with torch.inference_mode():
+        for pos, probs in _run_blocks(
+            runner, model, image, ids, mode="single", n_samples=1, transforms=(),
+            batch_size=batch_size, tile=tile, overlap=overlap, callback=callback,
+        ):
+            p = probs[0]
+            if result is not None:
+                result[pos] = p
+            else:
+                for i, z in zip(range(len(pos)), ids[pos]):
+                    out[int(z)] = p[i, 1] if out.ndim == 3 else p[i]
+    if result is not None:
+        return result
+    flush = getattr(out, "flush", None)
+    if callable(flush):
+        flush()
+    return out
+
+
+def _seed_from(rng: np.random.Generator) -> int:
+    if not isinstance(rng, np.random.Generator):
+        raise ConfigError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}; use np.random.default_rng(seed)")
+    return int(rng.integers(0, 2**63 - 1))
+
+
+def _fork_rng(device: torch.device):
+    devices = [device.index or 0] if device.type == "cuda" else []
+    return torch.random.fork_rng(devices=devices)
+
+
+def mc_dropout_proba(
+    model: SegModel,
+    image: Any,
+    *,
+    slices: Sequence[int] | None = None,
+    n_samples: int = 8,
+    rng: np.random.Generator,
+    batch_size: int | None = None,
+    tile: int = DEFAULT_TILE,
+    overlap: int = DEFAULT_OVERLAP,
+    callback: ProgressCallback | None = None,
+    device: str = "auto",
+    autocast: str = "auto",
+    channels_last: bool | None = None,
+) -> np.ndarray:
+    """MC-dropout samples: ``T`` stochastic passes with dropout on and batch norm in eval mode.
+
+    The encoder (which has no dropout) runs once per batch; the decoder and head run
+    ``n_samples`` times. Deterministic for a given ``rng``; the global torch RNG is
+    left untouched.
+
+    Returns
+    -------
+    float32 (T, n, C, Y, X). Callers scoring large stacks should pass slice blocks
+    (as :func:`activeseg.uncertainty.score_slices` does) rather than the whole stack.
+    """
+    if not isinstance(n_samples, (int, np.integer)) or n_samples < 1:
+        raise ConfigError(f"n_samples must be a positive integer, got {n_samples!r}")
+    seed = _seed_from(rng)
+    nz, ny, nx = check_stack(image)
+    ids = check_slices(slices, nz)
+    runner = _prepare(model, device=device, autocast=autocast, channels_last=channels_last, mc_dropout=True)
+    batch_size = _default_batch(batch_size, runner.device)
+    _check_common(batch_size, tile, overlap)
+    result = np.empty((int(n_samples), len(ids), model.n_classes, ny, nx), dtype=np.float32)
+    with _fork_rng(runner.device), torch.inference_mode():
+        torch.manual_seed(seed)
+        for pos, probs in _run_blocks(
+            runner, model, image, ids, mode="mc", n_samples=int(n_samples), transforms=(),
+            batch_size=batch_size, tile=tile, overlap=overlap, callback=callback,
+        ):
+            result[:, pos] = probs
+    return result
+
+
+def tta_proba(
+    model: SegModel,
+    image: Any,
+    *,
+    slices: Sequence[int] | None = None,
+    transforms: Sequence[TTATransform] = DEFAULT_TTA,
+    batch_size: int | None = None,
+    tile: int = DEFAULT_TILE,
+    overlap: int = DEFAULT_OVERLAP,
+    callback: ProgressCallback | None = None,
+    device: str = "auto",
+    autocast: str = "auto",
+    channels_last: bool | None = None,
+) -> np.ndarray:
+    """Predictions under test-time augmentations valid for FIB-SEM (x-flip, small
+    contrast/brightness changes; see :data:`DEFAULT_TTA`), mapped back to the original frame.
+
+    Returns
+    -------
+    float32 (T, n, C, Y, X) with T = len(transforms).
+    """
+    transforms = tuple(transforms)
+    if not transforms or not all(isinstance(t, TTATransform) for t in transforms):
+        raise ConfigError("transforms must be a non-empty sequence of TTATransform")
+    nz, ny, nx = check_stack(image)
+    ids = check_slices(slices, nz)
+    runner = _prepare(model, device=device, autocast=autocast, channels_last=channels_last)
+    batch_size = _default_batch(batch_size, runner.device)
+    _check_common(batch_size, tile, overlap)
+    result = np.empty((len(transforms), len(ids), model.n_classes, ny, nx), dtype=np.float32)
+    with torch.inference_mode():
+        for pos, probs in _run_blocks(
+            runner, model, image, ids, mode="tta", n_samples=1, transforms=transforms,
+            batch_size=batch_size, tile=tile, overlap=overlap, callback=callback,
+        ):
+            result[:, pos] = probs
+    return result
+
+
+def encoder_embeddings(
+    model: SegModel,
+    image: Any,
+    *,
+    slices: Sequence[int] | None = None,
+    batch_size: int | None = None,
+    tile: int = DEFAULT_TILE,
+    callback: ProgressCallback | None = None,
+    device: str = "auto",
+    channels_last: bool | None = None,
+) -> np.ndarray:
+    """Per-slice embedding: global-average-pooled deepest encoder features.
+
+    Slices larger than ``tile`` are cut into tiles (no overlap needed) whose pooled
+    features are averaged, weighted by tile area.
+
+    Returns
+    -------
+    float32 (n, D), D = channels of the deepest encoder stage (512 for resnet18 at depth 5).
+    """
+    nz, ny, nx = check_stack(image)
+    ids = check_slices(slices, nz)
+    runner = _prepare(model, device=device, autocast="off", channels_last=channels_last)
+    batch_size = _default_batch(batch_size, runner.device)
+    _check_common(batch_size, tile, 0)
+    plan = tile_plan(ny, nx, tile, 0)
+    total_area = float(sum((y1 - y0) * (x1 - x0) for y0, y1, x0, x1, _ in plan))
+    per_chunk = max(1, batch_size // len(plan))
+    dim = int(runner.net.encoder.out_channels[-1])
+    out = np.empty((len(ids), dim), dtype=np.float32)
+    with torch.inference_mode():
+        for s0 in range(0, len(ids), per_chunk):
+            x = model.make_input(image, ids[s0 : s0 + per_chunk])
+            b = x.shape[0]
+            acc = np.zeros((b, dim), dtype=np.float64)
+            jobs = [(i, tl) for i in range(b) for tl in plan]
+            for j0 in range(0, len(jobs), batch_size):
+                group = jobs[j0 : j0 + batch_size]
+                xb = np.stack([x[i, :, y0:y1, x0:x1] for i, (y0, y1, x0, x1, _) in group])
+                feats = runner.net.encoder(runner.to_tensor(xb))[-1]
+                pooled = feats.float().mean(dim=(-2, -1)).to("cpu").numpy()
+                for g, (i, (y0, y1, x0, x1, _)) in enumerate(group):
+                    acc[i] += pooled[g] * ((y1 - y0) * (x1 - x0) / total_area)
+            out[s0 : s0 + b] = acc
+            if callback is not None:
+                callback(s0 + b, len(ids))
+    return out

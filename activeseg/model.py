@@ -1,0 +1,659 @@
+"""Segmentation network: model factory, 2.5D input, the :class:`SegModel` wrapper.
+
+The default "resunet" is segmentation-models-pytorch's ``Unet`` with a ResNet encoder
+(residual units in the encoder, skip connections to the decoder; DESIGN.md §6), with
+``encoder_weights=None`` so nothing is downloaded. Any smp architecture and encoder can be
+chosen by name.
+
+2.5D input: the network sees slice ``z`` together with its neighbours at the configured
+``offsets`` (default ``(-2, -1, 0, 1, 2)``) as input channels; indices beyond the stack are
+clamped to the first / last slice. :func:`make_input` builds that input and is the one
+helper used by training and inference alike.
+
+smp's ``Unet`` has no dropout; :func:`build_model` adds ``Dropout2d`` before the
+segmentation head and (for ``Unet``) after each decoder block, so MC-dropout
+uncertainty (:func:`activeseg.infer.mc_dropout_proba`) has something to sample. The
+dropout is active during training as well.
+
+A trained model is saved as ``model.json`` (config, intensity normalisation, metadata)
+plus ``model.safetensors`` (weights); no pickle is involved.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from activeseg.errors import ConfigError, ModelError, StackError
+
+__all__ = [
+    "ModelConfig",
+    "SegModel",
+    "build_model",
+    "available_architectures",
+    "available_encoders",
+    "context_indices",
+    "check_slices",
+    "check_stack",
+    "network_multiple",
+    "make_input",
+    "intensity_range",
+    "normalise",
+    "resolve_device",
+    "save_model",
+    "load_model",
+    "MODEL_FORMAT",
+]
+
+log = logging.getLogger(__name__)
+
+MODEL_FORMAT = "activeseg.segmodel"
+_FORMAT_VERSION = 1
+_WEIGHTS_FILE = "model.safetensors"
+_CONFIG_FILE = "model.json"
+
+# Decoder widths for the Unet family, deepest block first; sliced to the encoder depth.
+_UNET_DECODER = (128, 64, 32, 16, 16)
+# Architectures whose ``decoder_channels`` is a per-block sequence.
+_SEQUENCE_DECODERS = ("unet", "unetplusplus", "manet")
+
+
+# ----------------------------------------------------------------------------- config
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of the segmentation network.
+
+    Parameters
+    ----------
+    arch : smp architecture name, case-insensitive ("Unet", "UnetPlusPlus", "FPN", ...).
+        "resunet" is accepted as an alias of "Unet" (with a ResNet encoder that is the
+        residual U-Net of the paper).
+    encoder : smp encoder name ("resnet18", "resnet34", "efficientnet-b0", "tu-<timm>").
+    encoder_depth : number of encoder stages (3-5); inputs are padded to ``2**depth``.
+    decoder_channels : decoder widths, deepest first, one per encoder stage, for the
+        Unet family (Unet, UnetPlusPlus, MAnet); None = activeseg's default for those
+        and smp's default for other architectures.
+    dropout : Dropout2d probability before the segmentation head and, for Unet, after
+        every decoder block. Must be > 0 for MC-dropout uncertainty (BALD).
+    offsets : z offsets of the context slices fed as channels; ``in_channels =
+        len(offsets)``. ``(0,)`` is single-slice input.
+    n_classes : number of classes (2 = solid / pore).
+    encoder_weights : None (random init, offline) or a pretrained-weights name such as
+        "imagenet" (downloads; only on explicit request).
+    """
+
+    arch: str = "Unet"
+    encoder: str = "resnet18"
+    encoder_depth: int = 5
+    decoder_channels: tuple[int, ...] | None = None
+    dropout: float = 0.1
+    offsets: tuple[int, ...] = (-2, -1, 0, 1, 2)
+    n_classes: int = 2
+    encoder_weights: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.arch, str) or not self.arch:
+            raise ModelError(f"arch must be a non-empty string, got {self.arch!r}")
+        if not isinstance(self.encoder, str) or not self.encoder:
+            raise ModelError(f"encoder must be a non-empty string, got {self.encoder!r}")
+        if not isinstance(self.encoder_depth, (int, np.integer)) or not 1 <= int(self.encoder_depth) <= 5:
+            raise ModelError(
+                f"encoder_depth must be an integer from 1 to 5, got {self.encoder_depth!r}; "
+                "5 is smp's default, 3-4 give lighter CPU models"
+            )
+        object.__setattr__(self, "encoder_depth", int(self.encoder_depth))
+        if self.decoder_channels is not None:
+            try:
+                dec = tuple(int(c) for c in self.decoder_channels)
+            except (TypeError, ValueError):
+                raise ModelError(
+                    f"decoder_channels must be a sequence of positive integers, got {self.decoder_channels!r}"
+                ) from None
+            if len(dec) != self.encoder_depth or any(c <= 0 for c in dec):
+                raise ModelError(
+                    f"decoder_channels needs {self.encoder_depth} positive widths (one per encoder "
+                    f"stage, deepest first), got {self.decoder_channels!r}"
+                )
+            object.__setattr__(self, "decoder_channels", dec)
+        if not (isinstance(self.dropout, (int, float)) and 0.0 <= float(self.dropout) < 1.0):
+            raise ModelError(f"dropout must be a probability in [0, 1), got {self.dropout!r}")
+        object.__setattr__(self, "dropout", float(self.dropout))
+        try:
+            offs = tuple(int(o) for o in self.offsets)
+        except (TypeError, ValueError):
+            raise ModelError(f"offsets must be a sequence of integers, got {self.offsets!r}") from None
+        if not offs or len(set(offs)) != len(offs):
+            raise ModelError(
+                f"offsets must be a non-empty sequence of distinct integers, got {self.offsets!r}; "
+                "e.g. (-2, -1, 0, 1, 2) for 5 slices of context or (0,) for single-slice input"
+            )
+        object.__setattr__(self, "offsets", offs)
+        if not isinstance(self.n_classes, (int, np.integer)) or int(self.n_classes) < 2:
+            raise ModelError(f"n_classes must be an integer >= 2, got {self.n_classes!r}")
+        object.__setattr__(self, "n_classes", int(self.n_classes))
+        if self.encoder_weights is not None and not isinstance(self.encoder_weights, str):
+            raise ModelError(
+                f"encoder_weights must be None (offline, random init) or a weights name such as "
+                f"'imagenet', got {self.encoder_weights!r}"
+            )
+
+    @property
+    def in_channels(self) -> int:
+        """Number of input channels (= number of context slices)."""
+        return len(self.offsets)
+
+    @property
+    def arch_key(self) -> str:
+        """Lower-case smp architecture key ("resunet" maps to "unet")."""
+        key = self.arch.lower()
+        return "unet" if key == "resunet" else key
+
+    def resolved_decoder_channels(self) -> tuple[int, ...] | None:
+        """Decoder widths actually used (None: the architecture's own default)."""
+        if self.decoder_channels is not None:
+            return self.decoder_channels
+        if self.arch_key in _SEQUENCE_DECODERS:
+            return _UNET_DECODER[5 - self.encoder_depth :] if self.encoder_depth < 5 else _UNET_DECODER
+        return None
+
+    def to_dict(self) -> dict:
+        """JSON-serialisable form."""
+        d = asdict(self)
+        d["offsets"] = list(self.offsets)
+        d["decoder_channels"] = None if self.decoder_channels is None else list(self.decoder_channels)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ModelConfig:
+        """Inverse of :meth:`to_dict`; unknown keys are an error."""
+        known = set(cls.__dataclass_fields__)
+        unknown = set(d) - known
+        if unknown:
+            raise ModelError(
+                f"unknown model config keys {sorted(unknown)}; expected a subset of {sorted(known)}"
+            )
+        kw = dict(d)
+        if kw.get("offsets") is not None:
+            kw["offsets"] = tuple(kw["offsets"])
+        if kw.get("decoder_channels") is not None:
+            kw["decoder_channels"] = tuple(kw["decoder_channels"])
+        return cls(**kw)
+
+
+# ----------------------------------------------------------------------------- factory
+
+
+def available_architectures() -> tuple[str, ...]:
+    """smp architecture names accepted by :class:`ModelConfig` (plus the alias "resunet")."""
+    import segmentation_models_pytorch as smp
+
+    return tuple(cls.__name__ for cls in smp.MODEL_ARCHITECTURES_MAPPING.values())
+
+
+def available_encoders() -> tuple[str, ...]:
+    """smp's own encoder names; any timm model is also accepted as ``"tu-<name>"``."""
+    import segmentation_models_pytorch as smp
+
+    return tuple(smp.encoders.get_encoder_names())
+
+
+class _DropoutAfter(nn.Module):
+    """Apply ``Dropout2d`` to the output of a wrapped (decoder) block."""
+
+    def __init__(self, block: nn.Module, p: float) -> None:
+        super().__init__()
+        self.block = block
+        self.drop = nn.Dropout2d(p)
+
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return self.drop(self.block(*args, **kwargs))
+
+
+def build_model(config: ModelConfig) -> nn.Module:
+    """Build the smp network for ``config`` (random initial weights unless requested).
+
+    Raises
+    ------
+    ModelError
+        For an unknown architecture or encoder (the message lists the valid names) or
+        an incompatible combination.
+    """
+    import segmentation_models_pytorch as smp
+
+    mapping = smp.MODEL_ARCHITECTURES_MAPPING
+    if config.arch_key not in mapping:
+        raise ModelError(
+            f"unknown architecture {config.arch!r}; choose one of "
+            f"{', '.join(available_architectures())} (or 'resunet' = Unet with a ResNet encoder)"
+        )
+    encoders = available_encoders()
+    if config.encoder.startswith("tu-"):
+        import timm
+
+        if not timm.is_model(config.encoder[3:]):
+            raise ModelError(
+                f"unknown timm encoder {config.encoder!r}: timm has no model "
+                f"{config.encoder[3:]!r}; see timm.list_models() for names"
+            )
+    elif config.encoder not in encoders:
+        raise ModelError(
+            f"unknown encoder {config.encoder!r}; choose one of {', '.join(encoders)} "
+            "or 'tu-<timm model name>'"
+        )
+    dec = config.resolved_decoder_channels()
+    if config.decoder_channels is not None and config.arch_key not in _SEQUENCE_DECODERS:
+        raise ModelError(
+            f"decoder_channels applies to the Unet family ({', '.join(_SEQUENCE_DECODERS)}), "
+            f"not to {config.arch!r}; leave it None"
+        )
+    kwargs: dict[str, Any] = {"encoder_depth": config.encoder_depth}
+    if dec is not None:
+        kwargs["decoder_channels"] = dec
+    if config.encoder_weights is not None:
+        log.info("loading pretrained encoder weights %r (may download)", config.encoder_weights)
+    try:
+        net = smp.create_model(
+            config.arch_key,
+            encoder_name=config.encoder,
+            encoder_weights=config.encoder_weights,
+            in_channels=config.in_channels,
+            classes=config.n_classes,
+            **kwargs,
+        )
+    except (KeyError, ValueError, TypeError, RuntimeError, AttributeError) as exc:
+        raise ModelError(
+            f"cannot build {config.arch} with encoder {config.encoder!r} "
+            f"(depth {config.encoder_depth}, decoder {dec}, weights {config.encoder_weights!r}): {exc}"
+        ) from exc
+    _check_output_shape(net, config)
+    if config.dropout > 0:
+        head = getattr(net, "segmentation_head", None)
+        if head is None:
+            raise ModelError(f"architecture {config.arch!r} has no segmentation_head to put dropout before")
+        net.segmentation_head = nn.Sequential(nn.Dropout2d(config.dropout), head)
+        blocks = getattr(getattr(net, "decoder", None), "blocks", None)
+        if config.arch_key == "unet" and isinstance(blocks, nn.ModuleList):
+            for i in range(len(blocks) - 1):  # the last block feeds the head's dropout
+                blocks[i] = _DropoutAfter(blocks[i], config.dropout)
+    return net
+
+
+def _check_output_shape(net: nn.Module, config: ModelConfig) -> None:
+    """One tiny forward pass: the output must have the input's height and width."""
+    m = network_multiple(net, config)
+    side = 2 * m
+    was_training = net.training
+    net.eval()
+    try:
+        with torch.no_grad():
+            out = net(torch.zeros(1, config.in_channels, side, side))
+    except (RuntimeError, ValueError) as exc:
+        raise ModelError(f"{config.arch} with encoder {config.encoder!r} fails on a {side}x{side} input: {exc}") from exc
+    finally:
+        net.train(was_training)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (1, config.n_classes, side, side):
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ModelError(
+            f"{config.arch} with encoder_depth={config.encoder_depth} maps a (1, {config.in_channels}, {side}, {side}) "
+            f"input to {got}, not to per-pixel class scores of the input size; use encoder_depth=5 or "
+            "another architecture"
+        )
+
+
+def network_multiple(net: nn.Module, config: ModelConfig) -> int:
+    """Spatial multiple the network's input must have (the encoder's output stride)."""
+    stride = getattr(getattr(net, "encoder", None), "output_stride", None)
+    m = 2**config.encoder_depth
+    if isinstance(stride, int) and stride > 0:
+        m = max(m, stride)
+    return int(m)
+
+
+# ----------------------------------------------------------------------------- devices
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """Map "auto" | "cpu" | "cuda" | "cuda:N" | "mps" to a torch device.
+
+    "auto" picks CUDA, then MPS, then CPU. Asking for an unavailable device is a
+    :class:`ConfigError`.
+    """
+    if isinstance(device, torch.device):
+        return device
+    if not isinstance(device, str):
+        raise ConfigError(f"device must be 'auto', 'cpu', 'cuda' or 'mps', got {device!r}")
+    name = device.lower()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device {device!r} requested but CUDA is not available; use 'auto' or 'cpu'")
+        return torch.device(name)
+    if name == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise ConfigError("device 'mps' requested but MPS is not available; use 'auto' or 'cpu'")
+        return torch.device("mps")
+    raise ConfigError(f"unknown device {device!r}; choose 'auto', 'cpu', 'cuda' or 'mps'")
+
+
+# ----------------------------------------------------------------------------- 2.5D input
+
+
+def context_indices(z: int | Sequence[int] | np.ndarray, offsets: Sequence[int], n_slices: int) -> np.ndarray:
+    """Global slice indices of the context of slice(s) ``z``, clamped to the stack.
+
+    Parameters
+    ----------
+    z : one slice index, or a sequence of ``n`` indices.
+    offsets : K integer offsets, e.g. ``(-2, -1, 0, 1, 2)``.
+    n_slices : stack depth Z.
+
+    Returns
+    -------
+    int64 ``(K,)`` for a scalar ``z``, else ``(n, K)``; values in ``[0, n_slices - 1]``.
+    """
+    if n_slices < 1:
+        raise StackError(f"stack has no slices (n_slices={n_slices})")
+    zz = np.asarray(z, dtype=np.int64)
+    if np.any(zz < 0) or np.any(zz >= n_slices):
+        raise StackError(f"slice index out of range [0, {n_slices - 1}]: {z!r}")
+    offs = np.asarray(offsets, dtype=np.int64)
+    return np.clip(zz[..., None] + offs, 0, n_slices - 1)
+
+
+def check_stack(image: Any) -> tuple[int, int, int]:
+    """Validate a (Z, Y, X) stack-like (anything with a 3D ``shape``); return its shape."""
+    shape = getattr(image, "shape", None)
+    if shape is None or len(shape) != 3:
+        hint = ""
+        if shape is not None and len(shape) == 4 and shape[-1] in (3, 4):
+            hint = ": looks like RGB(A); convert to grayscale"
+        elif shape is not None and len(shape) == 2:
+            hint = ": a single 2D slice; add a z axis (image[None])"
+        raise StackError(f"image must be a (Z, Y, X) stack, got shape {shape}{hint}")
+    return int(shape[0]), int(shape[1]), int(shape[2])
+
+
+def check_slices(slices: Any, n_slices: int) -> np.ndarray:
+    """Validate global slice ids; None means all. Returns int64 ``(n,)``."""
+    if slices is None:
+        return np.arange(n_slices, dtype=np.int64)
+    arr = np.asarray(slices)
+    if arr.ndim == 0:
+        arr = arr[None]
+    if arr.ndim != 1 or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
+        raise ConfigError(f"slices must be a 1D sequence of integer slice ids, got {slices!r}")
+    arr = arr.astype(np.int64)
+    bad = arr[(arr < 0) | (arr >= n_slices)]
+    if bad.size:
+        raise ConfigError(
+            f"slice ids {bad[:5].tolist()} are outside the stack [0, {n_slices - 1}]; slice ids are global z indices"
+        )
+    return arr
+
+
+def normalise(raw: np.ndarray, norm: tuple[float, float]) -> np.ndarray:
+    """Map raw intensities to the network's range: ``lo -> -1``, ``hi -> +1`` (float32, not clipped)."""
+    lo, hi = float(norm[0]), float(norm[1])
+    scale = np.float32(2.0 / (hi - lo))
+    out = np.asarray(raw, dtype=np.float32) - np.float32(lo)
+    out *= scale
+    out -= np.float32(1.0)
+    return out
+
+
+def make_input(
+    image: Any,
+    slices: Sequence[int] | np.ndarray,
+    offsets: Sequence[int],
+    norm: tuple[float, float],
+) -> np.ndarray:
+    """Build the normalised 2.5D network input for the given slices.
+
+    Reads only the context slices those slices need (once each, in increasing z
+    order), so it works on lazy stacks and memmaps.
+
+    Parameters
+    ----------
+    image : (Z, Y, X) array-like supporting ``image[list_of_z]``.
+    slices : n global slice ids.
+    offsets : K context offsets.
+    norm : (lo, hi) raw intensities mapped to -1 and +1.
+
+    Returns
+    -------
+    float32 (n, K, Y, X).
+    """
+    nz, ny, nx = check_stack(image)
+    slices = check_slices(slices, nz)
+    ctx = context_indices(slices, offsets, nz)  # (n, K)
+    need, inverse = np.unique(ctx, return_inverse=True)
+    raw = np.asarray(image[need.tolist()])
+    if raw.shape != (len(need), ny, nx):
+        raise StackError(f"reading slices {need.tolist()} gave shape {raw.shape}, expected {(len(need), ny, nx)}")
+    block = normalise(raw, norm)
+    return block[inverse.reshape(ctx.shape)]
+
+
+def intensity_range(
+    image: Any,
+    *,
+    percentiles: tuple[float, float] = (0.5, 99.5),
+    max_slices: int = 16,
+    max_pixels: int = 1 << 18,
+) -> tuple[float, float]:
+    """Robust intensity range of a stack: low and high percentiles of sampled voxels.
+
+    Reads at most ``max_slices`` evenly spaced slices and subsamples each to about
+    ``max_pixels / max_slices`` pixels (deterministic; no randomness).
+
+    Returns
+    -------
+    (lo, hi) floats with ``hi > lo``.
+    """
+    nz, ny, nx = check_stack(image)
+    k = min(nz, max_slices)
+    zs = np.unique(np.linspace(0, nz - 1, k).round().astype(np.int64))
+    per = max(1, max_pixels // len(zs))
+    step = max(1, int(math.sqrt(ny * nx / per)))
+    vals = [np.asarray(image[int(z)])[::step, ::step].ravel() for z in zs]
+    v = np.concatenate(vals).astype(np.float64)
+    if not np.all(np.isfinite(v)):
+        v = v[np.isfinite(v)]
+        if v.size == 0:
+            raise StackError("image holds no finite values")
+    lo, hi = np.percentile(v, percentiles)
+    lo, hi = float(lo), float(hi)
+    if hi <= lo:
+        lo, hi = float(v.min()), float(v.max())
+        if hi <= lo:
+            hi = lo + 1.0
+    return lo, hi
+
+
+# ----------------------------------------------------------------------------- SegModel
+
+
+@dataclass(eq=False)
+class SegModel:
+    """A trained (or initialised) network with everything needed to apply it.
+
+    Satisfies :class:`activeseg.uncertainty.ProbabilityModel` and
+    :class:`~activeseg.uncertainty.EnsembleModel` (MC dropout).
+
+    Attributes
+    ----------
+    net : the torch module (kept on the CPU between uses).
+    config : the :class:`ModelConfig` it was built from.
+    norm : (lo, hi) raw intensities mapped to -1 / +1 (from the training stack).
+    metadata : JSON-serialisable training metadata (steps, labelled slices, ...).
+    device : where inference runs by default ("auto": CUDA -> MPS -> CPU).
+    """
+
+    net: nn.Module
+    config: ModelConfig
+    norm: tuple[float, float]
+    metadata: dict = field(default_factory=dict)
+    device: str = "auto"
+    _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        lo, hi = (float(v) for v in self.norm)
+        if not (math.isfinite(lo) and math.isfinite(hi) and hi > lo):
+            raise ModelError(f"norm must be finite (lo, hi) with hi > lo, got {self.norm!r}")
+        self.norm = (lo, hi)
+
+    def weights_fingerprint(self) -> tuple:
+        """Changes whenever ``net`` is replaced or any parameter/buffer is modified in place
+        (used to cache prepared inference copies)."""
+        return (id(self.net),) + tuple((id(t), t._version) for t in self.net.state_dict(keep_vars=True).values())
+
+    @property
+    def n_classes(self) -> int:
+        """Number of classes C."""
+        return self.config.n_classes
+
+    @property
+    def offsets(self) -> tuple[int, ...]:
+        """z offsets of the context slices."""
+        return self.config.offsets
+
+    @property
+    def multiple(self) -> int:
+        """Input height and width are padded to a multiple of this."""
+        return network_multiple(self.net, self.config)
+
+    def make_input(self, image: Any, slices: Sequence[int]) -> np.ndarray:
+        """Normalised 2.5D input float32 (n, K, Y, X) (see :func:`make_input`)."""
+        return make_input(image, slices, self.config.offsets, self.norm)
+
+    def predict_proba(self, image: Any, slices: Sequence[int] | None = None) -> np.ndarray:
+        """Class probabilities float32 (n, C, Y, X) for global slice ids (all when None)."""
+        from activeseg.infer import predict_stack
+
+        return predict_stack(self, image, slices=slices, device=self.device)
+
+    def sample_proba(
+        self, image: Any, slices: Sequence[int] | None, *, n_samples: int, rng: np.random.Generator
+    ) -> np.ndarray:
+        """MC-dropout samples float32 (T, n, C, Y, X) (dropout on, batch norm in eval mode)."""
+        from activeseg.infer import mc_dropout_proba
+
+        return mc_dropout_proba(self, image, slices=slices, n_samples=n_samples, rng=rng, device=self.device)
+
+    def tta_proba(self, image: Any, slices: Sequence[int] | None = None) -> np.ndarray:
+        """Test-time-augmentation predictions float32 (T, n, C, Y, X) (x-flip, intensity)."""
+        from activeseg.infer import tta_proba
+
+        return tta_proba(self, image, slices=slices, device=self.device)
+
+    def embeddings(self, image: Any, slices: Sequence[int] | None = None) -> np.ndarray:
+        """Per-slice encoder embeddings float32 (n, D) (see :func:`activeseg.infer.encoder_embeddings`)."""
+        from activeseg.infer import encoder_embeddings
+
+        return encoder_embeddings(self, image, slices=slices, device=self.device)
+
+
+# ----------------------------------------------------------------------------- save / load
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_model(model: SegModel, directory: str | os.PathLike) -> Path:
+    """Write ``model.json`` and ``model.safetensors`` into ``directory`` (created if needed).
+
+    Each file is written to a temporary name, fsynced and renamed; the JSON last.
+    Returns the directory path.
+    """
+    from safetensors.torch import save as st_save
+
+    if not isinstance(model, SegModel):
+        raise ModelError(f"save_model expects a SegModel, got {type(model).__name__}")
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.net.state_dict().items()}
+    meta = {
+        "format": MODEL_FORMAT,
+        "version": _FORMAT_VERSION,
+        "config": model.config.to_dict(),
+        "norm": [model.norm[0], model.norm[1]],
+        "metadata": model.metadata,
+        "torch_version": torch.__version__,
+    }
+    try:
+        text = json.dumps(meta, indent=2, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ModelError(f"model metadata is not JSON-serialisable: {exc}") from exc
+    _atomic_write_bytes(d / _WEIGHTS_FILE, st_save(state, metadata={"format": "pt"}))
+    _atomic_write_bytes(d / _CONFIG_FILE, text.encode("utf-8"))
+    return d
+
+
+def load_model(directory: str | os.PathLike, *, device: str = "auto") -> SegModel:
+    """Load a model written by :func:`save_model` (weights via safetensors, no pickle)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    d = Path(directory)
+    cfg_path, w_path = d / _CONFIG_FILE, d / _WEIGHTS_FILE
+    if not cfg_path.is_file() or not w_path.is_file():
+        raise ModelError(
+            f"{d} is not a saved model: expected {_CONFIG_FILE} and {_WEIGHTS_FILE} in it "
+            "(written by activeseg.model.save_model)"
+        )
+    try:
+        meta = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelError(f"cannot read {cfg_path}: {exc}") from exc
+    if not isinstance(meta, dict) or meta.get("format") != MODEL_FORMAT:
+        raise ModelError(f"{cfg_path} is not an activeseg model file (format {meta.get('format')!r})")
+    if int(meta.get("version", 0)) > _FORMAT_VERSION:
+        raise ModelError(
+            f"{cfg_path} has model format version {meta['version']}, newer than this activeseg "
+            f"supports ({_FORMAT_VERSION}); upgrade activeseg"
+        )
+    config = ModelConfig.from_dict(meta["config"])
+    net = build_model(config)
+    try:
+        state = load_file(str(w_path), device="cpu")
+    except (OSError, SafetensorError) as exc:
+        raise ModelError(f"cannot read weights {w_path}: {exc}") from exc
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ModelError(f"weights in {w_path} do not match the model config in {cfg_path}: {exc}") from exc
+    net.eval()
+    return SegModel(net=net, config=config, norm=tuple(meta["norm"]), metadata=meta.get("metadata", {}), device=device)
