@@ -1,0 +1,1167 @@
+"""The round steps of the active-learning loop, each a function over a session.
+
+A round moves ``queried -> labelled -> trained``. Every step reads the session from
+disk, does one thing and commits it (the manifest is written last), so a person can
+stop for days between steps and a killed process loses nothing committed::
+
+    init_session -> bootstrap -> query -> (export files | oracle) -> import -> train -> query ...
+
+Round 0 holds the bootstrap labels (scribbles, labelled slices, or slices from ground
+truth). Rounds 1, 2, ... hold queried slices and their corrections. The current model
+is the latest trained network, or the Random Forest fitted on all labels before any
+network exists (the RF is never pickled: it is refit deterministically from the stored
+labels and seed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+
+import numpy as np
+
+from activeseg.errors import ConfigError, LabelError, SessionError
+from activeseg.geometry import Geometry
+from activeseg.session import Session, _stat_key, file_fingerprint, sha256_file
+
+__all__ = [
+    "SessionConfig",
+    "load_config",
+    "init_session",
+    "open_session",
+    "relink",
+    "bootstrap",
+    "query",
+    "import_corrections",
+    "oracle_correct",
+    "pseudo_label",
+    "train",
+    "status",
+    "next_step",
+    "export_segmentation",
+    "predict_to_file",
+    "run",
+    "current_model",
+    "labels_dict",
+]
+
+log = logging.getLogger("activeseg")
+Progress = Callable[[str, int, int], None]
+"""``progress(stage, done, total)``: stage is e.g. "features", "train", "inference"."""
+
+def _noop(stage: str, done: int, total: int) -> None:
+    return None
+
+
+# --- configuration ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    """Everything a session needs to run its steps, stored in the manifest.
+
+    ``rf``, ``model`` and ``train`` are keyword arguments for
+    :func:`activeseg.bootstrap.fit_rf`, :class:`activeseg.model.ModelConfig` and
+    :class:`activeseg.train.TrainConfig` (checked when the session is created).
+    """
+
+    geometry: Geometry = field(default_factory=Geometry)
+    n_classes: int = 2
+    seed: int = 0
+    export_radius: int = 3
+    score_max_slices: int = 256
+    score_reduction: str = "mean"
+    bald_samples: int = 8
+    pseudo_threshold: float = 0.9
+    train_on_scribbles: bool = True
+    rf: dict = field(default_factory=dict)
+    model: dict = field(default_factory=dict)
+    train: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d["geometry"] = self.geometry.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> SessionConfig:
+        d = dict(d)
+        geo = d.pop("geometry", None)
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ConfigError(
+                f"unknown session setting(s) {sorted(unknown)}; valid: {sorted(known - {'geometry'})} "
+                "and the tables [geometry], [rf], [model], [train]"
+            )
+        return cls(geometry=Geometry.from_dict(geo or {}), **d)
+
+
+def _check_section(name: str, values: dict, valid: set[str]) -> None:
+    unknown = set(values) - valid
+    if unknown:
+        raise ConfigError(f"[{name}] has unknown key(s) {sorted(unknown)}; valid keys: {sorted(valid)}")
+
+
+def validate_config(cfg: SessionConfig) -> SessionConfig:
+    """Check the nested settings against the functions that will receive them."""
+    import inspect
+
+    from activeseg import bootstrap as bs
+
+    rf_valid = {p for p in inspect.signature(bs.fit_rf).parameters if p not in ("image", "labels", "rng", "geometry")}
+    _check_section("rf", cfg.rf, rf_valid)
+    if cfg.model or cfg.train:
+        from activeseg.model import ModelConfig
+        from activeseg.train import TrainConfig
+
+        _check_section("model", cfg.model, {f.name for f in fields(ModelConfig)})
+        _check_section("train", cfg.train, {f.name for f in fields(TrainConfig)})
+        ModelConfig(**_model_kwargs(cfg))
+        TrainConfig(**cfg.train)
+    if cfg.n_classes < 2:
+        raise ConfigError(f"n_classes must be >= 2, got {cfg.n_classes}")
+    if cfg.score_max_slices < 1:
+        raise ConfigError(f"score_max_slices must be >= 1, got {cfg.score_max_slices}")
+    return cfg
+
+
+def _model_kwargs(cfg: SessionConfig) -> dict:
+    kw = dict(cfg.model)
+    if "offsets" in kw:
+        kw["offsets"] = tuple(kw["offsets"])
+    if "decoder_channels" in kw and kw["decoder_channels"] is not None:
+        kw["decoder_channels"] = tuple(kw["decoder_channels"])
+    kw.setdefault("n_classes", cfg.n_classes)
+    return kw
+
+
+def load_config(path: Path) -> dict:
+    """Read a TOML config file into a dict for :class:`SessionConfig`.
+
+    Tables: ``[geometry]`` (voxel_size, alpha_deg, beam_sign), ``[session]`` (n_classes,
+    seed, export_radius, score_max_slices, score_reduction, bald_samples,
+    pseudo_threshold, train_on_scribbles), ``[rf]``, ``[model]``, ``[train]``.
+    """
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    unknown = set(data) - {"geometry", "session", "rf", "model", "train"}
+    if unknown:
+        raise ConfigError(f"config file {path}: unknown table(s) {sorted(unknown)}; use [geometry], [session], [rf], [model], [train]")
+    out = dict(data.get("session", {}))
+    for key in ("geometry", "rf", "model", "train"):
+        if key in data:
+            out[key] = data[key]
+    return out
+
+
+# --- opening inputs ------------------------------------------------------------------------
+
+
+def _image(session: Session):
+    from activeseg import io
+
+    m = session.manifest
+    st = m["stack"]
+    return io.open_stack(st["path"], crop=st.get("crop"), voxel_size=st.get("voxel_size_arg"))
+
+
+def _truth(session: Session):
+    """The ground-truth labels (lazy) or None."""
+    from activeseg import io
+
+    t = session.manifest.get("truth")
+    if not t:
+        return None
+    return io.open_stack(t["path"], crop=session.manifest["stack"].get("crop"))
+
+
+def _depth(session: Session):
+    from activeseg import io
+
+    d = session.manifest.get("depth")
+    if not d:
+        return None
+    return io.open_stack(d["path"], crop=session.manifest["stack"].get("crop"))
+
+
+def _config(session: Session) -> SessionConfig:
+    return SessionConfig.from_dict(session.manifest["config"])
+
+
+def _verify_file(entry: dict, what: str, session_root: Path) -> dict | None:
+    """Check an input file against its fingerprint. Returns an updated entry when only
+    the modification time changed (same content), else None."""
+    path = Path(entry["path"])
+    if not path.exists():
+        raise SessionError(
+            f"the {what} of session {session_root} is missing: {path}; if you moved it, run the command "
+            f"again with --relink NEW_PATH"
+        )
+    now = _stat_key(path)
+    if now["size"] == entry.get("size") and now["mtime_ns"] == entry.get("mtime_ns"):
+        return None
+    digest = sha256_file(path)
+    if digest != entry["sha256"]:
+        raise SessionError(
+            f"the {what} {path} changed on disk since the session was created (sha256 {digest[:12]} != "
+            f"{entry['sha256'][:12]}); labels no longer match it. Restore the original file, or, if the "
+            "pixels are the same (e.g. re-saved), run the command again with --relink PATH"
+        )
+    return {**entry, **now}
+
+
+def open_session(root: Path, *, relink_to: Path | None = None, check_inputs: bool = True) -> Session:
+    """Open a session and check that its stack (and truth) are the ones it was made with."""
+    session = Session.open(root)
+    if relink_to is not None:
+        relink(session, relink_to)
+    if check_inputs:
+        updates = {}
+        for key, what in (("stack", "image stack"), ("truth", "ground truth"), ("depth", "depth map")):
+            entry = session.manifest.get(key)
+            if entry:
+                new = _verify_file(entry, what, session.root)
+                if new is not None:
+                    updates[key] = new
+        if updates:
+            with session.writing("refresh-fingerprint"):
+                m = session.manifest
+                m.update(updates)
+                session.commit(m)
+    return session
+
+
+def relink(session: Session, new_path: Path) -> None:
+    """Point the session at a moved or re-saved stack with the same shape and dtype."""
+    from activeseg import io
+
+    new_path = Path(new_path).resolve()
+    with session.writing("relink"):
+        m = session.manifest
+        st = m["stack"]
+        with io.open_stack(new_path, crop=st.get("crop"), voxel_size=st.get("voxel_size_arg")) as img:
+            if list(img.shape) != st["shape"] or str(img.dtype) != st["dtype"]:
+                raise SessionError(
+                    f"cannot relink to {new_path}: shape {tuple(img.shape)} / {img.dtype} differs from the "
+                    f"session's stack {tuple(st['shape'])} / {st['dtype']}"
+                )
+        fp = file_fingerprint(new_path)
+        if fp["sha256"] != st["sha256"]:
+            log.warning("relinked to %s: same shape and dtype but different bytes (re-saved or re-compressed?)", new_path)
+        m["stack"] = {**st, **fp}
+        m.setdefault("history", []).append({"event": "relink", "from": st["path"], "to": str(new_path)})
+        session.commit(m)
+
+
+def init_session(
+    root: Path,
+    image: Path,
+    *,
+    truth: Path | None = None,
+    depth: Path | None = None,
+    config: dict | SessionConfig | Path | None = None,
+    voxel_size: Sequence[float] | None = None,
+    crop: str | None = None,
+    seed: int | None = None,
+) -> Session:
+    """Create a session for one stack.
+
+    The truth and depth of a ``synth`` output are found beside its image when not
+    given, and the acquisition geometry is read from ``synth.json`` there, else from the
+    stack's metadata, else from the config.
+    """
+    from activeseg import io
+
+    image = Path(image)
+    if isinstance(config, (str, Path)):
+        config = load_config(Path(config))
+    cfg_dict = config.to_dict() if isinstance(config, SessionConfig) else dict(config or {})
+    if seed is not None:
+        cfg_dict["seed"] = int(seed)
+    beside = image.parent if image.is_file() else None
+    synth_meta = None
+    if beside is not None and (beside / "synth.json").exists() and image.name == "image.tif":
+        synth_meta = json.loads((beside / "synth.json").read_text())
+        truth = truth or (beside / "truth.tif")
+        depth = depth or (beside / "depth.tif" if (beside / "depth.tif").exists() else None)
+    with io.open_stack(image, crop=crop, voxel_size=voxel_size) as img:
+        shape, dtype, vs = tuple(img.shape), str(img.dtype), img.voxel_size
+    geo = dict(cfg_dict.get("geometry") or {})
+    if synth_meta and "geometry" in synth_meta:
+        for k, v in synth_meta["geometry"].items():
+            geo.setdefault(k, v)
+    if vs is not None:
+        geo["voxel_size"] = list(vs)
+    cfg_dict["geometry"] = geo
+    cfg = validate_config(SessionConfig.from_dict(cfg_dict))
+    manifest = {
+        "stack": {
+            **file_fingerprint(image),
+            "shape": list(shape),
+            "dtype": dtype,
+            "crop": crop,
+            "voxel_size_arg": None if voxel_size is None else list(voxel_size),
+        },
+        "truth": None,
+        "depth": None,
+        "config": cfg.to_dict(),
+        "rng_state": np.random.default_rng(cfg.seed).bit_generator.state,
+        "rounds": [],
+        "model": None,
+    }
+    for key, path in (("truth", truth), ("depth", depth)):
+        if path is None:
+            continue
+        with io.open_stack(path, crop=crop) as t:
+            if tuple(t.shape) != shape:
+                raise LabelError(f"{key} {path} has shape {tuple(t.shape)} but the image has {shape}; they must match")
+            if key == "truth":
+                for z in np.linspace(0, shape[0] - 1, min(shape[0], 8)).astype(int):
+                    v = np.asarray(t[int(z)])
+                    if v.max() >= cfg.n_classes:
+                        raise LabelError(
+                            f"truth {path} slice {z} holds value {v.max()}, outside 0..{cfg.n_classes - 1} "
+                            "(0 = solid, 1 = pore)"
+                        )
+        manifest[key] = file_fingerprint(Path(path))
+    return Session.create(Path(root), manifest)
+
+
+# --- rng, labels, model versions -------------------------------------------------------------
+
+
+def _rng(session_manifest: dict) -> np.random.Generator:
+    g = np.random.default_rng()
+    g.bit_generator.state = session_manifest["rng_state"]
+    return g
+
+
+def _store_rng(m: dict, rng: np.random.Generator) -> None:
+    m["rng_state"] = rng.bit_generator.state
+
+
+def _label_files(m: dict) -> list[str]:
+    return [f for r in m["rounds"] for f in r.get("label_files", [])]
+
+
+LABEL_KINDS = ("full", "partial", "pseudo")
+"""Kinds of label files: corrected/true whole slices, scribbles, confident pseudo-labels."""
+
+
+def labels_dict(session: Session, *, kinds: Sequence[str] = LABEL_KINDS) -> dict[int, np.ndarray]:
+    """Committed labels of the given kinds as ``{z: uint8 (Y, X)}`` (255 = unlabelled).
+
+    A whole-slice label replaces what was there; partial labels (scribbles,
+    pseudo-labels) only fill their drawn pixels.
+    """
+    out: dict[int, np.ndarray] = {}
+    for rel in _label_files(session.manifest):
+        data = session.load_npz(rel)
+        if str(data["kind"]) not in kinds:
+            continue
+        for z, mask in zip(data["slices"], data["masks"]):
+            z = int(z)
+            if z in out and str(data["kind"]) != "full":
+                merged = out[z].copy()
+                keep = mask != 255
+                merged[keep] = mask[keep]
+                out[z] = merged
+            else:
+                out[z] = mask
+    return out
+
+
+def _full_slices(m: dict) -> list[int]:
+    zs = []
+    for r in m["rounds"]:
+        zs += r.get("full_slices", [])
+    return sorted(set(zs))
+
+
+def _labels_version(m: dict) -> str:
+    return hashlib.sha256("|".join(_label_files(m)).encode()).hexdigest()[:12]
+
+
+def _write_labels(session: Session, m: dict, rnd: dict, corrections, *, kind: str) -> str:
+    rnd_idx = rnd["index"]
+    k = len(rnd.get("label_files", []))
+    rel = f"labels/r{rnd_idx:03d}_i{k:02d}.npz"
+    session.save_npz(
+        rel,
+        slices=np.array([c.z for c in corrections], dtype=np.int64),
+        masks=np.stack([c.mask for c in corrections]).astype(np.uint8),
+        source=np.array([c.source for c in corrections]),
+        cost=np.array([c.cost for c in corrections], dtype=np.int64),
+        kind=np.array(kind),
+    )
+    rnd.setdefault("label_files", []).append(rel)
+    if kind == "full":
+        rnd.setdefault("full_slices", []).extend(int(c.z) for c in corrections)
+    costs = rnd.setdefault("correction_cost", {})
+    for c in corrections:
+        costs[str(int(c.z))] = int(c.cost)
+    return rel
+
+
+_RF_CACHE: dict = {}
+
+
+def _fit_rf(session: Session, image, *, progress: Progress = _noop):
+    """The RF on all committed labels, refit deterministically (cached per process)."""
+    from activeseg.bootstrap import fit_rf
+
+    m = session.manifest
+    key = (str(session.root.resolve()), _labels_version(m))
+    if key in _RF_CACHE:
+        return _RF_CACHE[key]
+    cfg = _config(session)
+    labels = labels_dict(session)
+    if not labels:
+        raise SessionError(f"session {session.root} has no labels yet; run `activeseg bootstrap {session.root}` first")
+    seed = int(m["bootstrap"]["rf_seed"])
+    progress("fit RF", 0, 1)
+    rf = fit_rf(image, labels, rng=np.random.default_rng(seed), geometry=cfg.geometry, n_classes=cfg.n_classes, **cfg.rf)
+    progress("fit RF", 1, 1)
+    _RF_CACHE.clear()
+    _RF_CACHE[key] = rf
+    return rf
+
+
+def current_model(session: Session, image, *, progress: Progress = _noop):
+    """``(kind, version, model)``: the latest network, or the RF before any network."""
+    m = session.manifest
+    if m.get("model"):
+        from activeseg.model import load_model
+
+        return "resunet", m["model"]["version"], load_model(session.path(m["model"]["path"]), device=m["model"].get("device", "auto"))
+    return "rf", "rf-" + _labels_version(m), _fit_rf(session, image, progress=progress)
+
+
+# --- steps -----------------------------------------------------------------------------------------
+
+
+def _last_round(m: dict) -> dict | None:
+    return m["rounds"][-1] if m["rounds"] else None
+
+
+def _pending(rnd: dict) -> list[int]:
+    done = set(rnd.get("imported", [])) | set(rnd.get("skipped", []))
+    return [z for z in rnd.get("queried", []) if z not in done]
+
+
+def bootstrap(
+    session: Session,
+    *,
+    scribbles: Path | None = None,
+    labels: Path | None = None,
+    slices: Sequence[int] | None = None,
+    simulate_scribbles: bool = False,
+    scribble_budget: int | None = None,
+    progress: Progress = _noop,
+) -> dict:
+    """Round 0: the first labels, and an RF fitted on them.
+
+    Exactly one source: ``scribbles`` (ilastik convention file), ``labels`` (fully
+    labelled slices drawn in Fiji/napari; 255 or absent = unlabelled), or ``slices``
+    (global z taken from the session's ground truth; with ``simulate_scribbles``,
+    simulated strokes drawn from the truth of those slices instead).
+    """
+    from activeseg import io
+    from activeseg.oracle import Correction
+
+    given = [x is not None for x in (scribbles, labels, slices)]
+    if sum(given) != 1:
+        raise ConfigError("bootstrap needs exactly one of --scribbles FILE, --labels FILE or --slices Z,Z,...")
+    with session.writing("bootstrap"):
+        m = session.manifest
+        if m["rounds"]:
+            raise SessionError(
+                f"session {session.root} is already bootstrapped (round 0 exists); "
+                f"next: {next_step(session)}"
+            )
+        cfg = _config(session)
+        shape = tuple(m["stack"]["shape"])
+        rng = _rng(m)
+        rnd = {"index": 0, "strategy": "bootstrap", "params": {}, "queried": [], "status": "labelled"}
+        if slices is not None:
+            truth = _truth(session)
+            if truth is None:
+                raise SessionError(
+                    "--slices takes whole slices from ground truth, and this session has none; "
+                    "give --scribbles FILE (ilastik convention) or --labels FILE instead"
+                )
+            zs = sorted({int(z) for z in slices})
+            bad = [z for z in zs if not 0 <= z < shape[0]]
+            if bad:
+                raise ConfigError(f"--slices {bad} outside the stack (0..{shape[0] - 1})")
+            if simulate_scribbles:
+                from activeseg.scribbles import simulate_scribbles as draw
+
+                kw = {} if scribble_budget is None else {"budget": scribble_budget}
+                corr = [Correction(z, draw(np.asarray(truth[z]), rng=rng, **kw), 0, "scribble") for z in zs]
+                kind, source = "partial", "scribble"
+            else:
+                corr = [Correction(z, np.asarray(truth[z]).astype(np.uint8), int(np.prod(shape[1:])), "oracle") for z in zs]
+                kind, source = "full", "oracle"
+        else:
+            path = Path(scribbles or labels)
+            found = io.read_labels(path, shape=shape, n_classes=cfg.n_classes, kind="scribble" if scribbles else "partial")
+            if not found:
+                raise LabelError(f"{path} holds no labelled pixels; draw some labels first")
+            kind = "partial" if scribbles else "full"
+            source = "scribble" if scribbles else "corrected"
+            corr = []
+            for z, mask in sorted(found.items()):
+                # a slice from --labels counts as fully labelled only when it has no unlabelled pixel
+                full = kind == "full" and not np.any(mask == 255)
+                corr.append(Correction(z, mask, int(np.count_nonzero(mask != 255)), source if full or kind == "partial" else "scribble"))
+            if kind == "full" and any(np.any(c.mask == 255) for c in corr):
+                partial = [c for c in corr if np.any(c.mask == 255)]
+                corr = [c for c in corr if not np.any(c.mask == 255)]
+                if partial:
+                    _write_labels(session, m, rnd, partial, kind="partial")
+                    log.info("%d slice(s) of %s are only partly labelled; they train as scribbles", len(partial), path)
+        if corr:
+            _write_labels(session, m, rnd, corr, kind=kind)
+        rnd["scribble_pixels"] = int(
+            sum(np.count_nonzero(c.mask != 255) for c in corr if kind == "partial")
+        )
+        rnd["source"] = source
+        m["bootstrap"] = {"source": source, "rf_seed": int(rng.integers(2**31 - 1))}
+        m["rounds"].append(rnd)
+        _store_rng(m, rng)
+        session.commit(m)
+    # fit once now so that errors (one class only, ...) surface at bootstrap time
+    with _image(session) as img:
+        rf = _fit_rf(session, img, progress=progress)
+    return {"round": 0, "slices": sorted(int(c.z) for c in corr), "kind": kind, "rf": repr(rf)}
+
+
+def _score_slices_for(session: Session, n_slices: int) -> np.ndarray:
+    cfg = _config(session)
+    every = max(1, math.ceil(n_slices / cfg.score_max_slices))
+    return np.arange(0, n_slices, every)
+
+
+def _compute_scores(session: Session, image, names: Sequence[str], kind: str, version: str, model, rng, progress) -> dict:
+    """Scores (and embeddings) for the current model, cached per model version."""
+    from activeseg import uncertainty
+
+    cfg = _config(session)
+    rel = f"scores/{version}.npz"
+    cached = session.load_npz(rel) if session.path(rel).exists() else {}
+    names = list(dict.fromkeys(names))
+    want = [n for n in names if n not in cached and n != "embeddings"]
+    nz = int(image.shape[0])
+    zs = _score_slices_for(session, nz)
+    if want:
+        reference = None
+        if "rf_disagreement" in want:
+            if kind == "rf":
+                raise ConfigError("rf_disagreement needs a trained network; train one first (activeseg train)")
+            reference = _fit_rf(session, image, progress=progress)
+        got = uncertainty.score_slices(
+            model, image, want, slices=zs, reference=reference, n_samples=cfg.bald_samples, rng=rng,
+            reduction=cfg.score_reduction, callback=lambda d, t: progress("scoring", d, t),
+        )
+        cached.update({k: np.asarray(v, np.float32) for k, v in got.items()})
+    if "embeddings" in names and "embeddings" not in cached:
+        emb = np.full((nz, 0), np.nan, np.float32)
+        progress("embeddings", 0, 1)
+        if kind == "rf":
+            from activeseg.features import feature_embeddings
+
+            e = feature_embeddings(image, zs, config=model.features, geometry=model.geometry)
+        else:
+            e = model.embeddings(image, zs)
+        emb = np.full((nz, e.shape[1]), np.nan, np.float32)
+        emb[zs] = e
+        cached["embeddings"] = emb
+        progress("embeddings", 1, 1)
+    session.save_npz(rel, **cached)
+    return cached
+
+
+def query(
+    session: Session,
+    n: int,
+    *,
+    strategy: str = "distributed",
+    params: dict | None = None,
+    audit: bool = False,
+    export: bool = True,
+    progress: Progress = _noop,
+) -> dict:
+    """Open a new round: the strategy picks up to ``n`` slices to correct.
+
+    Computes exactly the scores the strategy declares from the current model (cached
+    per model version), runs it, records the round, and (``export``) writes the files
+    a person corrects. ``audit`` adds one uniformly random unlabelled slice whose
+    correction cost estimates the current error honestly.
+    """
+    from activeseg import registry
+
+    if n < 1:
+        raise ConfigError(f"-n must be at least 1, got {n}")
+    fn = registry.get_strategy(strategy)
+    full_params = registry.validate_params(fn, params or {})
+    needs = registry.required_scores(fn, full_params)
+    with session.writing("query"):
+        m = session.manifest
+        last = _last_round(m)
+        if last is None:
+            raise SessionError(f"session {session.root} is not bootstrapped; run `activeseg bootstrap {session.root} ...` first")
+        if _pending(last):
+            raise SessionError(
+                f"round {last['index']} still waits for slices {_pending(last)}; import their corrections "
+                f"(activeseg import {session.root}) or skip them (--skip) before querying again"
+            )
+        if last["index"] > 0 and last.get("status") != "trained" and last.get("imported"):
+            raise SessionError(
+                f"round {last['index']}'s corrections are not in a model yet; run `activeseg train {session.root}` first"
+            )
+        cfg = _config(session)
+        rng = _rng(m)
+        with _image(session) as image:
+            nz = int(image.shape[0])
+            kind, version, model = current_model(session, image, progress=progress)
+            scores = _compute_scores(session, image, [*needs, "porosity"], kind, version, model, rng, progress)
+            labelled = np.zeros(nz, bool)
+            labelled[_full_slices(m)] = True
+            for r in m["rounds"]:  # slices skipped by the user are not asked again
+                labelled[r.get("skipped", [])] = True
+            ctx = registry.QueryContext(
+                n_slices=nz,
+                labelled=labelled,
+                rng=rng,
+                scores={k: v for k, v in scores.items() if k != "embeddings"},
+                embeddings=scores.get("embeddings"),
+                round_index=len(m["rounds"]),
+            )
+            picked = [int(z) for z in registry.run_strategy(fn, ctx, int(n), full_params)]
+            audit_z = None
+            if audit:
+                pool = np.flatnonzero(~labelled)
+                pool = pool[~np.isin(pool, picked)]
+                if pool.size:
+                    audit_z = int(rng.choice(pool))
+            queried = picked + ([audit_z] if audit_z is not None else [])
+            if not queried:
+                raise SessionError("the strategy picked no slices: every slice is labelled (or skipped)")
+            idx = len(m["rounds"])
+            rnd = {
+                "index": idx,
+                "strategy": strategy,
+                "params": full_params,
+                "queried": queried,
+                "audit": audit_z,
+                "imported": [],
+                "skipped": [],
+                "status": "queried",
+                "model_version": version,
+                "model_kind": kind,
+                "scores_file": f"scores/{version}.npz",
+            }
+            if len(picked) < n:
+                log.info("strategy %s picked %d of %d slices (spacing or pool size)", strategy, len(picked), n)
+            # pre-filled masks: the current model's prediction of the queried slices
+            probs = model.predict_proba(image, queried)
+            prefill = {z: np.argmax(p, axis=0).astype(np.uint8) for z, p in zip(queried, probs)}
+            session.save_npz(f"rounds/r{idx:03d}/prefill.npz", slices=np.array(queried), masks=np.stack([prefill[z] for z in queried]))
+            if export:
+                from activeseg.oracle import export_for_correction
+
+                out = session.path(f"rounds/r{idx:03d}")
+                export_for_correction(out, image, queried, prefill, radius=cfg.export_radius, voxel_size=cfg.geometry.voxel_size)
+                rnd["exported"] = {str(z): os.stat(out / f"z{z:04d}_mask.tif").st_mtime_ns for z in queried}
+        m["rounds"].append(rnd)
+        _store_rng(m, rng)
+        session.commit(m)
+    return rnd
+
+
+def _prefill(session: Session, idx: int) -> dict[int, np.ndarray]:
+    data = session.load_npz(f"rounds/r{idx:03d}/prefill.npz")
+    return {int(z): mk for z, mk in zip(data["slices"], data["masks"])}
+
+
+def import_corrections(
+    session: Session,
+    directory: Path | None = None,
+    *,
+    slices: Sequence[int] | None = None,
+    skip: Sequence[int] = (),
+) -> dict:
+    """Import corrected masks of the open round (a subset now and the rest later is fine).
+
+    Without ``directory``, masks are read from the round's export folder, and only
+    those edited since export (or named in ``slices``) are imported. With a
+    ``directory``, every mask file found there for a pending slice is imported.
+    Everything is validated before anything is committed.
+    """
+    from activeseg.oracle import Correction, find_mask_files, read_corrections
+
+    with session.writing("import"):
+        m = session.manifest
+        rnd = _last_round(m)
+        if rnd is None or rnd["index"] == 0:
+            raise SessionError("nothing to import: no round has been queried yet (activeseg query SESSION)")
+        pending = _pending(rnd)
+        shape = tuple(m["stack"]["shape"])
+        skip = sorted({int(z) for z in skip})
+        for z in skip:
+            if z not in rnd["queried"]:
+                raise LabelError(f"cannot skip slice {z}: it was not queried in round {rnd['index']} (queried: {rnd['queried']})")
+            if z not in pending:
+                raise LabelError(f"cannot skip slice {z}: it was already imported or skipped in round {rnd['index']}")
+        export_dir = session.path(f"rounds/r{rnd['index']:03d}")
+        src = Path(directory) if directory is not None else export_dir
+        files = find_mask_files(src)
+        if slices is not None:
+            wanted = sorted({int(z) for z in slices})
+            for z in wanted:
+                if z not in rnd["queried"]:
+                    raise LabelError(f"slice {z} was not queried in round {rnd['index']} (queried: {rnd['queried']})")
+                if z not in pending:
+                    raise LabelError(f"slice {z} was already imported in round {rnd['index']}; a slice is imported once")
+                if z not in files:
+                    raise LabelError(f"no mask file for slice {z} in {src} (expected a name like z{z:04d}_mask.tif)")
+            chosen = {z: files[z] for z in wanted}
+        else:
+            for z in files:
+                if z not in rnd["queried"]:
+                    raise LabelError(
+                        f"{files[z].name} is for slice {z}, which was not queried in round {rnd['index']} "
+                        f"(queried: {rnd['queried']}); remove it from {src}"
+                    )
+            chosen = {z: p for z, p in files.items() if z in pending and z not in skip}
+            if directory is None:
+                exported = rnd.get("exported", {})
+                untouched = [z for z, p in chosen.items() if os.stat(p).st_mtime_ns == exported.get(str(z))]
+                chosen = {z: p for z, p in chosen.items() if z not in untouched}
+                if untouched and not chosen and not skip:
+                    raise LabelError(
+                        f"no mask was edited since export (untouched: {untouched}); edit the masks in {src}, or, "
+                        f"if a pre-filled mask is already right, import it with --slices {','.join(map(str, untouched))}"
+                    )
+                if untouched:
+                    log.info("not imported (unchanged since export): %s", untouched)
+        if not chosen and not skip:
+            raise LabelError(f"no corrected masks for the pending slices {pending} in {src}")
+        masks = read_corrections(chosen, shape[1:], n_classes=_config(session).n_classes)
+        prefill = _prefill(session, rnd["index"])
+        corr = [Correction(z, mk, int(np.count_nonzero(mk != prefill[z])), "corrected") for z, mk in sorted(masks.items())]
+        if corr:
+            _write_labels(session, m, rnd, corr, kind="full")
+        rnd["imported"] = sorted(set(rnd["imported"]) | set(masks))
+        rnd["skipped"] = sorted(set(rnd["skipped"]) | set(skip))
+        rnd["status"] = "queried" if _pending(rnd) else "labelled"
+        m["rounds"][-1] = rnd
+        session.commit(m)
+    return {"round": rnd["index"], "imported": sorted(masks), "skipped": skip, "pending": _pending(rnd),
+            "cost": {z: c.cost for z, c in ((c.z, c) for c in corr)}}
+
+
+def oracle_correct(session: Session, *, effort: int | None = None) -> dict:
+    """Simulation: ground truth corrects every pending slice of the open round."""
+    from activeseg.oracle import truth_correction
+
+    with session.writing("oracle"):
+        m = session.manifest
+        rnd = _last_round(m)
+        if rnd is None or rnd["index"] == 0 or not _pending(rnd):
+            raise SessionError("no queried slices are waiting for corrections; run a query first")
+        truth = _truth(session)
+        if truth is None:
+            raise SessionError("the ground-truth oracle needs a session with --truth")
+        prefill = _prefill(session, rnd["index"])
+        with truth:
+            corr = [truth_correction(z, np.asarray(truth[z]), prefill[z], effort=effort) for z in _pending(rnd)]
+        _write_labels(session, m, rnd, corr, kind="full")
+        rnd["imported"] = sorted(set(rnd["imported"]) | {c.z for c in corr})
+        rnd["status"] = "labelled"
+        m["rounds"][-1] = rnd
+        session.commit(m)
+    return {"round": rnd["index"], "imported": [c.z for c in corr], "cost": {c.z: c.cost for c in corr}}
+
+
+def pseudo_label(session: Session, *, threshold: float | None = None, progress: Progress = _noop) -> dict:
+    """No human: the current model's confident predictions label the pending slices.
+
+    Recorded with source "rf" (before any network) or "pseudo" and kind "partial": the
+    unconfident pixels stay unlabelled, and the slices do not count as corrected.
+    """
+    from activeseg.oracle import pseudo_labels
+
+    with session.writing("pseudo-label"):
+        m = session.manifest
+        rnd = _last_round(m)
+        if rnd is None or rnd["index"] == 0 or not _pending(rnd):
+            raise SessionError("no queried slices are waiting for labels; run a query first")
+        cfg = _config(session)
+        thr = cfg.pseudo_threshold if threshold is None else threshold
+        with _image(session) as image:
+            kind, _, model = current_model(session, image, progress=progress)
+            zs = _pending(rnd)
+            probs = model.predict_proba(image, zs)
+        corr = [pseudo_labels(z, p, threshold=thr, source="rf" if kind == "rf" else "pseudo") for z, p in zip(zs, probs)]
+        _write_labels(session, m, rnd, corr, kind="pseudo")
+        rnd["skipped"] = sorted(set(rnd["skipped"]) | set(zs))  # labelled, but not as corrected slices
+        rnd["pseudo"] = zs
+        rnd["status"] = "labelled"
+        m["rounds"][-1] = rnd
+        session.commit(m)
+    return {"round": rnd["index"], "pseudo_labelled": zs}
+
+
+def evaluate_model(session: Session, model, image, *, out_dir: Path, progress: Progress = _noop) -> dict:
+    """Predict the whole stack and compare with the session's truth (streamed to disk)."""
+    from activeseg import metrics
+
+    truth = _truth(session)
+    if truth is None:
+        return {}
+    depth = _depth(session)
+    nz, ny, nx = (int(s) for s in image.shape)
+    with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
+        prob = np.lib.format.open_memmap(Path(tmp) / "prob.npy", mode="w+", dtype=np.float32, shape=(nz, ny, nx))
+        _predict_pore_prob(model, image, prob, progress=progress)
+        pred = np.lib.format.open_memmap(Path(tmp) / "pred.npy", mode="w+", dtype=np.uint8, shape=(nz, ny, nx))
+        for z0 in range(0, nz, 16):
+            pred[z0 : z0 + 16] = prob[z0 : z0 + 16] >= 0.5
+        with truth:
+            ev = metrics.evaluate(pred, truth, prob=prob, depth=depth)
+        if depth is not None:
+            depth.close()
+        del prob, pred
+    d = ev.to_dict()
+    from activeseg.report import paper_indices
+
+    d["named_indices"] = {str(z): ev.at(z) for z in sorted(set(paper_indices(nz)))}
+    return d
+
+
+def _predict_pore_prob(model, image, out, *, progress: Progress = _noop, block: int = 8) -> None:
+    """Write the pore probability (Z, Y, X) of any model into ``out`` block by block."""
+    nz = int(image.shape[0])
+    if hasattr(model, "predict_stack") and not hasattr(model, "net"):  # the RF streams itself
+        model.predict_stack(image, out=out, callback=lambda d, t: progress("inference", d, t))
+        return
+    from activeseg.infer import predict_stack
+
+    predict_stack(model, image, out=out, callback=lambda d, t: progress("inference", d, t))
+    if hasattr(out, "flush"):
+        out.flush()
+    if nz == 0:
+        return
+
+
+def train(
+    session: Session,
+    *,
+    steps: int | None = None,
+    device: str | None = None,
+    warm_start: bool = True,
+    evaluate: bool = True,
+    progress: Progress = _noop,
+) -> dict:
+    """Train the network on every committed label (warm start from the current network).
+
+    When the session has ground truth, the new model is evaluated on the whole stack and
+    the metrics are stored with the round.
+    """
+    from activeseg.model import ModelConfig, save_model
+    from activeseg.train import TrainConfig, train_model
+
+    with session.writing("train"):
+        m = session.manifest
+        rnd = _last_round(m)
+        if rnd is None:
+            raise SessionError(f"session {session.root} has no labels; run `activeseg bootstrap {session.root}` first")
+        cfg = _config(session)
+        labels = labels_dict(session, kinds=LABEL_KINDS if cfg.train_on_scribbles else ("full", "pseudo"))
+        if not labels:
+            raise SessionError(
+                "no fully labelled slices to train on (this session trains on corrected slices only: "
+                "train_on_scribbles = false); query and correct some slices first"
+            )
+        if rnd["index"] > 0 and not rnd.get("imported") and not rnd.get("pseudo"):
+            raise SessionError(
+                f"round {rnd['index']} has no imported corrections yet (pending: {_pending(rnd)}); "
+                f"import them first (activeseg import {session.root})"
+            )
+        if _pending(rnd):
+            log.warning("round %d still waits for slices %s; training on what is imported so far", rnd["index"], _pending(rnd))
+        tkw = dict(cfg.train)
+        if steps is not None:
+            tkw["steps"] = int(steps)
+            tkw.pop("epochs", None)
+        if device is not None:
+            tkw["device"] = device
+        tcfg = TrainConfig(**tkw)
+        rng = _rng(m)
+        seed = int(rng.integers(2**31 - 1))
+        with _image(session) as image:
+            init = None
+            if warm_start and m.get("model"):
+                from activeseg.model import load_model
+
+                init = load_model(session.path(m["model"]["path"]))
+            model, history = train_model(
+                image, labels, config=tcfg, model_config=None if init is not None else ModelConfig(**_model_kwargs(cfg)),
+                rng=np.random.default_rng(seed), init=init,
+                callback=lambda s, t, info: progress("train", s, t),
+            )
+            rdir = f"rounds/r{rnd['index']:03d}"
+            version = f"r{rnd['index']:03d}-{_labels_version(m)}"
+            model_rel = f"{rdir}/model-{version}"
+            save_model(model, session.path(model_rel))
+            metrics_rel = None
+            if evaluate and m.get("truth"):
+                ev = evaluate_model(session, model, image, out_dir=session.path(rdir), progress=progress)
+                metrics_rel = session.write_json(f"{rdir}/metrics-{version}.json", ev)
+                rnd["metrics"] = ev["overall"]
+                rnd["metrics_named"] = ev["named_indices"]
+        rnd["status"] = "trained"
+        rnd["train"] = {
+            "seed": seed,
+            "steps_run": history.get("steps_run"),
+            "seconds": history.get("seconds"),
+            "best_val_loss": history.get("best_val_loss"),
+            "warm_start": init is not None,
+            "labelled_slices": sorted(int(z) for z in labels),
+            "device": history.get("device"),
+        }
+        rnd["metrics_file"] = metrics_rel
+        m["rounds"][-1] = rnd
+        m["model"] = {"path": model_rel, "version": version, "round": rnd["index"]}
+        _store_rng(m, rng)
+        session.commit(m)
+    return {"round": rnd["index"], "model": model_rel, "history": rnd["train"], "metrics": rnd.get("metrics")}
+
+
+# --- reading the state ------------------------------------------------------------------------
+
+
+def next_step(session: Session) -> str:
+    """What to do next, as a command line."""
+    m = session.manifest
+    root = session.root
+    last = _last_round(m)
+    if last is None:
+        how = "--slices 0,120,240" if m.get("truth") else "--scribbles FILE | --labels FILE"
+        return f"activeseg bootstrap {root} {how}"
+    if _pending(last):
+        folder = session.path(f"rounds/r{last['index']:03d}")
+        return f"correct the masks in {folder}, then: activeseg import {root}"
+    if last["index"] > 0 and last.get("status") != "trained":
+        return f"activeseg train {root}"
+    if last["index"] == 0 and not m.get("model"):
+        return f"activeseg query {root} -n 5 --strategy distributed   (or train a first network: activeseg train {root})"
+    return f"activeseg query {root} -n 5 --strategy spaced_entropy"
+
+
+def status(session: Session) -> dict:
+    """A JSON-serialisable summary: rounds, labels, metrics, costs, stopping signals."""
+    m = session.manifest
+    nz = int(m["stack"]["shape"][0])
+    rounds = []
+    prev_por = None
+    for r in m["rounds"]:
+        costs = r.get("correction_cost", {})
+        full = r.get("full_slices", [])
+        px = int(np.prod(m["stack"]["shape"][1:]))
+        row = {
+            "index": r["index"],
+            "strategy": r.get("strategy"),
+            "status": r.get("status"),
+            "queried": r.get("queried", []),
+            "imported": r.get("imported", []),
+            "pending": _pending(r),
+            "full_slices": full,
+            "scribble_pixels": r.get("scribble_pixels", 0),
+            "correction_cost_px": int(sum(costs.get(str(z), 0) for z in full)) if r["index"] > 0 else None,
+            "correction_cost_frac": (float(np.mean([costs[str(z)] / px for z in full if str(z) in costs])) if r["index"] > 0 and full else None),
+            "metrics": r.get("metrics"),
+        }
+        if r.get("audit") is not None and str(r["audit"]) in costs:
+            row["audit_error"] = costs[str(r["audit"])] / px
+        sf = r.get("scores_file")
+        if sf and session.path(sf).exists():
+            por = session.load_npz(sf).get("porosity")
+            if por is not None and np.isfinite(por).any():
+                mean_por = float(np.nanmean(por))
+                row["predicted_porosity"] = mean_por
+                if prev_por is not None:
+                    row["porosity_change"] = mean_por - prev_por
+                prev_por = mean_por
+        rounds.append(row)
+    uncertainty = None
+    last_scores = next((r.get("scores_file") for r in reversed(m["rounds"]) if r.get("scores_file")), None)
+    if last_scores and session.path(last_scores).exists():
+        sc = session.load_npz(last_scores)
+        for name in ("entropy", "margin", "bald", "rf_disagreement"):
+            if name in sc:
+                uncertainty = {"name": name, "values": [None if not np.isfinite(v) else float(v) for v in sc[name]]}
+                break
+    return {
+        "session": str(session.root),
+        "stack": {"path": m["stack"]["path"], "shape": m["stack"]["shape"]},
+        "has_truth": bool(m.get("truth")),
+        "rounds": rounds,
+        "labelled_slices": _full_slices(m),
+        "n_labelled": len(_full_slices(m)),
+        "n_slices": nz,
+        "model": m.get("model"),
+        "uncertainty": uncertainty,
+        "next_step": next_step(session),
+    }
+
+
+# --- outputs ---------------------------------------------------------------------------------------
+
+
+def export_segmentation(
+    session: Session,
+    out: Path,
+    *,
+    probabilities: bool = False,
+    values: tuple[int, int] = (0, 1),
+    progress: Progress = _noop,
+) -> dict:
+    """Whole-stack segmentation from the latest model, with labelled slices taken from
+    their labels; plus porosity per slice as CSV beside it (``OUT.porosity.csv``)."""
+    from activeseg import io
+
+    out = Path(out)
+    cfg = _config(session)
+    m = session.manifest
+    with _image(session) as image:
+        nz, ny, nx = (int(s) for s in image.shape)
+        kind, version, model = current_model(session, image, progress=progress)
+        tmp_prob = out.with_name(f".{out.name}.prob.tmp")
+        prob = io.create_stack(tmp_prob, (nz, ny, nx), np.float32, voxel_size=cfg.geometry.voxel_size, kind="probabilities")
+        _predict_pore_prob(model, image, prob, progress=progress)
+    full = labels_dict(session, kinds=("full",))
+    if probabilities:
+        for z, mk in full.items():
+            prob[z] = mk.astype(np.float32)
+        prob.flush()
+        del prob
+        os.replace(tmp_prob, out)
+        porosity = []
+        with io.open_stack(out) as p:
+            for z in range(nz):
+                porosity.append(float(np.mean(np.asarray(p[z]) >= 0.5)))
+    else:
+        tmp = out.with_name(f".{out.name}.tmp")
+        seg = io.create_stack(tmp, (nz, ny, nx), np.uint8, voxel_size=cfg.geometry.voxel_size, kind="labels")
+        porosity = []
+        lo, hi = (int(v) for v in values)
+        for z in range(nz):
+            lab = full[z] if z in full else (np.asarray(prob[z]) >= 0.5).astype(np.uint8)
+            porosity.append(float(np.mean(lab == 1)))
+            seg[z] = np.where(lab == 1, hi, lo).astype(np.uint8)
+        seg.flush()
+        del seg, prob
+        os.replace(tmp, out)
+        os.unlink(tmp_prob)
+    csv = out.with_suffix(".porosity.csv")
+    csv.write_text("z,porosity,labelled\n" + "".join(f"{z},{p:.6f},{int(z in full)}\n" for z, p in enumerate(porosity)))
+    return {"out": str(out), "porosity_csv": str(csv), "model": version, "kind": kind, "porosity": float(np.mean(porosity))}
+
+
+def predict_to_file(model_path: Path, stack: Path, out: Path, *, values: tuple[int, int] = (0, 1), probabilities: bool = False, progress: Progress = _noop) -> dict:
+    """Apply a trained network (a session's latest, or a model directory) to another stack."""
+    from activeseg import io
+    from activeseg.model import load_model
+
+    model_path = Path(model_path)
+    if (model_path / "activeseg.json").exists():
+        s = Session.open(model_path)
+        if not s.manifest.get("model"):
+            raise SessionError(f"session {model_path} has no trained network yet; run `activeseg train {model_path}`")
+        model_dir = s.path(s.manifest["model"]["path"])
+    else:
+        model_dir = model_path
+    model = load_model(model_dir)
+    out = Path(out)
+    with io.open_stack(stack) as image:
+        nz, ny, nx = (int(s) for s in image.shape)
+        tmp = out.with_name(f".{out.name}.tmp")
+        prob_path = out.with_name(f".{out.name}.prob.tmp") if not probabilities else tmp
+        prob = io.create_stack(prob_path, (nz, ny, nx), np.float32, voxel_size=image.voxel_size, kind="probabilities")
+        _predict_pore_prob(model, image, prob, progress=progress)
+        if not probabilities:
+            seg = io.create_stack(tmp, (nz, ny, nx), np.uint8, voxel_size=image.voxel_size, kind="labels")
+            lo, hi = values
+            for z in range(nz):
+                seg[z] = np.where(np.asarray(prob[z]) >= 0.5, hi, lo).astype(np.uint8)
+            seg.flush()
+            del seg
+            del prob
+            os.unlink(prob_path)
+        else:
+            prob.flush()
+            del prob
+        os.replace(tmp, out)
+    return {"out": str(out), "model": str(model_dir)}
+
+
+def run(
+    session: Session,
+    *,
+    strategy: str,
+    n: int,
+    rounds: int,
+    first_strategy: str | None = None,
+    params: dict | None = None,
+    bootstrap_slices: int = 3,
+    effort: int | None = None,
+    steps: int | None = None,
+    progress: Progress = _noop,
+) -> list[dict]:
+    """Simulation: ``rounds`` rounds of query -> ground-truth oracle -> train.
+
+    Bootstraps first (RF on simulated scribbles of ``bootstrap_slices`` evenly spaced
+    slices) if the session is not bootstrapped yet. Resumes a half-finished round.
+    """
+    m = session.manifest
+    if not m.get("truth"):
+        raise SessionError("`run` needs ground truth (init the session with --truth, or from a synth folder)")
+    if not m["rounds"]:
+        nz = int(m["stack"]["shape"][0])
+        zs = [int(round((i + 0.5) * nz / bootstrap_slices)) for i in range(bootstrap_slices)]
+        bootstrap(session, slices=zs, simulate_scribbles=True, progress=progress)
+    done = []
+    # finish a half-done round first (e.g. after a kill)
+    last = _last_round(session.manifest)
+    if last["index"] > 0 and _pending(last):
+        oracle_correct(session, effort=effort)
+    last = _last_round(session.manifest)
+    if last["index"] > 0 and last.get("status") != "trained":
+        done.append(train(session, steps=steps, progress=progress))
+    n_done = sum(1 for r in session.manifest["rounds"] if r["index"] > 0)
+    for i in range(n_done, rounds):
+        name = first_strategy if (i == 0 and first_strategy) else strategy
+        query(session, n, strategy=name, params=params if name == strategy else None, export=False, progress=progress)
+        oracle_correct(session, effort=effort)
+        done.append(train(session, steps=steps, progress=progress))
+    return done

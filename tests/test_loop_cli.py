@@ -1,0 +1,266 @@
+"""The whole terminal workflow through the CLI, kill/resume, and bad input (tiny data, CPU)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from activeseg import io
+from activeseg.cli import app
+
+runner = CliRunner()
+
+TINY_CONFIG = """
+[session]
+score_max_slices = 8
+export_radius = 1
+
+[rf]
+n_estimators = 4
+max_depth = 6
+
+[model]
+encoder = "resnet18"
+encoder_depth = 3
+decoder_channels = [16, 8, 4]
+
+[train]
+steps = 3
+patch_size = 32
+batch_size = 2
+eval_every = 2
+"""
+
+
+def ok(args):
+    res = runner.invoke(app, [str(a) for a in args])
+    assert res.exit_code == 0, f"{args}\n{res.output}\n{res.exception!r}"
+    return res.output
+
+
+def fails(args):
+    res = runner.invoke(app, [str(a) for a in args])
+    assert res.exit_code != 0, f"{args} should fail\n{res.output}"
+    assert "Traceback" not in res.output
+    assert "error:" in res.output
+    return res.output
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("synth")
+    ok(["synth", d / "vol", "--shape", 12, 48, 48, "--seed", 1])
+    (d / "tiny.toml").write_text(TINY_CONFIG)
+    return d
+
+
+@pytest.fixture
+def session(data, tmp_path):
+    s = tmp_path / "s"
+    ok(["init", s, "--image", data / "vol" / "image.tif", "--config", data / "tiny.toml"])
+    return s
+
+
+def _write_truth_into_masks(session, data, round_index):
+    truth = io.read_stack(data / "vol" / "truth.tif")
+    folder = session / "rounds" / f"r{round_index:03d}"
+    zs = []
+    for p in sorted(folder.glob("z*_mask.tif")):
+        z = int(p.name[1:5])
+        io.write_stack(p, truth[z][None], kind="labels")
+        zs.append(z)
+    return zs
+
+
+def _manifest(session):
+    return (session / "activeseg.json").read_bytes()
+
+
+def test_whole_cli_session(data, session, tmp_path):
+    out = ok(["bootstrap", session, "--slices", "2,9"])
+    assert "next:" in out and "query" in out
+    out = ok(["query", session, "-n", 2, "--strategy", "distributed"])
+    assert "round 1" in out
+    zs = _write_truth_into_masks(session, data, 1)
+    assert len(zs) == 2 and (session / "rounds" / "r001" / f"z{zs[0]:04d}_preview.png").exists()
+    out = ok(["import", session])
+    assert "pixels corrected" in out
+    out = ok(["train", session, "--steps", 2])
+    assert "solid IoU" in out  # evaluated against the truth found beside the image
+    out = ok(["query", session, "-n", 2, "--strategy", "entropy", "--audit"])
+    st = json.loads(ok(["status", session, "--json"]))
+    assert st["labelled_slices"] == sorted([2, 9, *zs])
+    assert "import" in st["next_step"]
+    assert len(st["rounds"][-1]["queried"]) == 3  # 2 + the audit slice
+    text = ok(["status", session])
+    assert "▲" in text
+    ok(["export", session, tmp_path / "seg.tif", "--values", "0,255"])
+    seg = io.read_stack(tmp_path / "seg.tif")
+    assert seg.shape == (12, 48, 48) and set(np.unique(seg)) <= {0, 255}
+    truth = io.read_stack(data / "vol" / "truth.tif")
+    assert np.array_equal(seg[2] == 255, truth[2] == 1)  # labelled slices come from their labels
+    assert (tmp_path / "seg.porosity.csv").read_text().startswith("z,porosity,labelled")
+    ok(["predict", session, data / "vol" / "image.tif", tmp_path / "pred.tif"])
+    assert io.read_stack(tmp_path / "pred.tif").shape == (12, 48, 48)
+
+
+def test_run_drives_rounds_with_the_truth_oracle(data, session):
+    out = ok(["run", session, "--strategy", "random", "-n", 1, "--rounds", 2, "--first-strategy", "distributed"])
+    assert out.count("solid IoU") == 2
+    st = json.loads(ok(["status", session, "--json"]))
+    assert st["n_labelled"] == 2
+    assert [r["strategy"] for r in st["rounds"]] == ["bootstrap", "distributed", "random"]
+    assert st["rounds"][0]["scribble_pixels"] > 0  # bootstrapped from simulated scribbles
+    # re-running to the same total does nothing more; a larger total continues
+    ok(["run", session, "--strategy", "random", "-n", 1, "--rounds", 2])
+    assert json.loads(ok(["status", session, "--json"]))["n_labelled"] == 2
+
+
+def _crash_during(session, step_args, target):
+    """Run a CLI step in a subprocess that SIGKILLs itself at ``target`` (module.function)."""
+    module, func = target.rsplit(".", 1)
+    code = textwrap.dedent(
+        f"""
+        import os, signal, sys
+        import {module} as mod
+        real = mod.{func}
+        def boom(*a, **k):
+            real(*a, **k)
+            os.kill(os.getpid(), signal.SIGKILL)
+        mod.{func} = boom
+        from activeseg.cli import app
+        app({[str(a) for a in step_args]!r})
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+
+
+def test_kill_during_import_and_train_loses_nothing(data, session):
+    ok(["bootstrap", session, "--slices", "3"])
+    ok(["query", session, "-n", 2, "--strategy", "distributed"])
+    zs = _write_truth_into_masks(session, data, 1)
+    before = _manifest(session)
+    # killed after the label file is written, before the manifest commit
+    _crash_during(session, ["import", session], "activeseg.session.atomic_save_npz")
+    assert _manifest(session) == before
+    assert json.loads(ok(["status", session, "--json"]))["rounds"][-1]["pending"] == zs
+    ok(["import", session])  # the stale lock is taken over, the step re-runs
+    st = json.loads(ok(["status", session, "--json"]))
+    assert st["labelled_slices"] == sorted([3, *zs])
+    before = _manifest(session)
+    _crash_during(session, ["train", session], "activeseg.model.save_model")
+    assert _manifest(session) == before
+    ok(["train", session])
+    assert json.loads(ok(["status", session, "--json"]))["rounds"][-1]["status"] == "trained"
+
+
+def test_sigkill_in_the_middle_of_training(data, session):
+    ok(["bootstrap", session, "--slices", "3,8"])
+    before = _manifest(session)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "activeseg.cli", "train", str(session), "--steps", "100000"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline and b"train" not in (session / "lock").read_bytes():
+        time.sleep(0.2)
+    time.sleep(3)  # inside the training loop by now
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert _manifest(session) == before
+    ok(["train", session, "--steps", 2])
+    assert json.loads(ok(["status", session, "--json"]))["model"] is not None
+
+
+def test_bad_imports_are_refused_and_change_nothing(data, session, tmp_path):
+    ok(["bootstrap", session, "--slices", "3"])
+    ok(["query", session, "-n", 2, "--strategy", "distributed"])
+    folder = session / "rounds" / "r001"
+    zs = _write_truth_into_masks(session, data, 1)
+    before = _manifest(session)
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    io.write_stack(bad / f"z{zs[0]:04d}_mask.tif", np.zeros((1, 40, 48), np.uint8), kind="labels")
+    assert "shape" in fails(["import", session, bad])
+    io.write_stack(bad / f"z{zs[0]:04d}_mask.tif", np.full((1, 48, 48), 3, np.uint8), kind="image")
+    assert "3" in fails(["import", session, bad])
+    other = tmp_path / "other"
+    other.mkdir()
+    io.write_stack(other / "z0007_mask.tif", np.zeros((1, 48, 48), np.uint8), kind="labels")
+    assert "not queried" in fails(["import", session, other])
+    assert "no mask file for slice" in fails(["import", session, "--slices", str(zs[0]), tmp_path / "bad" / ".." / "other"])
+    assert _manifest(session) == before
+    ok(["import", session, "--slices", str(zs[0])])
+    assert "already imported" in fails(["import", session, "--slices", str(zs[0])])
+    assert "not queried" in fails(["import", session, "--skip", "7"])
+
+
+def test_newer_schema_changed_stack_and_concurrent_writer(data, session, tmp_path):
+    m = json.loads((session / "activeseg.json").read_text())
+    m["schema_version"] = 99
+    (session / "activeseg.json").write_text(json.dumps(m))
+    assert "newer activeseg" in fails(["status", session])
+    m["schema_version"] = 1
+    (session / "activeseg.json").write_text(json.dumps(m))
+
+    # a changed stack is refused; --relink to an identical copy works
+    img = io.read_stack(data / "vol" / "image.tif")
+    copy = tmp_path / "copy.tif"
+    io.write_stack(copy, img)
+    m["stack"]["path"] = str(copy)
+    m["stack"]["mtime_ns"] = 0
+    (session / "activeseg.json").write_text(json.dumps(m))
+    changed = img.copy()
+    changed[0, 0, 0] ^= 1
+    io.write_stack(copy, changed)
+    assert "changed on disk" in fails(["bootstrap", session, "--slices", "3"])
+    moved = tmp_path / "moved.tif"
+    io.write_stack(moved, img)
+    ok(["bootstrap", session, "--slices", "3", "--relink", moved])
+
+    code = textwrap.dedent(
+        f"""
+        import time
+        from activeseg.session import Session
+        s = Session.open({str(session)!r})
+        with s.writing("someone else"):
+            print("LOCKED", flush=True)
+            time.sleep(60)
+        """
+    )
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "LOCKED"
+        before = _manifest(session)
+        out = fails(["query", session, "-n", 1])
+        assert f"process {holder.pid}" in out
+        assert _manifest(session) == before
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_slices_need_truth_and_bootstrap_runs_once(data, tmp_path):
+    img = io.read_stack(data / "vol" / "image.tif")
+    io.write_stack(tmp_path / "plain.tif", img)
+    s = tmp_path / "s"
+    ok(["init", s, "--image", tmp_path / "plain.tif", "--config", data / "tiny.toml"])
+    assert "--scribbles" in fails(["bootstrap", s, "--slices", "1,2"])
+    truth = io.read_stack(data / "vol" / "truth.tif")
+    scrib = np.zeros_like(truth)
+    scrib[4, 5:9, 5:40] = truth[4, 5:9, 5:40] + 1  # ilastik convention: class c drawn as c + 1
+    scrib[4, 30:34, 5:40] = truth[4, 30:34, 5:40] + 1
+    io.write_stack(tmp_path / "scribbles.tif", scrib, kind="labels")
+    ok(["bootstrap", s, "--scribbles", tmp_path / "scribbles.tif"])
+    assert "already bootstrapped" in fails(["bootstrap", s, "--scribbles", tmp_path / "scribbles.tif"])
+    st = json.loads(ok(["status", s, "--json"]))
+    assert st["labelled_slices"] == []  # scribbles do not count as labelled slices
+    assert st["rounds"][0]["scribble_pixels"] > 0
