@@ -1,0 +1,440 @@
+"""Simulated studies: strategies x budgets x seeds x schedules against ground truth.
+
+Each run is an ordinary session under ``STUDY/runs/NAME`` driven by the ground-truth
+oracle, so a killed study resumes where it stopped and a re-run only fills missing runs.
+Runs are independent processes (parallel over cores). Results are collected from the
+sessions into ``results.csv`` / ``results.json``, tables (the paper's Table 1 layout, the
+label-efficiency summary) and plots linked from ``report.md``::
+
+    STUDY/
+      study.json            the inputs, config and run list
+      data/                 the synthetic volume, when the study made one
+      runs/<name>/          one session per run
+      results.csv/.json     one row per (run, round)
+      paper_table.md        Table 1 layout (paper preset)
+      label_efficiency.md   slices needed for 95 % / 99 % of the all-slices ceiling
+      plots/*.png, report.md
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from activeseg.errors import ConfigError, SessionError
+from activeseg.session import atomic_write_bytes, atomic_write_json
+
+__all__ = [
+    "RunSpec",
+    "paper_preset",
+    "efficiency_preset",
+    "demo_preset",
+    "plan_grid",
+    "run_study",
+    "execute_run",
+    "collect",
+    "summarise",
+]
+
+log = logging.getLogger("activeseg")
+SCHEDULES = ("one-shot", "iterative")
+CEILING = "all-slices"
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One simulated run.
+
+    Attributes
+    ----------
+    name : unique run name (its session directory).
+    strategy : query strategy (or ``"all-slices"``: every slice labelled, the ceiling).
+    budget : fully labelled slices at the end.
+    schedule : "one-shot" (all ``budget`` slices in one query, like the paper) or
+        "iterative" (``k0`` first, then ``k`` per round, retraining each round).
+    seed : session seed; runs with the same seed share the simulated scribbles.
+    label : column / legend name (default: the strategy).
+    human : "truth" (ground-truth oracle) or "none" (the RF's confident predictions
+        label the queried slices: no human at all).
+    """
+
+    name: str
+    strategy: str
+    budget: int
+    schedule: str = "one-shot"
+    seed: int = 0
+    k0: int = 2
+    k: int = 2
+    params: dict = field(default_factory=dict)
+    label: str = ""
+    human: str = "truth"
+
+    def __post_init__(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.budget < 1 and self.strategy != CEILING:
+            raise ConfigError(f"run {self.name}: budget must be >= 1")
+        if self.human not in ("truth", "none"):
+            raise ConfigError(f"run {self.name}: human must be 'truth' or 'none', got {self.human!r}")
+
+    @property
+    def rounds(self) -> list[int]:
+        """Slices queried in each round."""
+        if self.schedule == "one-shot":
+            return [self.budget]
+        sizes = [min(self.k0, self.budget)]
+        while sum(sizes) < self.budget:
+            sizes.append(min(self.k, self.budget - sum(sizes)))
+        return sizes
+
+
+def _name(strategy: str, budget: int, schedule: str, seed: int) -> str:
+    return f"{strategy}-{schedule}-k{budget:03d}-s{seed}"
+
+
+def plan_grid(
+    strategies: Sequence[str],
+    budgets: Sequence[int],
+    seeds: Sequence[int],
+    schedules: Sequence[str] = ("one-shot",),
+    *,
+    k0: int = 2,
+    k: int = 2,
+    human: str = "truth",
+) -> list[RunSpec]:
+    """The full grid of runs (an iterative run per budget is one session whose rounds
+    pass through the smaller budgets, so only the largest budget is planned for it)."""
+    runs = []
+    for schedule in schedules:
+        for strategy in strategies:
+            for seed in seeds:
+                bs = [max(budgets)] if schedule == "iterative" else sorted(set(budgets))
+                for b in bs:
+                    runs.append(RunSpec(_name(strategy, b, schedule, seed), strategy, int(b), schedule, int(seed), k0, k, human=human))
+    return runs
+
+
+def paper_preset(seeds: Sequence[int] = (0,), *, iterative: bool = True) -> list[RunSpec]:
+    """The paper's four trials (5 and 20 slices, initial vs distributed), plus
+    spaced-entropy and hybrid trials at the same budgets: one-shot (all k slices picked
+    from the RF's uncertainty after the shared scribble bootstrap) and, with
+    ``iterative``, added round by round (5 at a time)."""
+    runs = []
+    for seed in seeds:
+        for b in (20, 5):
+            for strat in ("initial", "distributed", "spaced_entropy", "hybrid"):
+                runs.append(RunSpec(_name(strat, b, "one-shot", seed), strat, b, "one-shot", seed, label=f"{b} {strat}"))
+        if iterative:
+            for strat in ("spaced_entropy", "hybrid"):
+                runs.append(RunSpec(_name(strat, 20, "iterative", seed), strat, 20, "iterative", seed, k0=5, k=5,
+                                    label=f"{strat} (iterative)"))
+    return runs
+
+
+def efficiency_preset(seeds: Sequence[int] = (0, 1, 2)) -> list[RunSpec]:
+    """Learning curves over budgets 2..12 in rounds of 2 for six strategies, plus the
+    all-slices ceiling."""
+    strategies = ("initial", "distributed", "random", "spaced_entropy", "hybrid", "ranked_batch")
+    runs = plan_grid(strategies, [12], seeds, ("iterative",), k0=2, k=2)
+    runs.append(RunSpec(CEILING, CEILING, 0, "one-shot", int(seeds[0])))
+    return runs
+
+
+def demo_preset(*, rounds: int = 3, k: int = 2) -> list[RunSpec]:
+    """The demo: distributed vs spaced entropy, ``rounds`` rounds of ``k`` slices."""
+    return [
+        RunSpec(_name(s, rounds * k, "iterative", 0), s, rounds * k, "iterative", 0, k0=k, k=k)
+        for s in ("distributed", "spaced_entropy")
+    ]
+
+
+# --- running ------------------------------------------------------------------------------------
+
+
+def _run_done(run_dir: Path, spec: RunSpec) -> bool:
+    mf = run_dir / "activeseg.json"
+    if not mf.exists():
+        return False
+    m = json.loads(mf.read_text())
+    trained = [r for r in m.get("rounds", []) if r.get("status") == "trained"]
+    want = 1 if spec.strategy == CEILING else len(spec.rounds)
+    return len([r for r in trained if r["index"] > 0 or spec.strategy == CEILING]) >= want
+
+
+def execute_run(study_dir: Path, spec: RunSpec, inputs: dict, config: dict, *, threads: int | None = None) -> dict:
+    """Run (or resume) one simulated run as a session; returns a short summary."""
+    from activeseg import loop
+
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
+    run_dir = Path(study_dir) / "runs" / spec.name
+    if _run_done(run_dir, spec):
+        return {"name": spec.name, "status": "done", "resumed": False}
+    if (run_dir / "activeseg.json").exists():
+        session = loop.open_session(run_dir)
+    else:
+        session = loop.init_session(
+            run_dir, Path(inputs["image"]), truth=Path(inputs["truth"]),
+            depth=Path(inputs["depth"]) if inputs.get("depth") else None, config=dict(config), seed=spec.seed,
+        )
+    m = session.manifest
+    nz = int(m["stack"]["shape"][0])
+    if not m["rounds"]:
+        if spec.strategy == CEILING:
+            loop.bootstrap(session, slices=list(range(nz)))
+        else:
+            nb = int(inputs.get("bootstrap_slices", 3))
+            zs = [int((i + 0.5) * nz / nb) for i in range(nb)]
+            loop.bootstrap(session, slices=zs, simulate_scribbles=True)
+    if spec.strategy == CEILING:
+        if session.manifest["rounds"][-1].get("status") != "trained":
+            loop.train(session)
+        return {"name": spec.name, "status": "done"}
+    for i, size in enumerate(spec.rounds):
+        rounds = [r for r in session.manifest["rounds"] if r["index"] > 0]
+        if len(rounds) > i and rounds[i].get("status") == "trained":
+            continue
+        if len(rounds) <= i:
+            loop.query(session, size, strategy=spec.strategy, params=spec.params, export=False)
+        last = session.manifest["rounds"][-1]
+        if loop._pending(last):
+            if spec.human == "none":
+                loop.pseudo_label(session)
+            else:
+                loop.oracle_correct(session)
+        loop.train(session)
+    return {"name": spec.name, "status": "done"}
+
+
+def _worker(args):
+    study_dir, spec_dict, inputs, config, threads = args
+    import logging as _logging
+
+    _logging.getLogger("activeseg").setLevel(_logging.WARNING)
+    spec = RunSpec(**spec_dict)
+    try:
+        return execute_run(Path(study_dir), spec, inputs, config, threads=threads)
+    except Exception as exc:  # a failed run is recorded and the study goes on
+        return {"name": spec.name, "status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+
+
+def run_study(
+    study_dir: Path,
+    runs: Sequence[RunSpec],
+    *,
+    image: Path,
+    truth: Path,
+    depth: Path | None = None,
+    config: dict | None = None,
+    jobs: int = 1,
+    bootstrap_slices: int = 3,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> list[dict]:
+    """Run every missing run of a study (in ``jobs`` parallel processes) and collect.
+
+    The study's ``study.json`` records inputs, config and runs; calling again with the
+    same directory skips finished runs and resumes interrupted ones.
+    """
+    study_dir = Path(study_dir)
+    study_dir.mkdir(parents=True, exist_ok=True)
+    names = [r.name for r in runs]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"run names must be unique; duplicated: {sorted({n for n in names if names.count(n) > 1})}")
+    inputs = {"image": str(Path(image).resolve()), "truth": str(Path(truth).resolve()),
+              "depth": str(Path(depth).resolve()) if depth else None, "bootstrap_slices": int(bootstrap_slices)}
+    spec_path = study_dir / "study.json"
+    if spec_path.exists():
+        old = json.loads(spec_path.read_text())
+        if old.get("inputs", {}).get("image") != inputs["image"] or old.get("config") != (config or {}):
+            raise SessionError(
+                f"{study_dir} holds a study with other inputs or settings; use a new directory "
+                "(or delete the old one) to change them"
+            )
+        known = {r["name"]: r for r in old.get("runs", [])}
+        merged = list(old.get("runs", [])) + [asdict(r) for r in runs if r.name not in known]
+    else:
+        merged = [asdict(r) for r in runs]
+    atomic_write_json(spec_path, {"inputs": inputs, "config": config or {}, "runs": merged})
+    todo = [r for r in runs if not _run_done(study_dir / "runs" / r.name, r)]
+    results = [{"name": r.name, "status": "done", "resumed": False} for r in runs if r not in todo]
+    total = len(runs)
+    if progress:
+        progress("runs", len(results), total)
+    cores = os.cpu_count() or 1
+    jobs = max(1, min(int(jobs), len(todo) or 1))
+    threads = max(1, cores // jobs)
+    args = [(str(study_dir), asdict(r), inputs, config or {}, threads) for r in todo]
+    if jobs == 1:
+        for a in args:
+            results.append(_worker(a))
+            if progress:
+                progress("runs", len(results), total)
+    else:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+            futs = [pool.submit(_worker, a) for a in args]
+            for f in as_completed(futs):
+                results.append(f.result())
+                if progress:
+                    progress("runs", len(results), total)
+    for r in results:
+        if r["status"] == "failed":
+            log.error("run %s failed: %s", r["name"], r["error"])
+    return results
+
+
+# --- collecting ----------------------------------------------------------------------------------
+
+
+def collect(study_dir: Path) -> tuple[list[dict], dict]:
+    """Rows (one per run x trained round) and per-run per-slice arrays of the last round."""
+    study_dir = Path(study_dir)
+    spec = json.loads((study_dir / "study.json").read_text())
+    rows, per_run = [], {}
+    for rd in spec["runs"]:
+        run = RunSpec(**rd)
+        mf = study_dir / "runs" / run.name / "activeseg.json"
+        if not mf.exists():
+            continue
+        m = json.loads(mf.read_text())
+        labelled: list[int] = []
+        px = int(np.prod(m["stack"]["shape"][1:]))
+        for r in m["rounds"]:
+            labelled += r.get("full_slices", []) if (r["index"] > 0 or run.strategy == CEILING) else []
+            if r.get("status") != "trained" or not r.get("metrics"):
+                continue
+            costs = r.get("correction_cost", {})
+            cost = sum(costs.get(str(z), 0) for z in r.get("full_slices", [])) if r["index"] > 0 else None
+            mt = r["metrics"]
+            rows.append({
+                "run": run.name, "strategy": run.label or run.strategy, "schedule": run.schedule, "seed": run.seed,
+                "round": r["index"], "n_labelled": len(set(labelled)),
+                **{k: mt.get(k) for k in ("accuracy", "iou_solid", "iou_pore", "bce", "porosity_error", "grey_pore_error", "boundary_f1")},
+                "correction_cost": cost, "correction_cost_frac": (cost / (px * max(1, len(r.get("full_slices", []))))) if cost is not None else None,
+                "train_seconds": (r.get("train") or {}).get("seconds"),
+                "labelled": sorted(set(labelled)),
+            })
+            if r.get("metrics_file"):
+                per_run[run.name] = {"file": str(study_dir / "runs" / run.name / r["metrics_file"]), "labelled": sorted(set(labelled)),
+                                     "label": run.label or run.strategy, "model": r.get("metrics_file")}
+    return rows, per_run
+
+
+def _load_per_slice(info: dict) -> dict:
+    d = json.loads(Path(info["file"]).read_text())
+    return {k: np.asarray([np.nan if v is None else v for v in vals], float) for k, vals in d["per_slice"].items()}
+
+
+def summarise(study_dir: Path, *, title: str = "activeseg study", preset: str | None = None) -> dict:
+    """Write results.csv/.json, tables, plots and report.md from the runs so far."""
+    from activeseg import report
+
+    study_dir = Path(study_dir)
+    rows, per_run = collect(study_dir)
+    if not rows:
+        raise SessionError(f"no finished runs in {study_dir} yet")
+    spec = json.loads((study_dir / "study.json").read_text())
+    plots = study_dir / "plots"
+    plots.mkdir(exist_ok=True)
+    report.table_csv(rows, study_dir / "results.csv")
+    out: dict = {"rows": rows}
+    names = sorted({r["strategy"] for r in rows})
+    colors = {k: v["color"] for k, v in report.line_styles(names).items()}
+    sections = []
+    ceiling_rows = [r for r in rows if r["run"] == CEILING]
+    ceiling = ceiling_rows[-1]["iou_solid"] if ceiling_rows else None
+    curve_rows = [r for r in rows if r["run"] != CEILING]
+    finals = {}
+    for r in curve_rows:  # last round of each run
+        if r["run"] not in finals or r["round"] > finals[r["run"]]["round"]:
+            finals[r["run"]] = r
+    # the headline table: whole-stack figures of every run's final model
+    headline = [
+        {"run": r["run"], "strategy": r["strategy"], "schedule": r["schedule"], "seed": r["seed"], "slices": r["n_labelled"],
+         "accuracy": r["accuracy"], "solid IoU": r["iou_solid"], "BCE": r["bce"], "porosity error": r["porosity_error"],
+         "grey-pore error": r["grey_pore_error"]}
+        for r in sorted(finals.values(), key=lambda r: (r["n_labelled"], r["strategy"], r["seed"]))
+    ]
+    out["headline"] = headline
+    sections.append(("Whole-stack results (final model of each run)", report.markdown_table(headline)))
+    if preset == "paper" or any(r["schedule"] == "one-shot" for r in finals.values()):
+        per_slice = {}
+        labelled = {}
+        for name, info in per_run.items():
+            if name == CEILING:
+                continue
+            per_slice[info["label"]] = _load_per_slice(info)
+            labelled[info["label"]] = info["labelled"]
+        if per_slice:
+            nz = len(next(iter(per_slice.values()))["accuracy"])
+            idx = report.paper_indices(nz)
+            order = sorted(per_slice, key=lambda k: (0 if "initial" in k or "distributed" in k else 1, -int(k.split()[0]) if k.split()[0].isdigit() else 0, k))
+            table = report.paper_table({k: per_slice[k] for k in order}, idx)
+            md = report.paper_table_markdown(table)
+            atomic_write_bytes(study_dir / "paper_table.md", (md + "\n").encode())
+            out["paper_table"] = table
+            out["paper_indices"] = idx
+            sections.append((f"Table 1 layout: loss (BCE) and accuracy at Index-{idx[0]}/{idx[1]}/{idx[2]} of {nz}", md))
+            lc = {k: colors.get(k) or report.color_for(k) for k in per_slice}
+            report.plot_slice_metric({k: v["accuracy"] for k, v in per_slice.items()}, plots / "accuracy_along_z.png",
+                                     labelled=labelled, metric="accuracy", marks=idx, colors=lc)
+            sections.append(("Accuracy along z", plots / "accuracy_along_z.png", "labelled slices marked under the axis"))
+            first = next(iter(per_slice.values()))
+            report.plot_porosity_profile(first["porosity_true"], {k: v["porosity_pred"] for k, v in per_slice.items()},
+                                         plots / "porosity_profile.png", labelled=labelled, marks=idx, colors=lc)
+            sections.append(("Porosity per slice vs truth", plots / "porosity_profile.png", ""))
+            panel = _prediction_panel(study_dir, spec, per_run, idx[-1], plots / "prediction_panel.png", lc)
+            if panel:
+                sections.append((f"Predictions at Index-{idx[-1]} (Figure 2 style)", panel, "orange: pore called solid; blue: solid called pore"))
+    if any(r["schedule"] == "iterative" for r in curve_rows) or len({r["n_labelled"] for r in curve_rows}) > 1:
+        report.plot_learning_curves(curve_rows, plots / "learning_curves.png", metric="iou_solid", ceiling=ceiling,
+                                    fractions=(0.95, 0.99) if ceiling else (), colors=colors)
+        sections.append(("Learning curves (solid-phase IoU)", plots / "learning_curves.png", ""))
+        report.plot_correction_cost([r for r in curve_rows if r["correction_cost"] is not None], plots / "correction_cost.png", colors=colors)
+        sections.append(("Correction cost per round", plots / "correction_cost.png", "pixels changed from the pre-filled masks"))
+    if ceiling is not None:
+        eff = report.label_efficiency(curve_rows, ceiling)
+        md = report.label_efficiency_markdown(eff, ceiling=ceiling)
+        atomic_write_bytes(study_dir / "label_efficiency.md", (md + "\n").encode())
+        out["label_efficiency"] = {k: {str(f): v.get(f) for f in (0.95, 0.99)} for k, v in eff.items()}
+        out["ceiling_iou_solid"] = ceiling
+        sections.append(("Label efficiency (slices to reach 95 % / 99 % of the all-slices ceiling)", md))
+    atomic_write_json(study_dir / "results.json", {"rows": rows, **{k: v for k, v in out.items() if k != "rows"}})
+    report.write_report_md(study_dir / "report.md", title=title, sections=sections,
+                           intro=f"{len(finals)} runs on `{spec['inputs']['image']}`.")
+    out["report"] = str(study_dir / "report.md")
+    return out
+
+
+def _prediction_panel(study_dir: Path, spec: dict, per_run: dict, z: int, path: Path, colors: dict) -> Path | None:
+    """Each run's final prediction of slice ``z`` (recomputed from the saved models)."""
+    from activeseg import io, report
+    from activeseg.model import load_model
+
+    inputs = spec["inputs"]
+    with io.open_stack(inputs["image"]) as image, io.open_stack(inputs["truth"]) as truth:
+        preds = {}
+        for name, info in per_run.items():
+            if name == CEILING:
+                continue
+            m = json.loads((study_dir / "runs" / name / "activeseg.json").read_text())
+            if not m.get("model"):
+                continue
+            model = load_model(study_dir / "runs" / name / m["model"]["path"])
+            preds[info["label"]] = model.predict_proba(image, [z])[0, 1]
+        if not preds:
+            return None
+        return report.plot_prediction_panel(
+            np.asarray(image[z]), np.asarray(truth[z]), preds, path, z=z, colors=colors
+        )

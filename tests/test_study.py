@@ -1,0 +1,101 @@
+import csv
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from activeseg import study
+from activeseg.cli import app
+from activeseg.errors import ConfigError
+
+runner = CliRunner()
+
+TINY = """
+[session]
+score_max_slices = 6
+[rf]
+n_estimators = 4
+max_depth = 6
+[model]
+encoder = "resnet18"
+encoder_depth = 3
+decoder_channels = [16, 8, 4]
+[train]
+steps = 2
+patch_size = 32
+batch_size = 2
+eval_every = 2
+"""
+
+
+def test_run_spec_rounds_and_grid():
+    assert study.RunSpec("a", "random", 5).rounds == [5]
+    assert study.RunSpec("a", "random", 7, "iterative", k0=3, k=2).rounds == [3, 2, 2]
+    runs = study.plan_grid(["initial", "distributed"], [5, 20], [0, 1], ("one-shot", "iterative"))
+    oneshot = [r for r in runs if r.schedule == "one-shot"]
+    iterative = [r for r in runs if r.schedule == "iterative"]
+    assert len(oneshot) == 2 * 2 * 2
+    assert len(iterative) == 2 * 2 and all(r.budget == 20 for r in iterative)  # passes through 5 on the way
+    assert len({r.name for r in runs}) == len(runs)
+    with pytest.raises(ConfigError, match="schedule"):
+        study.RunSpec("a", "random", 5, "sometimes")
+    paper = study.paper_preset()
+    labels = [r.label for r in paper if r.schedule == "one-shot"]
+    assert {"5 initial", "5 distributed", "20 initial", "20 distributed"} <= set(labels)
+
+
+def test_demo_quick_runs_end_to_end(tmp_path):
+    res = runner.invoke(app, ["demo", "--quick", "--out", str(tmp_path / "demo")])
+    assert res.exit_code == 0, res.output
+    assert "Otsu" in res.output and "report:" in res.output
+    rows = list(csv.DictReader(open(tmp_path / "demo" / "study" / "results.csv")))
+    assert {r["strategy"] for r in rows} == {"distributed", "spaced_entropy"}
+    assert sorted({int(r["n_labelled"]) for r in rows}) == [1, 2]
+    report = (tmp_path / "demo" / "study" / "report.md").read_text()
+    assert "learning_curves.png" in report
+    assert (tmp_path / "demo" / "study" / "plots" / "learning_curves.png").stat().st_size > 5000
+
+
+def test_two_run_study_with_paper_table_resumes(tmp_path):
+    (tmp_path / "tiny.toml").write_text(TINY)
+    args = ["study", str(tmp_path / "st"), "--strategies", "initial,distributed", "--budgets", "2",
+            "--shape", "12", "48", "48", "--config", str(tmp_path / "tiny.toml")]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    assert "Index-" in res.output
+    rows = list(csv.DictReader(open(tmp_path / "st" / "results.csv")))
+    assert len(rows) == 2
+    assert {r["strategy"] for r in rows} == {"initial", "distributed"}
+    initial = next(r for r in rows if r["strategy"] == "initial")
+    assert initial["labelled"] == "0;1"  # top of the stack
+    table = (tmp_path / "st" / "paper_table.md").read_text()
+    assert "Loss" in table and "Accuracy" in table
+    manifest = (tmp_path / "st" / "runs" / rows[0]["run"] / "activeseg.json").read_bytes()
+    res = runner.invoke(app, args)  # nothing left to do: finished runs are not redone
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "st" / "runs" / rows[0]["run"] / "activeseg.json").read_bytes() == manifest
+
+
+def test_study_with_ceiling_gives_label_efficiency(tmp_path):
+    from activeseg import synth
+    import numpy as np
+
+    vol = synth.synthesize((10, 48, 48), rng=np.random.default_rng(3))
+    synth.save_synth(tmp_path / "data", vol)
+    from activeseg.loop import load_config
+
+    (tmp_path / "tiny.toml").write_text(TINY)
+    cfg = load_config(tmp_path / "tiny.toml")
+    runs = [study.RunSpec("distributed-it", "distributed", 2, "iterative", 0, k0=1, k=1),
+            study.RunSpec(study.CEILING, study.CEILING, 0)]
+    res = study.run_study(tmp_path / "st", runs, image=tmp_path / "data" / "image.tif",
+                          truth=tmp_path / "data" / "truth.tif", depth=tmp_path / "data" / "depth.tif", config=cfg)
+    assert all(r["status"] == "done" for r in res), res
+    out = study.summarise(tmp_path / "st")
+    assert out["ceiling_iou_solid"] is not None
+    assert set(out["label_efficiency"]) == {"distributed (iterative)"} or set(out["label_efficiency"]) == {"distributed"}
+    data = json.loads((tmp_path / "st" / "results.json").read_text())
+    assert len([r for r in data["rows"] if r["run"] == "distributed-it"]) == 2
+    with pytest.raises(Exception, match="other inputs or settings"):
+        study.run_study(tmp_path / "st", runs, image=tmp_path / "data" / "image.tif",
+                        truth=tmp_path / "data" / "truth.tif", config={"seed": 5})
