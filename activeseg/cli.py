@@ -261,13 +261,15 @@ def strategies_cmd(
 
     Example: activeseg strategies
     """
+    from rich.markup import escape
+
     from activeseg.registry import describe_strategies
 
     infos = describe_strategies()
     if as_json:
         print(json.dumps([
             {"name": i.name, "source": i.source, "version": i.version, "requires": list(i.requires),
-             "params": i.params, "description": i.description, "error": i.error}
+             "params": dict(i.params), "description": i.description, "error": i.error}
             for i in infos
         ], indent=2, default=str))
         return
@@ -277,13 +279,13 @@ def strategies_cmd(
     table.add_column("needs", overflow="fold", ratio=1)
     table.add_column("parameters (defaults)", overflow="fold", ratio=2)
     table.add_column("description", overflow="fold", ratio=4)
-    for i in infos:
+    for i in infos:  # plugin text is escaped: a "[/x]" in a description must not break the listing
         needs = ", ".join(i.requires) or "-"
         if i.requires_depends_on_params:
             needs += " *"
         params = ", ".join(f"{k}={v!r}" for k, v in i.params.items()) or "-"
-        desc = i.description if i.ok else f"[red]failed to load: {i.error}[/red]"
-        table.add_row(i.name, i.source, needs, params, desc)
+        desc = escape(i.description) if i.ok else f"[red]failed to load: {escape(str(i.error))}[/red]"
+        table.add_row(escape(i.name), escape(i.source), escape(needs), escape(params), desc)
     console.print(table)
     console.print("* depends on the parameters; use one with: activeseg query SESSION --strategy NAME --param key=value")
 
@@ -724,8 +726,9 @@ def study_cmd(
         raise ConfigError(f"--preset must be paper, efficiency or demo; got {preset!r}")
     from activeseg import registry
 
-    for name in {r.strategy for r in runs} - {study.CEILING}:
-        registry.get_strategy(name)  # unknown names fail before anything runs
+    for r in runs:
+        if r.strategy != study.CEILING:
+            registry.prepare_query(r.strategy, r.params)  # bad names or parameters fail before anything runs
     image, truth, depth = _study_inputs(study_dir, image, truth, depth, shape, seed)
     t0 = time.time()
     with _progress() as progress:

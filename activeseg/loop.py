@@ -620,9 +620,9 @@ def query(
 
     if n < 1:
         raise ConfigError(f"-n must be at least 1, got {n}")
-    fn = registry.get_strategy(strategy)
-    full_params = registry.validate_params(fn, params or {})
-    needs = registry.required_scores(fn, full_params)
+    prepared = registry.prepare_query(strategy, params or {})
+    fn, strategy, full_params = prepared.fn, prepared.name, prepared.params
+    needs = prepared.requires
     with session.writing("query"):
         m = session.manifest
         last = _last_round(m)

@@ -50,6 +50,8 @@ __all__ = [
     "KNOWN_SCORES",
     "EMBEDDINGS",
     "QueryContext",
+    "PreparedQuery",
+    "prepare_query",
     "StrategyInfo",
     "strategy",
     "get_strategy",
@@ -594,7 +596,7 @@ def _load(entry: _Entry) -> _Entry:
             return entry
         try:
             obj = entry.entry_point.load()
-        except Exception as exc:  # a broken plugin must never break the others
+        except (Exception, SystemExit) as exc:  # a broken plugin must never break the others
             entry.error = f"{type(exc).__name__}: {exc}"
             # reported through StrategyInfo.error; INFO keeps the library quiet
             log.info("strategy %r (%s) failed to load: %s", entry.name, entry.target, entry.error)
@@ -761,6 +763,66 @@ def unregister_strategy(name: str) -> None:
 
 
 # ---------------------------------------------------------------------------- running
+
+
+@dataclasses.dataclass(frozen=True)
+class PreparedQuery:
+    """A strategy checked before a round starts: what the query step needs to run it."""
+
+    fn: Callable
+    name: str
+    params: dict
+    requires: tuple[str, ...]
+
+    @property
+    def scores(self) -> tuple[str, ...]:
+        """The per-slice scores to compute (``requires`` without :data:`EMBEDDINGS`)."""
+        return tuple(r for r in self.requires if r != EMBEDDINGS)
+
+    @property
+    def wants_embeddings(self) -> bool:
+        return EMBEDDINGS in self.requires
+
+
+def prepare_query(fn_or_name: Callable | str, params: Mapping[str, Any] | None = None) -> PreparedQuery:
+    """Check a strategy and its parameters completely before any scoring starts.
+
+    Resolves the name (case and ``-``/``_`` insensitive; the canonical name is
+    returned), validates parameter names and types, checks that every required score
+    is one the query step can compute, and runs the strategy once with ``n = 0`` on a
+    small context of NaN scores so that bad parameter *values* (``fraction=1.5``) fail
+    now rather than after minutes of scoring.
+
+    Raises
+    ------
+    StrategyError
+        With the strategy's name, what was wrong and what is valid.
+    """
+    fn, name = _resolve(fn_or_name)
+    name = _name_of(fn)
+    full = validate_params(fn, params)
+    requires = required_scores(fn, full)
+    computable = (*KNOWN_SCORES, EMBEDDINGS)
+    for r in requires:
+        if r not in computable:
+            close = difflib.get_close_matches(r, computable, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise StrategyError(
+                f"strategy {name!r} with parameters {full} needs score {r!r}, which the query step cannot "
+                f"compute{hint} Known scores: {', '.join(KNOWN_SCORES)}"
+            )
+    z = 8
+    dry = QueryContext(
+        n_slices=z,
+        labelled=np.zeros(z, bool),
+        scores={s: np.full(z, np.nan, np.float32) for s in requires if s != EMBEDDINGS},
+        rng=np.random.default_rng(0),
+    )
+    try:
+        fn(dry, 0, **full)
+    except Exception as exc:  # ActiveSegError or foreign plugin code alike: report before scoring
+        raise StrategyError(f"strategy {name!r} rejects parameters {full}: {exc}") from exc
+    return PreparedQuery(fn, name, full, requires)
 
 
 def _validate_output(name: str, out: Any, ctx: QueryContext, n: int) -> np.ndarray:

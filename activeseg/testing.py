@@ -278,8 +278,9 @@ def check_strategy(
                 raise _fail(name, case, f"raised {type(exc).__name__}: {exc} (n={n})") from exc
             if not isinstance(out, np.ndarray):
                 raise _fail(name, case, f"returned {type(out).__name__}; return np.asarray(ids, dtype=np.intp)")
-            if out.size and out.dtype.kind not in "iu":
-                raise _fail(name, case, f"returned dtype {out.dtype}; expected integer slice ids (np.intp)")
+            if out.size and (out.dtype.kind not in "iu" or out.dtype.itemsize < np.dtype(np.intp).itemsize):
+                raise _fail(name, case, f"returned dtype {out.dtype}; expected np.intp slice ids "
+                            "(narrower integers overflow on deep stacks): np.asarray(ids, dtype=np.intp)")
             try:
                 ids = _validate_output(name, out, ctx, n)
             except ActiveSegError as exc:
@@ -290,6 +291,8 @@ def check_strategy(
                     raise _fail(name, case, f"modified the query context ({key})")
             if case == "all labelled" and ids.size:
                 raise _fail(name, case, f"returned {ids.tolist()} although every slice is labelled")
+            if case == "fresh stack" and ids.size == 0:
+                raise _fail(name, case, f"returned no slice for n={n} on a stack with nothing labelled")
             outs.append(ids)
         if not np.array_equal(outs[0], outs[1]):
             raise _fail(name, case, f"not deterministic for equal seeds: {outs[0].tolist()} vs {outs[1].tolist()}")

@@ -154,8 +154,8 @@ def ranked_batch(
 
     Each pick maximises ``alpha * (1 - 1 / (1 + d)) + (1 - alpha) * u`` where ``d`` is
     the ``metric`` distance of its embedding to the nearest labelled-or-picked slice,
-    ``u`` its uncertainty (score ``score``; min-max scaled to [0, 1] when it falls
-    outside that range) and ``alpha = |unlabelled| / (|unlabelled| + |labelled|)``.
+    ``u`` its uncertainty (score ``score``, min-max scaled to [0, 1] over the pool, so
+    the balance does not depend on the score's units) and ``alpha = |unlabelled| / (|unlabelled| + |labelled|)``.
     With nothing labelled, the first pick is the most central slice.
 
     NaN rule: scored slices are ranked first; unscored ones only when those run out,
@@ -182,8 +182,7 @@ def ranked_batch(
     if pool.size:
         u = values[pool]
         lo, hi = float(u.min()), float(u.max())
-        if lo < 0.0 or hi > 1.0:
-            u = (u - lo) / (hi - lo) if hi > lo else np.zeros_like(u)
+        u = (u - lo) / (hi - lo) if hi > lo else np.zeros_like(u)  # the same ranking whatever the score's scale
         idx = ranked_batch_pool(x[pool], u, x[lab], n, metric=metric)
         picks.extend(pool[idx].tolist())
     # 2) unscored, embedded slices: dissimilarity only.

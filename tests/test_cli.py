@@ -109,3 +109,26 @@ def test_synth_rejects_bad_choices(tmp_path):
     res = runner.invoke(app, ["synth", str(tmp_path / "x"), "--structure", "cubes"])
     assert res.exit_code == 1
     assert "blobs, spheres, fibres" in res.output
+
+
+def test_strategies_lists_builtins_and_survives_markup_in_plugin_text(monkeypatch):
+    from activeseg import registry
+    from activeseg.registry import strategy
+
+    @strategy(description="top-n [experimental] by entropy [/tmp/x.so]")
+    def odd_text(ctx, n, /, *, level: int = 1):
+        return ctx.unlabelled_ids[:n]
+
+    registry.register_strategy(odd_text)
+    try:
+        res = runner.invoke(app, ["strategies"], env={"COLUMNS": "200"})
+        assert res.exit_code == 0, res.output
+        for name in ("initial", "distributed", "spaced_entropy", "ranked_batch", "hybrid", "odd_text"):
+            assert name in res.output
+        assert "[experimental]" in res.output
+        res = runner.invoke(app, ["strategies", "--json"])
+        listed = {i["name"]: i for i in json.loads(res.output)}
+        assert listed["hybrid"]["params"]["fraction"] == 0.5
+        assert listed["odd_text"]["params"] == {"level": 1}
+    finally:
+        registry.unregister_strategy("odd_text")

@@ -388,7 +388,15 @@ def test_battery_catches_contract_violations():
     def returns_list(ctx, n, /):
         return ctx.unlabelled_ids[:n].tolist()
 
+    def returns_nothing(ctx, n, /):
+        return np.empty(0, dtype=np.intp)
+
+    def returns_int8(ctx, n, /):
+        return ctx.unlabelled_ids[:n].astype(np.int8)
+
     cases = [
+        (returns_nothing, "fresh stack.*returned no slice"),
+        (returns_int8, "dtype int8"),
         (returns_labelled, "already labelled"),
         (global_random, "not deterministic"),
         (crashes_when_all_labelled, "raised IndexError"),
@@ -454,3 +462,34 @@ def test_listing_and_importing_strategies_needs_no_torch():
     assert BUILTINS <= set(out["names"])
     assert not {k: v for k, v in out["errors"].items() if k in BUILTINS}
     assert out["heavy"] == []
+
+
+@pytest.mark.parametrize(
+    "name, params, match",
+    [
+        ("hybrid", {"fraction": 1.5}, "rejects parameters.*fraction"),
+        ("spaced_entropy", {"min_gap": -1}, "rejects parameters"),
+        ("ranked_batch", {"metric": "cosin"}, "rejects parameters.*metric"),
+        ("hybrid", {"score": "entrpy"}, "cannot compute; did you mean 'entropy'"),
+        ("no_such_thing", {}, "unknown strategy"),
+    ],
+)
+def test_prepare_query_fails_before_scoring(name, params, match):
+    with pytest.raises(StrategyError, match=match):
+        registry.prepare_query(name, params)
+
+
+def test_prepare_query_gives_the_canonical_name_and_what_to_compute():
+    q = registry.prepare_query("Ranked-Batch", {"score": "margin"})
+    assert q.name == "ranked_batch"
+    assert q.scores == ("margin",) and q.wants_embeddings
+    assert q.params["metric"] == "euclidean"
+
+
+def test_plugin_exceptions_at_import_never_stop_the_listing(fake_plugins, tmp_path, monkeypatch):
+    (tmp_path / "exits_on_import.py").write_text("raise SystemExit(3)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    fake_plugins(("exits", "exits_on_import:fn", "rude-plugin"))
+    infos = available_strategies()
+    assert "SystemExit" in infos["exits"].error
+    assert all(infos[n].ok for n in BUILTINS)

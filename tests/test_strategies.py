@@ -311,9 +311,9 @@ def test_ranked_batch_cold_start_empty_pool_and_zero_budget():
     assert run_strategy("ranked_batch", all_nan, 3).size == 3
 
 
-def test_ranked_batch_scales_scores_outside_unit_range():
-    # bald is not bounded by 1: values outside [0, 1] are min-max scaled, so multiplying
-    # them by 50 ranks like the min-max scaled values themselves
+def test_ranked_batch_ranking_does_not_depend_on_the_score_scale():
+    # scores are min-max scaled over the pool, so multiplying them by 50 or by 0.3 ranks
+    # like the min-max scaled values themselves
     ctx = random_context(30, seed=2, labelled=0.2)
     pool = ctx.unlabelled_ids
     bald = ctx.scores["bald"].astype(np.float64)
@@ -324,8 +324,10 @@ def test_ranked_batch_scales_scores_outside_unit_range():
         return QueryContext(n_slices=30, labelled=ctx.labelled, rng=ctx.rng, scores=scores, embeddings=ctx.embeddings)
 
     big = run_strategy("ranked_batch", with_bald(bald * 50), 5, {"score": "bald"})
+    small = run_strategy("ranked_batch", with_bald(bald * 0.3), 5, {"score": "bald"})
     unit = run_strategy("ranked_batch", with_bald((bald - lo) / (hi - lo)), 5, {"score": "bald"})
     np.testing.assert_array_equal(big, unit)
+    np.testing.assert_array_equal(small, unit)
 
 
 def test_spread_helper_on_a_fresh_stack_is_bin_centres():
