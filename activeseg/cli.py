@@ -465,7 +465,7 @@ def import_cmd(
 def train_cmd(
     session: Path = _SESSION_ARG,
     epochs: Optional[int] = typer.Option(None, "--epochs", "--steps", help="Training steps (mini-batches) for this round."),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda | mps."),
+    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | mps (default: the session's [train] device, else auto)."),
     relink: Optional[Path] = _RELINK,
 ) -> None:
     """Train the ResUNet on every label so far (warm start), evaluate when truth is known.
@@ -564,10 +564,12 @@ def export_cmd(
     """
     from activeseg import loop
 
-    vals = _parse_ints(values, "--values")
+    from activeseg.loop import check_output_values
+
+    vals = check_output_values(_parse_ints(values, "--values") or [])
     sess = _open(session, relink)
     with _progress() as progress:
-        res = loop.export_segmentation(sess, out, probabilities=probabilities, values=tuple(vals[:2]), progress=progress)
+        res = loop.export_segmentation(sess, out, probabilities=probabilities, values=vals, progress=progress)
     console.print(f"wrote {res['out']} (model {res['model']}); porosity per slice: {res['porosity_csv']}; "
                   f"mean porosity {res['porosity']:.4f}", highlight=False)
 
@@ -587,9 +589,9 @@ def predict_cmd(
     """
     from activeseg import loop
 
-    vals = _parse_ints(values, "--values")
+    vals = loop.check_output_values(_parse_ints(values, "--values") or [])
     with _progress() as progress:
-        res = loop.predict_to_file(model, stack, out, values=tuple(vals[:2]), probabilities=probabilities, progress=progress)
+        res = loop.predict_to_file(model, stack, out, values=vals, probabilities=probabilities, progress=progress)
     console.print(f"wrote {res['out']} with {res['model']}", highlight=False)
 
 

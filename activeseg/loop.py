@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -205,24 +206,25 @@ def _config(session: Session) -> SessionConfig:
     return SessionConfig.from_dict(session.manifest["config"])
 
 
-def _verify_file(entry: dict, what: str, session_root: Path) -> dict | None:
+def _verify_file(entry: dict, what: str, session_root: Path, *, relinkable: bool) -> dict | None:
     """Check an input file against its fingerprint. Returns an updated entry when only
-    the modification time changed (same content), else None."""
+    the modification time changed (same content), else None. ``--relink`` is offered
+    for the stack only (it re-points the stack, never the truth)."""
     path = Path(entry["path"])
     if not path.exists():
-        raise SessionError(
-            f"the {what} of session {session_root} is missing: {path}; if you moved it, run the command "
-            f"again with --relink NEW_PATH"
-        )
+        how = ("if you moved it, run the command again with --relink NEW_PATH" if relinkable
+               else "put it back at that path (the session compares every model against it)")
+        raise SessionError(f"the {what} of session {session_root} is missing: {path}; {how}")
     now = _stat_key(path)
     if now["size"] == entry.get("size") and now["mtime_ns"] == entry.get("mtime_ns"):
         return None
     digest = sha256_file(path)
     if digest != entry["sha256"]:
+        how = (" Restore the original file, or, if the pixels are the same (e.g. re-saved), run the command "
+               "again with --relink PATH" if relinkable else " Restore the original file.")
         raise SessionError(
             f"the {what} {path} changed on disk since the session was created (sha256 {digest[:12]} != "
-            f"{entry['sha256'][:12]}); labels no longer match it. Restore the original file, or, if the "
-            "pixels are the same (e.g. re-saved), run the command again with --relink PATH"
+            f"{entry['sha256'][:12]}); labels no longer match it.{how}"
         )
     return {**entry, **now}
 
@@ -237,7 +239,7 @@ def open_session(root: Path, *, relink_to: Path | None = None, check_inputs: boo
         for key, what in (("stack", "image stack"), ("truth", "ground truth"), ("depth", "depth map")):
             entry = session.manifest.get(key)
             if entry:
-                new = _verify_file(entry, what, session.root)
+                new = _verify_file(entry, what, session.root, relinkable=key == "stack")
                 if new is not None:
                     updates[key] = new
         if updates:
@@ -365,14 +367,15 @@ LABEL_KINDS = ("full", "partial", "pseudo")
 """Kinds of label files: corrected/true whole slices, scribbles, confident pseudo-labels."""
 
 
-def labels_dict(session: Session, *, kinds: Sequence[str] = LABEL_KINDS) -> dict[int, np.ndarray]:
+def labels_dict(session: Session, *, kinds: Sequence[str] = LABEL_KINDS, manifest: dict | None = None) -> dict[int, np.ndarray]:
     """Committed labels of the given kinds as ``{z: uint8 (Y, X)}`` (255 = unlabelled).
 
     A whole-slice label replaces what was there; partial labels (scribbles,
-    pseudo-labels) only fill their drawn pixels.
+    pseudo-labels) only fill their drawn pixels. ``manifest``: read the label files of
+    this (not yet committed) manifest instead of the committed one.
     """
     out: dict[int, np.ndarray] = {}
-    for rel in _label_files(session.manifest):
+    for rel in _label_files(session.manifest if manifest is None else manifest):
         data = session.load_npz(rel)
         if str(data["kind"]) not in kinds:
             continue
@@ -423,16 +426,17 @@ def _write_labels(session: Session, m: dict, rnd: dict, corrections, *, kind: st
 _RF_CACHE: dict = {}
 
 
-def _fit_rf(session: Session, image, *, progress: Progress = _noop):
-    """The RF on all committed labels, refit deterministically (cached per process)."""
+def _fit_rf(session: Session, image, *, progress: Progress = _noop, manifest: dict | None = None):
+    """The RF on all committed labels (or those of ``manifest``, before it is committed),
+    refit deterministically (cached per process)."""
     from activeseg.bootstrap import fit_rf
 
-    m = session.manifest
+    m = session.manifest if manifest is None else manifest
     key = (str(session.root.resolve()), _labels_version(m))
     if key in _RF_CACHE:
         return _RF_CACHE[key]
     cfg = _config(session)
-    labels = labels_dict(session)
+    labels = labels_dict(session, manifest=m)
     if not labels:
         raise SessionError(f"session {session.root} has no labels yet; run `activeseg bootstrap {session.root}` first")
     seed = int(m["bootstrap"]["rf_seed"])
@@ -464,6 +468,23 @@ def _last_round(m: dict) -> dict | None:
 def _pending(rnd: dict) -> list[int]:
     done = set(rnd.get("imported", [])) | set(rnd.get("skipped", []))
     return [z for z in rnd.get("queried", []) if z not in done]
+
+
+def _check_two_classes(corr, n_classes: int, path: Path | None) -> None:
+    """Bootstrap labels must show at least two classes, or no classifier can be fitted."""
+    present = set()
+    for c in corr:
+        present |= {int(v) for v in np.unique(c.mask) if v != 255}
+    if len(present) >= 2:
+        return
+    hint = ""
+    if path is not None:
+        hint = (f"; if {path} is a binary 0/255 mask (Fiji's default), 255 reads as 'unlabelled' here: "
+                "save pore as 1 (Fiji: Process > Math > Divide... by 255)")
+    raise LabelError(
+        f"the bootstrap labels hold only class {sorted(present) or 'none'} of 0..{n_classes - 1}; "
+        f"label pixels of every class (solid = 0, pore = 1) on at least one slice{hint}"
+    )
 
 
 def bootstrap(
@@ -508,6 +529,8 @@ def bootstrap(
                     "give --scribbles FILE (ilastik convention) or --labels FILE instead"
                 )
             zs = sorted({int(z) for z in slices})
+            if not zs:
+                raise ConfigError("bootstrap got no slices; give at least one, e.g. --slices 0,120,240")
             bad = [z for z in zs if not 0 <= z < shape[0]]
             if bad:
                 raise ConfigError(f"--slices {bad} outside the stack (0..{shape[0] - 1})")
@@ -515,43 +538,42 @@ def bootstrap(
                 from activeseg.scribbles import simulate_scribbles as draw
 
                 kw = {} if scribble_budget is None else {"budget": scribble_budget}
-                corr = [Correction(z, draw(np.asarray(truth[z]), rng=rng, **kw), 0, "scribble") for z in zs]
-                kind, source = "partial", "scribble"
+                part = [Correction(z, draw(np.asarray(truth[z]), rng=rng, **kw), 0, "scribble") for z in zs]
+                full, source = [], "scribble"
             else:
-                corr = [Correction(z, np.asarray(truth[z]).astype(np.uint8), int(np.prod(shape[1:])), "oracle") for z in zs]
-                kind, source = "full", "oracle"
+                full = [Correction(z, np.asarray(truth[z]).astype(np.uint8), int(np.prod(shape[1:])), "oracle") for z in zs]
+                part, source = [], "oracle"
         else:
             path = Path(scribbles or labels)
             found = io.read_labels(path, shape=shape, n_classes=cfg.n_classes, kind="scribble" if scribbles else "partial")
             if not found:
                 raise LabelError(f"{path} holds no labelled pixels; draw some labels first")
-            kind = "partial" if scribbles else "full"
             source = "scribble" if scribbles else "corrected"
-            corr = []
+            # a slice from --labels counts as fully labelled only when it has no unlabelled pixel
+            full, part = [], []
             for z, mask in sorted(found.items()):
-                # a slice from --labels counts as fully labelled only when it has no unlabelled pixel
-                full = kind == "full" and not np.any(mask == 255)
-                corr.append(Correction(z, mask, int(np.count_nonzero(mask != 255)), source if full or kind == "partial" else "scribble"))
-            if kind == "full" and any(np.any(c.mask == 255) for c in corr):
-                partial = [c for c in corr if np.any(c.mask == 255)]
-                corr = [c for c in corr if not np.any(c.mask == 255)]
-                if partial:
-                    _write_labels(session, m, rnd, partial, kind="partial")
-                    log.info("%d slice(s) of %s are only partly labelled; they train as scribbles", len(partial), path)
-        if corr:
-            _write_labels(session, m, rnd, corr, kind=kind)
-        rnd["scribble_pixels"] = int(
-            sum(np.count_nonzero(c.mask != 255) for c in corr if kind == "partial")
-        )
+                drawn = int(np.count_nonzero(mask != 255))
+                if scribbles or drawn < mask.size:
+                    part.append(Correction(z, mask, drawn, "scribble"))
+                else:
+                    full.append(Correction(z, mask, drawn, "corrected"))
+            if labels and part:
+                log.info("%d slice(s) of %s are only partly labelled; they train as scribbles", len(part), path)
+        _check_two_classes(full + part, cfg.n_classes, labels)
+        if part:
+            _write_labels(session, m, rnd, part, kind="partial")
+        if full:
+            _write_labels(session, m, rnd, full, kind="full")
+        rnd["scribble_pixels"] = int(sum(np.count_nonzero(c.mask != 255) for c in part))
         rnd["source"] = source
         m["bootstrap"] = {"source": source, "rf_seed": int(rng.integers(2**31 - 1))}
         m["rounds"].append(rnd)
         _store_rng(m, rng)
+        # fit before the commit: labels the RF cannot learn from leave the session as it was
+        with _image(session) as img:
+            rf = _fit_rf(session, img, progress=progress, manifest=m)
         session.commit(m)
-    # fit once now so that errors (one class only, ...) surface at bootstrap time
-    with _image(session) as img:
-        rf = _fit_rf(session, img, progress=progress)
-    return {"round": 0, "slices": sorted(int(c.z) for c in corr), "kind": kind, "rf": repr(rf)}
+    return {"round": 0, "slices": sorted(int(c.z) for c in full + part), "kind": "full" if full else "partial", "rf": repr(rf)}
 
 
 def _score_slices_for(session: Session, n_slices: int) -> np.ndarray:
@@ -724,8 +746,13 @@ def import_corrections(
         if rnd is None or rnd["index"] == 0:
             raise SessionError("nothing to import: no round has been queried yet (activeseg query SESSION)")
         pending = _pending(rnd)
+        if not pending:
+            raise SessionError(f"round {rnd['index']} has nothing left to import; next: {next_step(session)}")
         shape = tuple(m["stack"]["shape"])
         skip = sorted({int(z) for z in skip})
+        both = sorted(set(skip) & {int(z) for z in slices or ()})
+        if both:
+            raise ConfigError(f"slice(s) {both} are given to both --slices and --skip; import or skip each slice, not both")
         for z in skip:
             if z not in rnd["queried"]:
                 raise LabelError(f"cannot skip slice {z}: it was not queried in round {rnd['index']} (queried: {rnd['queried']})")
@@ -772,7 +799,7 @@ def import_corrections(
             _write_labels(session, m, rnd, corr, kind="full")
         rnd["imported"] = sorted(set(rnd["imported"]) | set(masks))
         rnd["skipped"] = sorted(set(rnd["skipped"]) | set(skip))
-        rnd["status"] = "queried" if _pending(rnd) else "labelled"
+        rnd["status"] = "queried" if _pending(rnd) else ("labelled" if rnd["imported"] else "skipped")
         m["rounds"][-1] = rnd
         session.commit(m)
     return {"round": rnd["index"], "imported": sorted(masks), "skipped": skip, "pending": _pending(rnd),
@@ -840,7 +867,12 @@ def evaluate_model(session: Session, model, image, *, out_dir: Path, progress: P
         return {}
     depth = _depth(session)
     nz, ny, nx = (int(s) for s in image.shape)
-    with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
+    # scratch space of the session: the caller holds the lock, so leftovers of a killed
+    # process can go before new files are made
+    scratch = session.path("tmp")
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir()
+    with tempfile.TemporaryDirectory(dir=scratch) as tmp:
         prob = np.lib.format.open_memmap(Path(tmp) / "prob.npy", mode="w+", dtype=np.float32, shape=(nz, ny, nx))
         _predict_pore_prob(model, image, prob, progress=progress)
         pred = np.lib.format.open_memmap(Path(tmp) / "pred.npy", mode="w+", dtype=np.uint8, shape=(nz, ny, nx))
@@ -858,19 +890,17 @@ def evaluate_model(session: Session, model, image, *, out_dir: Path, progress: P
     return d
 
 
-def _predict_pore_prob(model, image, out, *, progress: Progress = _noop, block: int = 8) -> None:
-    """Write the pore probability (Z, Y, X) of any model into ``out`` block by block."""
-    nz = int(image.shape[0])
+def _predict_pore_prob(model, image, out, *, progress: Progress = _noop) -> None:
+    """Write the pore probability (Z, Y, X) of any model (RF or network) into ``out``."""
+    callback = lambda d, t: progress("inference", d, t)  # noqa: E731
     if hasattr(model, "predict_stack") and not hasattr(model, "net"):  # the RF streams itself
-        model.predict_stack(image, out=out, callback=lambda d, t: progress("inference", d, t))
+        model.predict_stack(image, out=out, callback=callback)
         return
     from activeseg.infer import predict_stack
 
-    predict_stack(model, image, out=out, callback=lambda d, t: progress("inference", d, t))
+    predict_stack(model, image, out=out, callback=callback)
     if hasattr(out, "flush"):
         out.flush()
-    if nz == 0:
-        return
 
 
 def train(
@@ -902,6 +932,11 @@ def train(
                 "no fully labelled slices to train on (this session trains on corrected slices only: "
                 "train_on_scribbles = false); query and correct some slices first"
             )
+        if rnd.get("status") == "skipped":
+            raise SessionError(
+                f"round {rnd['index']} was skipped entirely (no slice imported), so there is nothing new to "
+                f"train on; query other slices: activeseg query {session.root}"
+            )
         if rnd["index"] > 0 and not rnd.get("imported") and not rnd.get("pseudo"):
             raise SessionError(
                 f"round {rnd['index']} has no imported corrections yet (pending: {_pending(rnd)}); "
@@ -930,7 +965,8 @@ def train(
                 callback=lambda s, t, info: progress("train", s, t),
             )
             rdir = f"rounds/r{rnd['index']:03d}"
-            version = f"r{rnd['index']:03d}-{_labels_version(m)}"
+            # the seed makes a retrained round's model a new directory: the committed one stays intact
+            version = f"r{rnd['index']:03d}-{_labels_version(m)}-{seed:08x}"
             model_rel = f"{rdir}/model-{version}"
             save_model(model, session.path(model_rel))
             metrics_rel = None
@@ -971,7 +1007,7 @@ def next_step(session: Session) -> str:
     if _pending(last):
         folder = session.path(f"rounds/r{last['index']:03d}")
         return f"correct the masks in {folder}, then: activeseg import {root}"
-    if last["index"] > 0 and last.get("status") != "trained":
+    if last["index"] > 0 and last.get("status") not in ("trained", "skipped"):
         return f"activeseg train {root}"
     if last["index"] == 0 and not m.get("model"):
         return f"activeseg query {root} -n 5 --strategy distributed   (or train a first network: activeseg train {root})"
@@ -1038,6 +1074,62 @@ def status(session: Session) -> dict:
 # --- outputs ---------------------------------------------------------------------------------------
 
 
+def check_output_values(values: Sequence[int]) -> tuple[int, int]:
+    """The two uint8 values written for solid and pore (``--values``)."""
+    try:
+        vals = tuple(int(v) for v in values)
+    except (TypeError, ValueError):
+        vals = ()
+    if len(vals) != 2 or not all(0 <= v <= 255 for v in vals) or vals[0] == vals[1]:
+        raise ConfigError(
+            f"--values takes two different numbers from 0 to 255 for solid,pore (e.g. 0,1 or 0,255 for Fiji); "
+            f"got {','.join(map(str, values)) if values else 'nothing'}"
+        )
+    return vals
+
+
+def _segment_to_file(model, image, out: Path, *, voxel_size, probabilities: bool, values: tuple[int, int],
+                     fixed: dict[int, np.ndarray] | None = None, progress: Progress = _noop) -> list[float]:
+    """Segment every slice of ``image`` into the TIFF ``out``; returns the porosity per slice.
+
+    Writes the float32 pore probability (``probabilities``) or uint8 ``values`` for
+    solid/pore; slices in ``fixed`` (z -> 0/1 mask) are taken from their labels. The
+    stacks are written beside ``out`` under temporary names and moved into place at the
+    end; a failure or a kill leaves ``out`` as it was and removes the temporary files.
+    """
+    from activeseg import io
+
+    lo, hi = check_output_values(values)
+    fixed = fixed or {}
+    nz, ny, nx = (int(s) for s in image.shape)
+    tmp_prob = out.with_name(f".{out.name}.prob.tmp")
+    tmp_seg = out.with_name(f".{out.name}.tmp")
+    porosity: list[float] = []
+    try:
+        prob = io.create_stack(tmp_prob, (nz, ny, nx), np.float32, voxel_size=voxel_size, kind="probabilities")
+        _predict_pore_prob(model, image, prob, progress=progress)
+        if probabilities:
+            for z, mk in fixed.items():
+                prob[z] = mk.astype(np.float32)
+            porosity = [float(np.mean(np.asarray(prob[z]) >= 0.5)) for z in range(nz)]
+            prob.flush()
+            del prob
+            os.replace(tmp_prob, out)
+        else:
+            seg = io.create_stack(tmp_seg, (nz, ny, nx), np.uint8, voxel_size=voxel_size, kind="labels")
+            for z in range(nz):
+                lab = fixed[z] if z in fixed else (np.asarray(prob[z]) >= 0.5).astype(np.uint8)
+                porosity.append(float(np.mean(lab == 1)))
+                seg[z] = np.where(lab == 1, hi, lo).astype(np.uint8)
+            seg.flush()
+            del seg, prob
+            os.replace(tmp_seg, out)
+    finally:
+        for tmp in (tmp_prob, tmp_seg):
+            tmp.unlink(missing_ok=True)
+    return porosity
+
+
 def export_segmentation(
     session: Session,
     out: Path,
@@ -1048,43 +1140,19 @@ def export_segmentation(
 ) -> dict:
     """Whole-stack segmentation from the latest model, with labelled slices taken from
     their labels; plus porosity per slice as CSV beside it (``OUT.porosity.csv``)."""
-    from activeseg import io
+    from activeseg.session import atomic_write_bytes
 
     out = Path(out)
+    check_output_values(values)
     cfg = _config(session)
-    m = session.manifest
-    with _image(session) as image:
-        nz, ny, nx = (int(s) for s in image.shape)
-        kind, version, model = current_model(session, image, progress=progress)
-        tmp_prob = out.with_name(f".{out.name}.prob.tmp")
-        prob = io.create_stack(tmp_prob, (nz, ny, nx), np.float32, voxel_size=cfg.geometry.voxel_size, kind="probabilities")
-        _predict_pore_prob(model, image, prob, progress=progress)
     full = labels_dict(session, kinds=("full",))
-    if probabilities:
-        for z, mk in full.items():
-            prob[z] = mk.astype(np.float32)
-        prob.flush()
-        del prob
-        os.replace(tmp_prob, out)
-        porosity = []
-        with io.open_stack(out) as p:
-            for z in range(nz):
-                porosity.append(float(np.mean(np.asarray(p[z]) >= 0.5)))
-    else:
-        tmp = out.with_name(f".{out.name}.tmp")
-        seg = io.create_stack(tmp, (nz, ny, nx), np.uint8, voxel_size=cfg.geometry.voxel_size, kind="labels")
-        porosity = []
-        lo, hi = (int(v) for v in values)
-        for z in range(nz):
-            lab = full[z] if z in full else (np.asarray(prob[z]) >= 0.5).astype(np.uint8)
-            porosity.append(float(np.mean(lab == 1)))
-            seg[z] = np.where(lab == 1, hi, lo).astype(np.uint8)
-        seg.flush()
-        del seg, prob
-        os.replace(tmp, out)
-        os.unlink(tmp_prob)
+    with _image(session) as image:
+        kind, version, model = current_model(session, image, progress=progress)
+        porosity = _segment_to_file(model, image, out, voxel_size=cfg.geometry.voxel_size, probabilities=probabilities,
+                                    values=values, fixed=full, progress=progress)
     csv = out.with_suffix(".porosity.csv")
-    csv.write_text("z,porosity,labelled\n" + "".join(f"{z},{p:.6f},{int(z in full)}\n" for z, p in enumerate(porosity)))
+    atomic_write_bytes(csv, ("z,porosity,labelled\n" + "".join(
+        f"{z},{p:.6f},{int(z in full)}\n" for z, p in enumerate(porosity))).encode())
     return {"out": str(out), "porosity_csv": str(csv), "model": version, "kind": kind, "porosity": float(np.mean(porosity))}
 
 
@@ -1093,6 +1161,7 @@ def predict_to_file(model_path: Path, stack: Path, out: Path, *, values: tuple[i
     from activeseg import io
     from activeseg.model import load_model
 
+    check_output_values(values)
     model_path = Path(model_path)
     if (model_path / "activeseg.json").exists():
         s = Session.open(model_path)
@@ -1102,26 +1171,9 @@ def predict_to_file(model_path: Path, stack: Path, out: Path, *, values: tuple[i
     else:
         model_dir = model_path
     model = load_model(model_dir)
-    out = Path(out)
     with io.open_stack(stack) as image:
-        nz, ny, nx = (int(s) for s in image.shape)
-        tmp = out.with_name(f".{out.name}.tmp")
-        prob_path = out.with_name(f".{out.name}.prob.tmp") if not probabilities else tmp
-        prob = io.create_stack(prob_path, (nz, ny, nx), np.float32, voxel_size=image.voxel_size, kind="probabilities")
-        _predict_pore_prob(model, image, prob, progress=progress)
-        if not probabilities:
-            seg = io.create_stack(tmp, (nz, ny, nx), np.uint8, voxel_size=image.voxel_size, kind="labels")
-            lo, hi = values
-            for z in range(nz):
-                seg[z] = np.where(np.asarray(prob[z]) >= 0.5, hi, lo).astype(np.uint8)
-            seg.flush()
-            del seg
-            del prob
-            os.unlink(prob_path)
-        else:
-            prob.flush()
-            del prob
-        os.replace(tmp, out)
+        _segment_to_file(model, image, Path(out), voxel_size=image.voxel_size, probabilities=probabilities,
+                         values=values, progress=progress)
     return {"out": str(out), "model": str(model_dir)}
 
 
@@ -1156,7 +1208,7 @@ def run(
     if last["index"] > 0 and _pending(last):
         oracle_correct(session, effort=effort)
     last = _last_round(session.manifest)
-    if last["index"] > 0 and last.get("status") != "trained":
+    if last["index"] > 0 and last.get("status") not in ("trained", "skipped"):
         done.append(train(session, steps=steps, progress=progress))
     n_done = sum(1 for r in session.manifest["rounds"] if r["index"] > 0)
     for i in range(n_done, rounds):

@@ -224,28 +224,57 @@ def find_mask_files(directory: Path) -> dict[int, Path]:
 
 
 def read_corrections(files: dict[int, Path], shape: tuple[int, int], *, n_classes: int = 2) -> dict[int, np.ndarray]:
-    """Read and validate edited masks ``{z: file}`` of one plane each.
+    """Read and validate edited masks ``{z: file}``.
 
     Accepts 0..C-1 masks, a binary 0/255 mask (read as 0/1, with a log message), and
-    napari's int32 labels when in range (see :func:`activeseg.io.read_labels`). Every
-    problem raises :class:`LabelError` naming the file and slice; nothing is returned
-    unless all files are valid.
+    napari's int32 labels when in range (see :func:`activeseg.io.read_labels`). A file
+    of one plane is that slice's mask; a file of 2r+1 planes (a labels layer painted on
+    the exported ``zNNNN_image.tif`` context stack) gives its middle plane, the slice
+    that was queried. Every problem raises :class:`LabelError` naming the file and
+    slice; nothing is returned unless all files are valid.
     """
     from activeseg import io
 
     out = {}
     for z, path in sorted(files.items()):
+        name = Path(path).name
         try:
             found = io.read_labels(path, shape=tuple(shape), n_classes=n_classes, kind="mask")
-        except (OSError, ValueError) as exc:  # StackError/LabelError are ValueErrors; add the slice
-            raise LabelError(f"slice {z}: corrected mask {Path(path).name}: {exc}") from None
-        mask = found.get(z) if z in found else (next(iter(found.values())) if len(found) == 1 else None)
-        if mask is None:
-            raise LabelError(f"slice {z}: {Path(path).name} holds no mask for slice {z}")
+        except LabelError as exc:
+            if n_classes == 2 and _is_01_with_255(path, shape):
+                raise LabelError(
+                    f"slice {z}: corrected mask {name} mixes pore = 1 with 255 (Fiji's default foreground "
+                    "colour); paint pore with value 1, or save a pure 0/255 mask (255 = pore everywhere)"
+                ) from None
+            raise LabelError(f"slice {z}: corrected mask {name}: {exc}") from None
+        except (OSError, ValueError) as exc:  # StackError is a ValueError; add the slice
+            raise LabelError(f"slice {z}: corrected mask {name}: {exc}") from None
+        planes = sorted(found)
+        if len(planes) == 1:
+            mask = found[planes[0]]
+        elif len(planes) % 2 == 1 and planes == list(range(len(planes))):
+            mask = found[planes[len(planes) // 2]]
+            log.info("slice %d: %s has %d planes; took the middle one (the queried slice)", z, name, len(planes))
+        else:
+            raise LabelError(
+                f"slice {z}: {name} holds {len(planes)} planes; save only the corrected mask of slice {z} "
+                "(one plane, the zNNNN_mask.tif that was exported)"
+            )
         if np.any(mask == UNLABELLED):
             raise LabelError(
-                f"slice {z}: corrected mask {Path(path).name} leaves pixels unlabelled (255); a corrected slice "
+                f"slice {z}: corrected mask {name} leaves pixels unlabelled (255); a corrected slice "
                 "must be complete (0 = solid, 1 = pore everywhere)"
             )
         out[z] = mask
     return out
+
+
+def _is_01_with_255(path: Path, shape: tuple[int, int]) -> bool:
+    """True when a file reads as 0/1 masks with some 255 pixels (pore painted as 255)."""
+    from activeseg import io
+
+    try:
+        found = io.read_labels(path, shape=tuple(shape), n_classes=2, kind="partial")
+    except (OSError, ValueError):
+        return False
+    return any(np.any(m == 1) for m in found.values()) and any(np.any(m == UNLABELLED) for m in found.values())

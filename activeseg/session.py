@@ -68,6 +68,12 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def _atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success fsync it and move it into place."""
@@ -76,6 +82,7 @@ def _atomic_path(path: Path) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; session files follow the umask like any other
     try:
         yield tmp
         with open(tmp, "rb+") as fh:
@@ -130,11 +137,20 @@ def _jsonable(obj):
 # --- fingerprints of input files --------------------------------------------------------
 
 
+def _input_files(path: Path) -> list[Path]:
+    """The file itself, or a folder's slice images (what :mod:`activeseg.io` reads: no
+    hidden files, no ``Thumbs.db``), in sorted order."""
+    if not path.is_dir():
+        return [path]
+    return sorted(p for p in path.iterdir()
+                  if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in (".tif", ".tiff", ".png"))
+
+
 def sha256_file(path: Path, *, chunk: int = 1 << 22) -> str:
-    """SHA-256 of a file, or of a folder's files in sorted order (a folder of slices)."""
+    """SHA-256 of a file, or of a folder's slice images in sorted order."""
     path = Path(path)
     h = hashlib.sha256()
-    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+    files = _input_files(path)
     for f in files:
         if path.is_dir():
             h.update(f.name.encode())
@@ -145,8 +161,7 @@ def sha256_file(path: Path, *, chunk: int = 1 << 22) -> str:
 
 
 def _stat_key(path: Path) -> dict:
-    path = Path(path)
-    files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+    files = _input_files(Path(path))
     return {
         "size": int(sum(f.stat().st_size for f in files)),
         "mtime_ns": int(max((f.stat().st_mtime_ns for f in files), default=0)),

@@ -13,7 +13,7 @@ Protocol (issue 3): a hard synthetic volume (default 200 x 512 x 512 from
 
 Wall clock includes feature extraction for training and fitting. Both sides read the
 image from the same ``.npy`` memmap and write the pore probability to a ``.npy`` memmap.
-Each side runs in its own subprocess, so its peak RSS (``ru_maxrss``) is its own.
+Each side runs in its own subprocess, so its peak RSS (``VmHWM``) is its own.
 Accuracy and solid-phase IoU (``activeseg.metrics.evaluate``) are measured on the
 unlabelled slices at p >= 0.5.
 
@@ -47,6 +47,15 @@ SIDES = ("recipe", "activeseg", "activeseg2d")
 
 
 def peak_rss_mb() -> float:
+    """This process's own peak RSS: VmHWM (``ru_maxrss`` carries the parent's peak across
+    fork + exec, which would hide the child's figure behind the parent's volume)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
 

@@ -264,3 +264,89 @@ def test_slices_need_truth_and_bootstrap_runs_once(data, tmp_path):
     st = json.loads(ok(["status", s, "--json"]))
     assert st["labelled_slices"] == []  # scribbles do not count as labelled slices
     assert st["rounds"][0]["scribble_pixels"] > 0
+
+
+def test_bootstrap_that_cannot_fit_leaves_the_session_unbootstrapped(data, session, tmp_path):
+    before = _manifest(session)
+    assert "no slices" in fails(["bootstrap", session, "--slices", ","])
+    one_class = np.full((12, 48, 48), 255, np.uint8)
+    one_class[4] = 0  # a Fiji 0/255 mask read as 0/1/255 labels: only "solid" is left
+    one_class[4, :10] = 255
+    io.write_stack(tmp_path / "labels.tif", one_class, kind="labels")
+    out = fails(["bootstrap", session, "--labels", tmp_path / "labels.tif"])
+    assert "only class [0]" in out and "0/255" in out
+    assert _manifest(session) == before
+    ok(["bootstrap", session, "--slices", "3"])  # the session is still usable
+
+
+def test_corrections_painted_on_the_context_stack_or_with_255(data, session, tmp_path):
+    ok(["bootstrap", session, "--slices", "3"])
+    ok(["query", session, "-n", 1, "--strategy", "distributed"])
+    rnd = json.loads((session / "activeseg.json").read_text())["rounds"][-1]
+    z = rnd["queried"][0]
+    truth = io.read_stack(data / "vol" / "truth.tif")
+    painted = tmp_path / "painted"
+    painted.mkdir()
+    mixed = truth[z].copy()
+    mixed[:4][mixed[:4] == 1] = 255  # part of the pores painted with Fiji's default 255
+    io.write_stack(painted / f"z{z:04d}_mask.tif", mixed[None], kind="image")
+    assert "paint pore with value 1" in fails(["import", session, painted])
+    # a labels layer painted over the exported 3-plane context stack: the middle plane counts
+    ctx = np.stack([np.zeros_like(truth[z]), truth[z], np.ones_like(truth[z])])
+    io.write_stack(painted / f"z{z:04d}_mask.tif", ctx, kind="labels")
+    ok(["import", session, painted])
+    labels = np.load(session / "labels" / "r001_i00.npz")
+    assert np.array_equal(labels["masks"][0], truth[z])
+
+
+def test_skipping_every_queried_slice_moves_on_to_the_next_query(data, session):
+    ok(["bootstrap", session, "--slices", "3"])
+    ok(["query", session, "-n", 2, "--strategy", "distributed"])
+    zs = json.loads((session / "activeseg.json").read_text())["rounds"][-1]["queried"]
+    assert "both --slices and --skip" in fails(["import", session, "--slices", str(zs[0]), "--skip", str(zs[0])])
+    ok(["import", session, "--skip", ",".join(map(str, zs))])
+    st = json.loads(ok(["status", session, "--json"]))
+    assert "query" in st["next_step"]
+    assert "skipped entirely" in fails(["train", session])
+    assert "nothing left to import" in fails(["import", session])
+    out = ok(["query", session, "-n", 2, "--strategy", "distributed"])
+    assert "round 2" in out
+
+
+def test_output_values_are_checked_before_any_work(data, session, tmp_path):
+    ok(["bootstrap", session, "--slices", "3,8"])
+    for bad in ("255", "0,256", "7,7", "a,b"):
+        assert "--values" in fails(["export", session, tmp_path / "seg.tif", "--values", bad])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]  # the session; no output, no temporary file
+
+
+def test_retraining_a_round_keeps_the_committed_model(data, session):
+    ok(["bootstrap", session, "--slices", "3,8"])
+    ok(["train", session])
+    first = json.loads((session / "activeseg.json").read_text())["model"]["path"]
+    weights = (session / first / "model.safetensors").read_bytes()
+    ok(["train", session])
+    second = json.loads((session / "activeseg.json").read_text())["model"]["path"]
+    assert second != first
+    assert (session / first / "model.safetensors").read_bytes() == weights
+
+
+def test_session_files_follow_the_umask(session):
+    old = os.umask(0o022)
+    os.umask(old)
+    mode = (session / "activeseg.json").stat().st_mode & 0o777
+    assert mode == 0o666 & ~old
+
+
+def test_changed_truth_is_not_offered_relink(data, tmp_path):
+    vol = tmp_path / "vol"
+    vol.mkdir()
+    for name in ("image.tif", "truth.tif", "depth.tif", "synth.json"):
+        (vol / name).write_bytes((data / "vol" / name).read_bytes())
+    s = tmp_path / "s"
+    ok(["init", s, "--image", vol / "image.tif", "--config", data / "tiny.toml"])
+    truth = io.read_stack(vol / "truth.tif")
+    truth[0, 0, 0] ^= 1
+    io.write_stack(vol / "truth.tif", truth, kind="labels")
+    out = fails(["bootstrap", s, "--slices", "3"])
+    assert "ground truth" in out and "Restore the original file" in out and "--relink" not in out
