@@ -87,7 +87,7 @@ class FeatureConfig:
 
     Notes
     -----
-    The defaults (31 features) were chosen with ``benchmarks/bench_rf.py`` on hard
+    The defaults (29 features) were chosen with ``benchmarks/bench_rf.py`` on hard
     synthetic pore-back volumes (BENCHMARKS.md, "RF bootstrap"): the parallax features,
     in both directions, carry most of the gain over 2D features; a 10 px scale, more
     z-difference offsets, the structure tensor and gradient / Hessian at every scale

@@ -567,7 +567,7 @@ def encoder_embeddings(
 
     Returns
     -------
-    float32 (n, D), D = channels of the deepest encoder stage (512 for resnet18 at depth 5).
+    float32 (n, D), D = channels of the deepest encoder stage (256 for resnet18 at depth 4, 512 at depth 5).
     """
     nz, ny, nx = check_stack(image)
     ids = check_slices(slices, nz)

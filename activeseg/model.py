@@ -82,7 +82,9 @@ class ModelConfig:
         "resunet" is accepted as an alias of "Unet" (with a ResNet encoder that is the
         residual U-Net of the paper).
     encoder : smp encoder name ("resnet18", "resnet34", "efficientnet-b0", "tu-<timm>").
-    encoder_depth : number of encoder stages (3-5); inputs are padded to ``2**depth``.
+    encoder_depth : number of encoder stages (1-5); inputs are padded to ``2**depth``.
+        4 by default (BENCHMARKS.md, "ResUNet training"); FPN-like architectures whose
+        head upsamples by 4 need 5.
     decoder_channels : decoder widths, deepest first, one per encoder stage, for the
         Unet family (Unet, UnetPlusPlus, MAnet); None = activeseg's default for those
         and smp's default for other architectures.
@@ -97,7 +99,7 @@ class ModelConfig:
 
     arch: str = "Unet"
     encoder: str = "resnet18"
-    encoder_depth: int = 5
+    encoder_depth: int = 4  # chosen by benchmarks/bench_train.py: as accurate as 5 and 1.3-1.5x faster on CPU
     decoder_channels: tuple[int, ...] | None = None
     dropout: float = 0.1
     offsets: tuple[int, ...] = (-2, -1, 0, 1, 2)
