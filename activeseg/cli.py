@@ -421,8 +421,9 @@ def query_cmd(
 
     Example: activeseg query runs/s1 -n 4 --strategy spaced_entropy --param min_gap=8
     """
-    from activeseg import loop
+    from activeseg import loop, registry
 
+    registry.prepare_query(strategy, _parse_params(param))  # a bad name or value fails before anything starts
     sess = _open(session, relink)
     with _progress() as progress:
         rnd = loop.query(sess, n, strategy=strategy, params=_parse_params(param), audit=audit, progress=progress)
@@ -479,7 +480,7 @@ def train_cmd(
         res = loop.train(sess, steps=epochs, device=device, progress=progress)
     h = res["history"]
     console.print(f"round {res['round']}: trained {h['steps_run']} steps in {h['seconds']:.0f} s on {h['device']} "
-                  f"({len(h['labelled_slices'])} labelled slices); model {res['model']}", highlight=False)
+                  f"(labels on {len(h['labelled_slices'])} slices); model {res['model']}", highlight=False)
     if res.get("metrics"):
         mt = res["metrics"]
         console.print(f"whole stack vs truth: accuracy {mt['accuracy']:.4f}, solid IoU {mt['iou_solid']:.4f}, "
@@ -524,7 +525,7 @@ def status_cmd(
                   f"({' x '.join(map(str, st['stack']['shape']))}); {st['n_labelled']} of {st['n_slices']} slices labelled",
                   highlight=False)
     table = Table(title_justify="left")
-    for col in ("round", "strategy", "status", "slices", "cost / slice", "audit error", "pred. porosity (change)", "solid IoU", "accuracy"):
+    for col in ("round", "strategy", "status", "slices", "cost / slice", "audit error", "porosity, query model (change)", "solid IoU", "accuracy"):
         table.add_column(col)
     for r in st["rounds"]:
         mt = r.get("metrics") or {}

@@ -1002,7 +1002,9 @@ def next_step(session: Session) -> str:
     root = session.root
     last = _last_round(m)
     if last is None:
-        how = "--slices 0,120,240" if m.get("truth") else "--scribbles FILE | --labels FILE"
+        nz = int(m["stack"]["shape"][0])
+        spread = ",".join(str(int((i + 0.5) * nz / 3)) for i in range(3))
+        how = f"--slices {spread}" if m.get("truth") else "--scribbles FILE | --labels FILE"
         return f"activeseg bootstrap {root} {how}"
     if _pending(last):
         folder = session.path(f"rounds/r{last['index']:03d}")
