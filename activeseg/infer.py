@@ -493,17 +493,27 @@ def mc_dropout_proba(
     """
     if not isinstance(n_samples, (int, np.integer)) or n_samples < 1:
         raise ConfigError(f"n_samples must be a positive integer, got {n_samples!r}")
-    seed = _seed_from(rng)
+    return _samples(model, image, slices, mode="mc", n_samples=int(n_samples), transforms=(), seed=_seed_from(rng),
+                    batch_size=batch_size, tile=tile, overlap=overlap, callback=callback, device=device,
+                    autocast=autocast, channels_last=channels_last)
+
+
+def _samples(model: SegModel, image: Any, slices, *, mode: str, n_samples: int, transforms: Sequence[TTATransform],
+             seed: int | None, batch_size, tile, overlap, callback, device, autocast, channels_last) -> np.ndarray:
+    """``(T, n, C, Y, X)`` probabilities of T stochastic ("mc", seeded) or augmented ("tta") passes."""
     nz, ny, nx = check_stack(image)
     ids = check_slices(slices, nz)
-    runner = _prepare(model, device=device, autocast=autocast, channels_last=channels_last, mc_dropout=True)
+    runner = _prepare(model, device=device, autocast=autocast, channels_last=channels_last, mc_dropout=mode == "mc")
     batch_size = _default_batch(batch_size, runner.device)
     _check_common(batch_size, tile, overlap)
-    result = np.empty((int(n_samples), len(ids), model.n_classes, ny, nx), dtype=np.float32)
-    with _fork_rng(runner.device), torch.inference_mode():
-        torch.manual_seed(seed)
+    n_out = n_samples if mode == "mc" else len(transforms)
+    result = np.empty((n_out, len(ids), model.n_classes, ny, nx), dtype=np.float32)
+    rng_scope = _fork_rng(runner.device) if seed is not None else nullcontext()
+    with rng_scope, torch.inference_mode():
+        if seed is not None:
+            torch.manual_seed(seed)
         for pos, probs in _run_blocks(
-            runner, model, image, ids, mode="mc", n_samples=int(n_samples), transforms=(),
+            runner, model, image, ids, mode=mode, n_samples=n_samples, transforms=transforms,
             batch_size=batch_size, tile=tile, overlap=overlap, callback=callback,
         ):
             result[:, pos] = probs
@@ -534,19 +544,9 @@ def tta_proba(
     transforms = tuple(transforms)
     if not transforms or not all(isinstance(t, TTATransform) for t in transforms):
         raise ConfigError("transforms must be a non-empty sequence of TTATransform")
-    nz, ny, nx = check_stack(image)
-    ids = check_slices(slices, nz)
-    runner = _prepare(model, device=device, autocast=autocast, channels_last=channels_last)
-    batch_size = _default_batch(batch_size, runner.device)
-    _check_common(batch_size, tile, overlap)
-    result = np.empty((len(transforms), len(ids), model.n_classes, ny, nx), dtype=np.float32)
-    with torch.inference_mode():
-        for pos, probs in _run_blocks(
-            runner, model, image, ids, mode="tta", n_samples=1, transforms=transforms,
-            batch_size=batch_size, tile=tile, overlap=overlap, callback=callback,
-        ):
-            result[:, pos] = probs
-    return result
+    return _samples(model, image, slices, mode="tta", n_samples=1, transforms=transforms, seed=None,
+                    batch_size=batch_size, tile=tile, overlap=overlap, callback=callback, device=device,
+                    autocast=autocast, channels_last=channels_last)
 
 
 def encoder_embeddings(

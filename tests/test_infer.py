@@ -24,15 +24,7 @@ from activeseg.train import IGNORE_INDEX, TrainConfig, train_model
 TINY = ModelConfig(encoder_depth=3, decoder_channels=(32, 16, 8))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """The test machine's cores are shared: one intra-op thread avoids oversubscription."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _toy(z=12, y=64, x=64, seed=0):

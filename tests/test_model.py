@@ -28,15 +28,7 @@ from activeseg.uncertainty import EnsembleModel, ProbabilityModel
 TINY = ModelConfig(encoder_depth=3, decoder_channels=(32, 16, 8))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """The test machine's cores are shared: one intra-op thread avoids oversubscription."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _tiny_model(seed: int = 0, **kw) -> SegModel:

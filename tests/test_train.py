@@ -18,15 +18,7 @@ TINY = ModelConfig(encoder_depth=3, decoder_channels=(16, 8, 8))
 FAST = TrainConfig(steps=6, patch_size=32, batch_size=2, eval_every=3, device="cpu")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """The test machine's cores are shared: one intra-op thread avoids oversubscription."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _toy(z=10, y=48, x=48, seed=0):
