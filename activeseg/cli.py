@@ -718,7 +718,8 @@ def study_cmd(
         runs = study.paper_preset(seeds_l)
         cfg.setdefault("train_on_scribbles", False)  # the paper trains on the chosen slices only
     elif preset == "efficiency":
-        runs = study.efficiency_preset(seeds_l if seeds != "0" else [0, 1, 2])
+        runs = study.efficiency_preset(seeds_l if seeds != "0" else [0, 1, 2],
+                                       steps_per_round=cfg.get("train", {}).get("steps"))
     elif preset == "demo":
         runs = study.demo_preset()
     elif preset is None:

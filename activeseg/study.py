@@ -63,6 +63,8 @@ class RunSpec:
     label : column / legend name (default: the strategy).
     human : "truth" (ground-truth oracle) or "none" (the RF's confident predictions
         label the queried slices: no human at all).
+    train_steps : training steps of each of this run's rounds (None: the study's train
+        config).
     """
 
     name: str
@@ -75,6 +77,7 @@ class RunSpec:
     params: dict = field(default_factory=dict)
     label: str = ""
     human: str = "truth"
+    train_steps: int | None = None
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
@@ -138,12 +141,22 @@ def paper_preset(seeds: Sequence[int] = (0,), *, iterative: bool = True) -> list
     return runs
 
 
-def efficiency_preset(seeds: Sequence[int] = (0, 1, 2)) -> list[RunSpec]:
+def efficiency_preset(seeds: Sequence[int] = (0, 1, 2), *, steps_per_round: int | None = None) -> list[RunSpec]:
     """Learning curves over budgets 2..12 in rounds of 2 for six strategies, plus the
-    all-slices ceiling."""
+    all-slices ceiling.
+
+    The ceiling trains once, for as many steps as an iterative run trains over all its
+    rounds (``steps_per_round`` x 6; default the train config's steps x 6), so it is not
+    undertrained next to the runs it bounds.
+    """
     strategies = ("initial", "distributed", "random", "spaced_entropy", "hybrid", "ranked_batch")
     runs = plan_grid(strategies, [12], seeds, ("iterative",), k0=2, k=2)
-    runs.append(RunSpec(CEILING, CEILING, 0, "one-shot", int(seeds[0])))
+    if steps_per_round is None:
+        from activeseg.train import TrainConfig
+
+        steps_per_round = TrainConfig().steps
+    n_rounds = len(runs[0].rounds)
+    runs.append(RunSpec(CEILING, CEILING, 0, "one-shot", int(seeds[0]), train_steps=int(steps_per_round) * n_rounds))
     return runs
 
 
@@ -197,7 +210,7 @@ def execute_run(study_dir: Path, spec: RunSpec, inputs: dict, config: dict, *, t
             loop.bootstrap(session, slices=zs, simulate_scribbles=True)
     if spec.strategy == CEILING:
         if session.manifest["rounds"][-1].get("status") != "trained":
-            loop.train(session)
+            loop.train(session, steps=spec.train_steps)
         return {"name": spec.name, "status": "done"}
     for i, size in enumerate(spec.rounds):
         rounds = [r for r in session.manifest["rounds"] if r["index"] > 0]
@@ -211,7 +224,7 @@ def execute_run(study_dir: Path, spec: RunSpec, inputs: dict, config: dict, *, t
                 loop.pseudo_label(session)
             else:
                 loop.oracle_correct(session)
-        loop.train(session)
+        loop.train(session, steps=spec.train_steps)
     return {"name": spec.name, "status": "done"}
 
 

@@ -39,6 +39,11 @@ def test_run_spec_rounds_and_grid():
     assert len({r.name for r in runs}) == len(runs)
     with pytest.raises(ConfigError, match="schedule"):
         study.RunSpec("a", "random", 5, "sometimes")
+    eff = study.efficiency_preset([0, 1], steps_per_round=30)
+    curves = [r for r in eff if r.strategy != study.CEILING]
+    assert len(curves) == 6 * 2 and all(r.rounds == [2, 2, 2, 2, 2, 2] for r in curves)
+    (ceiling,) = [r for r in eff if r.strategy == study.CEILING]
+    assert ceiling.train_steps == 30 * 6  # as much training as a whole learning curve
     paper = study.paper_preset()
     labels = [r.label for r in paper if r.schedule == "one-shot"]
     assert {"5 initial", "5 distributed", "20 initial", "20 distributed"} <= set(labels)
