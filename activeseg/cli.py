@@ -644,11 +644,19 @@ def _study_inputs(study_dir: Path, image: Optional[Path], truth: Optional[Path],
             depth = depth or (image.parent / "depth.tif" if (image.parent / "depth.tif").exists() else None)
         return image, truth, depth
     data = study_dir / "data"
-    if not (data / "synth.json").exists():
+    if (data / "synth.json").exists():
+        made = json.loads((data / "synth.json").read_text())
+        if list(made.get("shape", [])) != list(shape) or made.get("seed", seed) != seed or made.get("porosity_requested", porosity) != porosity:
+            raise ConfigError(
+                f"{study_dir} already holds a synthetic volume of shape {tuple(made.get('shape', []))} "
+                f"(seed {made.get('seed')}); asked for {tuple(shape)} (seed {seed}). Use another directory "
+                f"(--out / STUDY_DIR) or delete {study_dir}"
+            )
+    else:
         from activeseg import synth as synth_mod
 
         with console.status(f"synthesizing a hard pore-back volume {shape[0]}x{shape[1]}x{shape[2]} (porosity {porosity})..."):
-            vol = synth_mod.synthesize(shape, structure="blobs", porosity=porosity, difficulty="hard", rng=np.random.default_rng(seed))
+            vol = synth_mod.synthesize(shape, structure="blobs", porosity=porosity, difficulty="hard", seed=seed)
             synth_mod.save_synth(data, vol)
     return data / "image.tif", data / "truth.tif", data / "depth.tif"
 
@@ -690,7 +698,7 @@ def study_cmd(
     preset: Optional[str] = typer.Option(None, "--preset", help="paper | efficiency | demo; or give --strategies/--budgets."),
     strategies: str = typer.Option("initial,distributed", "--strategies", help="Comma-separated strategies for a custom grid."),
     budgets: str = typer.Option("5,20", "--budgets", help="Comma-separated budgets (fully labelled slices)."),
-    seeds: str = typer.Option("0", "--seeds", help="Comma-separated seeds."),
+    seeds: Optional[str] = typer.Option(None, "--seeds", help="Comma-separated seeds (default 0; 0,1,2 for --preset efficiency)."),
     schedule: str = typer.Option("one-shot", "--schedule", help="one-shot | iterative | both."),
     k0: int = typer.Option(2, "--k0", help="Iterative: slices in the first round."),
     k: int = typer.Option(2, "--k", help="Iterative: slices per later round."),
@@ -710,7 +718,7 @@ def study_cmd(
     from activeseg import loop, study
     from activeseg.errors import ConfigError
 
-    seeds_l = _parse_ints(seeds, "--seeds") or [0]
+    seeds_l = _parse_ints(seeds, "--seeds") or ([0, 1, 2] if preset == "efficiency" else [0])
     cfg = loop.load_config(config) if config else {}
     if steps is not None:
         cfg.setdefault("train", {})["steps"] = int(steps)
@@ -718,8 +726,7 @@ def study_cmd(
         runs = study.paper_preset(seeds_l)
         cfg.setdefault("train_on_scribbles", False)  # the paper trains on the chosen slices only
     elif preset == "efficiency":
-        runs = study.efficiency_preset(seeds_l if seeds != "0" else [0, 1, 2],
-                                       steps_per_round=cfg.get("train", {}).get("steps"))
+        runs = study.efficiency_preset(seeds_l, steps_per_round=cfg.get("train", {}).get("steps"))
     elif preset == "demo":
         runs = study.demo_preset()
     elif preset is None:

@@ -289,7 +289,8 @@ class Session:
                 f"{root} already holds a session; choose another directory or continue it "
                 f"(activeseg status {root})"
             )
-        if root.exists() and any(root.iterdir()):
+        # a killed `init` leaves only the lock (and maybe a temp file): that folder counts as empty
+        if root.exists() and any(p.name != LOCK and not p.name.endswith(".tmp") for p in root.iterdir()):
             raise SessionError(f"{root} exists and is not empty; give a new or empty directory for the session")
         root.mkdir(parents=True, exist_ok=True)
         m = {"schema_version": SCHEMA_VERSION, "created": _now(), **manifest}

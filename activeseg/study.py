@@ -88,6 +88,14 @@ class RunSpec:
             raise ConfigError(f"run {self.name}: human must be 'truth' or 'none', got {self.human!r}")
 
     @property
+    def trial(self) -> str:
+        """Column / legend name of the run: its label, else "20 initial" (one-shot) or
+        "initial (iterative)"."""
+        if self.label:
+            return self.label
+        return f"{self.budget} {self.strategy}" if self.schedule == "one-shot" else f"{self.strategy} (iterative)"
+
+    @property
     def rounds(self) -> list[int]:
         """Slices queried in each round."""
         if self.schedule == "one-shot":
@@ -273,6 +281,12 @@ def run_study(
                 "(or delete the old one) to change them"
             )
         known = {r["name"]: r for r in old.get("runs", [])}
+        for r in runs:
+            if r.name in known and RunSpec(**known[r.name]) != r:
+                raise SessionError(
+                    f"{study_dir} already has a run {r.name!r} with other settings ({known[r.name]}); "
+                    "use a new study directory to change them"
+                )
         merged = list(old.get("runs", [])) + [asdict(r) for r in runs if r.name not in known]
     else:
         merged = [asdict(r) for r in runs]
@@ -285,7 +299,10 @@ def run_study(
     cores = os.cpu_count() or 1
     jobs = max(1, min(int(jobs), len(todo) or 1))
     threads = max(1, cores // jobs)
-    args = [(str(study_dir), asdict(r), inputs, config or {}, threads) for r in todo]
+    run_config = dict(config or {})
+    if jobs > 1:  # each worker's forest gets its share of the cores, like its torch threads
+        run_config["rf"] = {**run_config.get("rf", {}), "n_jobs": threads}
+    args = [(str(study_dir), asdict(r), inputs, run_config, threads) for r in todo]
     if jobs == 1:
         for a in args:
             results.append(_worker(a))
@@ -296,9 +313,12 @@ def run_study(
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
         with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
-            futs = [pool.submit(_worker, a) for a in args]
+            futs = {pool.submit(_worker, a): a[1]["name"] for a in args}
             for f in as_completed(futs):
-                results.append(f.result())
+                try:
+                    results.append(f.result())
+                except Exception as exc:  # e.g. a worker killed for memory: the other runs go on
+                    results.append({"name": futs[f], "status": "failed", "error": f"{type(exc).__name__}: {exc}"})
                 if progress:
                     progress("runs", len(results), total)
     for r in results:
@@ -321,17 +341,20 @@ def collect(study_dir: Path) -> tuple[list[dict], dict]:
         if not mf.exists():
             continue
         m = json.loads(mf.read_text())
+        complete = _run_done(study_dir / "runs" / run.name, run)
         labelled: list[int] = []
         px = int(np.prod(m["stack"]["shape"][1:]))
         for r in m["rounds"]:
-            labelled += r.get("full_slices", []) if (r["index"] > 0 or run.strategy == CEILING) else []
+            if r["index"] > 0 or run.strategy == CEILING:  # corrected (or, with no human, pseudo-labelled) slices
+                labelled += r.get("full_slices", []) + r.get("pseudo", [])
             if r.get("status") != "trained" or not r.get("metrics"):
                 continue
             costs = r.get("correction_cost", {})
             cost = sum(costs.get(str(z), 0) for z in r.get("full_slices", [])) if r["index"] > 0 else None
             mt = r["metrics"]
             rows.append({
-                "run": run.name, "strategy": run.label or run.strategy, "schedule": run.schedule, "seed": run.seed,
+                "run": run.name, "strategy": run.strategy, "trial": run.trial, "schedule": run.schedule, "seed": run.seed,
+                "complete": complete,
                 "round": r["index"], "n_labelled": len(set(labelled)),
                 **{k: mt.get(k) for k in ("accuracy", "iou_solid", "iou_pore", "bce", "porosity_error", "grey_pore_error", "boundary_f1")},
                 "correction_cost": cost, "correction_cost_frac": (cost / (px * max(1, len(r.get("full_slices", []))))) if cost is not None else None,
@@ -340,8 +363,18 @@ def collect(study_dir: Path) -> tuple[list[dict], dict]:
             })
             if r.get("metrics_file"):
                 per_run[run.name] = {"file": str(study_dir / "runs" / run.name / r["metrics_file"]), "labelled": sorted(set(labelled)),
-                                     "label": run.label or run.strategy, "model": r.get("metrics_file")}
+                                     "trial": run.trial, "strategy": run.strategy, "budget": run.budget,
+                                     "seed": run.seed, "complete": complete}
     return rows, per_run
+
+
+def _mean_per_slice(items: list[dict]) -> dict:
+    """Per-slice arrays averaged over runs (seeds); NaN where no run has a value."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices stay NaN
+        return {k: np.nanmean(np.stack([it[k] for it in items]), axis=0) for k in items[0]}
 
 
 def _load_per_slice(info: dict) -> dict:
@@ -374,42 +407,48 @@ def summarise(study_dir: Path, *, title: str = "activeseg study", preset: str | 
             finals[r["run"]] = r
     # the headline table: whole-stack figures of every run's final model
     headline = [
-        {"run": r["run"], "strategy": r["strategy"], "schedule": r["schedule"], "seed": r["seed"], "slices": r["n_labelled"],
+        {"run": r["run"], "strategy": r["trial"] + ("" if r["complete"] else " (unfinished)"), "schedule": r["schedule"],
+         "seed": r["seed"], "slices": r["n_labelled"],
          "accuracy": r["accuracy"], "solid IoU": r["iou_solid"], "BCE": r["bce"], "porosity error": r["porosity_error"],
          "grey-pore error": r["grey_pore_error"]}
         for r in sorted(finals.values(), key=lambda r: (r["n_labelled"], r["strategy"], r["seed"]))
     ]
     out["headline"] = headline
     sections.append(("Whole-stack results (final model of each run)", report.markdown_table(headline)))
-    if preset == "paper" or any(r["schedule"] == "one-shot" for r in finals.values()):
-        per_slice = {}
-        labelled = {}
-        for name, info in per_run.items():
-            if name == CEILING:
-                continue
-            per_slice[info["label"]] = _load_per_slice(info)
-            labelled[info["label"]] = info["labelled"]
-        if per_slice:
-            nz = len(next(iter(per_slice.values()))["accuracy"])
-            idx = report.paper_indices(nz)
-            order = sorted(per_slice, key=lambda k: (0 if "initial" in k or "distributed" in k else 1, -int(k.split()[0]) if k.split()[0].isdigit() else 0, k))
-            table = report.paper_table({k: per_slice[k] for k in order}, idx)
+    # per-slice figures of each trial's final model, averaged over seeds; unfinished runs left out
+    trials: dict[str, list[dict]] = {}
+    for name, info in per_run.items():
+        if name != CEILING and info["complete"]:
+            trials.setdefault(info["trial"], []).append(info)
+    unfinished = sorted(n for n, info in per_run.items() if not info["complete"])
+    if trials:
+        order = sorted(trials, key=lambda t: (trials[t][0]["strategy"] not in ("initial", "distributed"),
+                                              -trials[t][0]["budget"], t))
+        per_slice = {t: _mean_per_slice([_load_per_slice(i) for i in trials[t]]) for t in order}
+        labelled = {t: sorted({z for i in trials[t] for z in i["labelled"]}) for t in order}
+        nz = len(next(iter(per_slice.values()))["accuracy"])
+        idx = report.paper_indices(nz)
+        seeds = sorted({i["seed"] for t in order for i in trials[t]})
+        if preset == "paper" or any(r["schedule"] == "one-shot" for r in finals.values()):
+            table = report.paper_table(per_slice, idx)
             md = report.paper_table_markdown(table)
             atomic_write_bytes(study_dir / "paper_table.md", (md + "\n").encode())
             out["paper_table"] = table
             out["paper_indices"] = idx
-            sections.append((f"Table 1 layout: loss (BCE) and accuracy at Index-{idx[0]}/{idx[1]}/{idx[2]} of {nz}", md))
-            lc = {k: colors.get(k) or report.color_for(k) for k in per_slice}
-            report.plot_slice_metric({k: v["accuracy"] for k, v in per_slice.items()}, plots / "accuracy_along_z.png",
-                                     labelled=labelled, metric="accuracy", marks=idx, colors=lc)
-            sections.append(("Accuracy along z", plots / "accuracy_along_z.png", "labelled slices marked under the axis"))
-            first = next(iter(per_slice.values()))
-            report.plot_porosity_profile(first["porosity_true"], {k: v["porosity_pred"] for k, v in per_slice.items()},
-                                         plots / "porosity_profile.png", labelled=labelled, marks=idx, colors=lc)
-            sections.append(("Porosity per slice vs truth", plots / "porosity_profile.png", ""))
-            panel = _prediction_panel(study_dir, spec, per_run, idx[-1], plots / "prediction_panel.png", lc)
-            if panel:
-                sections.append((f"Predictions at Index-{idx[-1]} (Figure 2 style)", panel, "orange: pore called solid; blue: solid called pore"))
+            over = f" (mean over seeds {', '.join(map(str, seeds))})" if len(seeds) > 1 else ""
+            sections.append((f"Table 1 layout: loss (BCE) and accuracy at Index-{idx[0]}/{idx[1]}/{idx[2]} of {nz}{over}", md))
+        lc = {t: colors.get(trials[t][0]["strategy"]) or report.color_for(t) for t in order}
+        report.plot_slice_metric({k: v["accuracy"] for k, v in per_slice.items()}, plots / "accuracy_along_z.png",
+                                 labelled=labelled, metric="accuracy", marks=idx, colors=lc)
+        sections.append(("Accuracy along z", plots / "accuracy_along_z.png", "labelled slices marked under the axis"))
+        first = next(iter(per_slice.values()))
+        report.plot_porosity_profile(first["porosity_true"], {k: v["porosity_pred"] for k, v in per_slice.items()},
+                                     plots / "porosity_profile.png", labelled=labelled, marks=idx, colors=lc)
+        sections.append(("Porosity per slice vs truth", plots / "porosity_profile.png", ""))
+        panel = _prediction_panel(study_dir, spec, {t: trials[t][0] for t in order}, idx[-1], plots / "prediction_panel.png", lc)
+        if panel:
+            sections.append((f"Predictions at Index-{idx[-1]} (Figure 2 style{', seed ' + str(seeds[0]) if len(seeds) > 1 else ''})",
+                             panel, "orange: pore called solid; blue: solid called pore"))
     if any(r["schedule"] == "iterative" for r in curve_rows) or len({r["n_labelled"] for r in curve_rows}) > 1:
         report.plot_learning_curves(curve_rows, plots / "learning_curves.png", metric="iou_solid", ceiling=ceiling,
                                     fractions=(0.95, 0.99) if ceiling else (), colors=colors)
@@ -424,28 +463,31 @@ def summarise(study_dir: Path, *, title: str = "activeseg study", preset: str | 
         out["ceiling_iou_solid"] = ceiling
         sections.append(("Label efficiency (slices to reach 95 % / 99 % of the all-slices ceiling)", md))
     atomic_write_json(study_dir / "results.json", {"rows": rows, **{k: v for k, v in out.items() if k != "rows"}})
-    report.write_report_md(study_dir / "report.md", title=title, sections=sections,
-                           intro=f"{len(finals)} runs on `{spec['inputs']['image']}`.")
+    intro = f"{len(finals)} runs on `{spec['inputs']['image']}`."
+    if unfinished:
+        intro += f" Not finished (left out of the per-slice figures): {', '.join(unfinished)}."
+    out["unfinished"] = unfinished
+    report.write_report_md(study_dir / "report.md", title=title, sections=sections, intro=intro)
     out["report"] = str(study_dir / "report.md")
     return out
 
 
-def _prediction_panel(study_dir: Path, spec: dict, per_run: dict, z: int, path: Path, colors: dict) -> Path | None:
-    """Each run's final prediction of slice ``z`` (recomputed from the saved models)."""
+def _prediction_panel(study_dir: Path, spec: dict, trials: dict, z: int, path: Path, colors: dict) -> Path | None:
+    """Each trial's final prediction of slice ``z`` (recomputed from one run's saved model)."""
     from activeseg import io, report
     from activeseg.model import load_model
 
     inputs = spec["inputs"]
+    by_name = {RunSpec(**rd).trial: RunSpec(**rd).name for rd in spec["runs"]}
     with io.open_stack(inputs["image"]) as image, io.open_stack(inputs["truth"]) as truth:
         preds = {}
-        for name, info in per_run.items():
-            if name == CEILING:
-                continue
-            m = json.loads((study_dir / "runs" / name / "activeseg.json").read_text())
+        for trial, info in trials.items():
+            run_dir = Path(info["file"]).parents[2] if "file" in info else study_dir / "runs" / by_name[trial]
+            m = json.loads((run_dir / "activeseg.json").read_text())
             if not m.get("model"):
                 continue
-            model = load_model(study_dir / "runs" / name / m["model"]["path"])
-            preds[info["label"]] = model.predict_proba(image, [z])[0, 1]
+            model = load_model(run_dir / m["model"]["path"])
+            preds[trial] = model.predict_proba(image, [z])[0, 1]
         if not preds:
             return None
         return report.plot_prediction_panel(

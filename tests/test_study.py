@@ -1,12 +1,13 @@
 import csv
 import json
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from activeseg import study
 from activeseg.cli import app
-from activeseg.errors import ConfigError
+from activeseg.errors import ConfigError, SessionError
 
 runner = CliRunner()
 
@@ -98,9 +99,39 @@ def test_study_with_ceiling_gives_label_efficiency(tmp_path):
     assert all(r["status"] == "done" for r in res), res
     out = study.summarise(tmp_path / "st")
     assert out["ceiling_iou_solid"] is not None
-    assert set(out["label_efficiency"]) == {"distributed (iterative)"} or set(out["label_efficiency"]) == {"distributed"}
+    assert set(out["label_efficiency"]) == {"distributed"}
     data = json.loads((tmp_path / "st" / "results.json").read_text())
     assert len([r for r in data["rows"] if r["run"] == "distributed-it"]) == 2
     with pytest.raises(Exception, match="other inputs or settings"):
         study.run_study(tmp_path / "st", runs, image=tmp_path / "data" / "image.tif",
                         truth=tmp_path / "data" / "truth.tif", config={"seed": 5})
+
+
+def test_trials_are_averaged_over_seeds_and_changed_runs_are_refused(tmp_path):
+    from activeseg import synth
+    from activeseg.loop import load_config
+
+    synth.save_synth(tmp_path / "data", synth.synthesize((12, 48, 48), seed=3))
+    (tmp_path / "tiny.toml").write_text(TINY)
+    cfg = load_config(tmp_path / "tiny.toml")
+    runs = study.plan_grid(["distributed"], [2], [0, 1])
+    kw = dict(image=tmp_path / "data" / "image.tif", truth=tmp_path / "data" / "truth.tif", config=cfg)
+    assert all(r["status"] == "done" for r in study.run_study(tmp_path / "st", runs, **kw))
+    out = study.summarise(tmp_path / "st")
+    per_seed = [json.loads(next((tmp_path / "st" / "runs" / r.name / "rounds" / "r001").glob("metrics-*.json")).read_text())
+                for r in runs]
+    z = out["paper_indices"][1]
+    row = next(r for r in out["paper_table"] if r["Predicted image"] == f"Index-{z}, Accuracy")
+    assert row["2 distributed"] == pytest.approx(np.mean([p["per_slice"]["accuracy"][z] for p in per_seed]))
+    changed = [study.RunSpec(r.name, r.strategy, r.budget, "iterative", r.seed, k0=1, k=1) for r in runs]
+    with pytest.raises(SessionError, match="other settings"):
+        study.run_study(tmp_path / "st", changed, **kw)
+
+
+def test_demo_refuses_a_folder_holding_another_demo(tmp_path):
+    from activeseg import synth
+
+    synth.save_synth(tmp_path / "demo" / "data", synth.synthesize((8, 32, 32), seed=0))
+    res = runner.invoke(app, ["demo", "--quick", "--out", str(tmp_path / "demo")])
+    assert res.exit_code == 1
+    assert "already holds a synthetic volume" in res.output
