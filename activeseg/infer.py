@@ -197,9 +197,16 @@ class _Runner:
 
 
 def resolve_autocast(autocast: str, device: torch.device) -> torch.dtype | None:
-    """"auto" -> bf16 on CUDA, none elsewhere; "bf16" -> bf16 anywhere; "off" -> none."""
+    """"auto" -> bf16 on a CUDA GPU with native bf16 (Ampere or newer), none elsewhere
+    (older GPUs only emulate it: slow); "bf16" -> bf16 anywhere; "off" -> none."""
     if autocast == "auto":
-        return torch.bfloat16 if device.type == "cuda" else None
+        if device.type != "cuda":
+            return None
+        try:
+            native = torch.cuda.is_bf16_supported(including_emulation=False)
+        except TypeError:  # torch < 2.3 has no including_emulation
+            native = torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if native else None
     if autocast == "bf16":
         return torch.bfloat16
     if autocast in ("off", "none", None):

@@ -945,6 +945,7 @@ def train(
         if _pending(rnd):
             log.warning("round %d still waits for slices %s; training on what is imported so far", rnd["index"], _pending(rnd))
         tkw = dict(cfg.train)
+        tkw.setdefault("val_seed", int(cfg.seed))  # the same held-out pixels in every round
         if steps is not None:
             tkw["steps"] = int(steps)
             tkw.pop("epochs", None)

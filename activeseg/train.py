@@ -72,6 +72,9 @@ class TrainConfig:
         ``val_block`` pixels, so they are not trivially correlated with training pixels)
         for early stopping; 0 disables validation and early stopping.
     val_block : side of the held-out blocks.
+    val_seed : seed of the held-out blocks; each slice's blocks depend on it and the
+        slice index only, so warm-started rounds never validate on pixels an earlier round
+        trained on.
     eval_every : steps between validations.
     patience : stop after this many steps without a better validation loss and keep
         the best weights; None = train all steps (still keeping the best weights).
@@ -101,6 +104,7 @@ class TrainConfig:
     warmup: float = 0.15
     val_fraction: float = 0.1
     val_block: int = 32
+    val_seed: int = 0
     eval_every: int = 20
     patience: int | None = 80
     flip_x: bool = True
@@ -213,10 +217,11 @@ def collect_labels(labels: Any, shape: tuple[int, int, int], n_classes: int) -> 
     out: dict[int, np.ndarray] = {}
 
     def check(z: int, m: np.ndarray) -> None:
+        """Check one slice in its own dtype (before any cast could wrap 257 to 1 or -1 to 255)."""
         if m.shape != (ny, nx):
             raise LabelError(f"labels of slice {z} have shape {m.shape}, expected {(ny, nx)} like the image")
-        vals = np.unique(m)
-        bad = vals[(vals >= n_classes) & (vals != IGNORE_INDEX)]
+        vals = np.unique(m).astype(np.int64)
+        bad = vals[(vals < 0) | ((vals >= n_classes) & (vals != IGNORE_INDEX))]
         if bad.size:
             raise LabelError(
                 f"labels of slice {z} hold values {bad.tolist()}; expected 0..{n_classes - 1} and "
@@ -231,8 +236,8 @@ def collect_labels(labels: Any, shape: tuple[int, int, int], n_classes: int) -> 
             m = np.asarray(m)
             if m.dtype.kind not in "ui":
                 raise LabelError(f"labels of slice {z} must be integers (uint8), got dtype {m.dtype}")
-            m = m.astype(np.uint8, copy=False) if m.dtype != np.uint8 else m
             check(int(z), m)
+            m = m.astype(np.uint8, copy=False)
             if np.any(m != IGNORE_INDEX):
                 out[int(z)] = np.array(m, dtype=np.uint8)
         return dict(sorted(out.items()))
@@ -247,9 +252,8 @@ def collect_labels(labels: Any, shape: tuple[int, int, int], n_classes: int) -> 
         chunk = np.asarray(labels[z0 : z0 + block])
         has = np.any(chunk != IGNORE_INDEX, axis=(1, 2))
         for i in np.flatnonzero(has):
-            m = chunk[i].astype(np.uint8, copy=False)
-            check(z0 + int(i), m)
-            out[z0 + int(i)] = np.array(m, dtype=np.uint8)
+            check(z0 + int(i), chunk[i])
+            out[z0 + int(i)] = np.array(chunk[i], dtype=np.uint8)
     return out
 
 
@@ -301,7 +305,9 @@ def _prepare_data(image: Any, labelled: dict[int, np.ndarray], offsets, cfg: Tra
     for z in zs:
         lab = labelled[z]
         mask = lab != IGNORE_INDEX
-        held = _split_validation(mask, cfg.val_fraction, cfg.val_block, rng)
+        # the held-out blocks of a slice depend on (val_seed, z) only, so they stay held out
+        # when later rounds warm-start from this model
+        held = _split_validation(mask, cfg.val_fraction, cfg.val_block, np.random.default_rng([cfg.val_seed, z]))
         tr = lab.copy()
         tr[held] = IGNORE_INDEX
         va = np.full_like(lab, IGNORE_INDEX)
@@ -566,9 +572,9 @@ def train_model(
         net = net.to(device)
         if channels_last:
             net = net.to(memory_format=torch.channels_last)
-        amp_dtype = None
-        if cfg.autocast == "bf16" or (cfg.autocast == "auto" and device.type == "cuda"):
-            amp_dtype = torch.bfloat16
+        from activeseg.infer import resolve_autocast
+
+        amp_dtype = resolve_autocast(cfg.autocast, device)
         opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         sched = _scheduler(opt, cfg, total)
 
@@ -667,4 +673,4 @@ def train_model(
     }
     rounds = int(meta.get("trainings", 0)) + 1
     meta["trainings"] = rounds
-    return SegModel(net=net, config=model_config, norm=norm, metadata=meta), hist
+    return SegModel(net=net, config=model_config, norm=norm, metadata=meta, device=cfg.device), hist

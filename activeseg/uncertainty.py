@@ -115,6 +115,9 @@ def _boundary_weights(pore_prob: np.ndarray, width: float) -> np.ndarray:
     mask = pore_prob >= 0.5
     w = np.empty(mask.shape, dtype=np.float32)
     for i in range(mask.shape[0]):
+        if mask[i].all() or not mask[i].any():  # no pore boundary on this slice: a plain mean
+            w[i] = 1.0
+            continue
         inside = ndimage.distance_transform_edt(mask[i])
         outside = ndimage.distance_transform_edt(~mask[i])
         dist = np.where(mask[i], inside, outside)
@@ -220,7 +223,15 @@ def variance(samples: np.ndarray) -> np.ndarray:
     float32 (n, Y, X), >= 0.
     """
     samples = _check_samples(samples)
-    return samples.var(axis=0, dtype=np.float64).mean(axis=1).astype(np.float32)
+    # running sums over T: no float64 copy of all T samples
+    total = np.zeros(samples.shape[1:], np.float64)
+    squares = np.zeros(samples.shape[1:], np.float64)
+    for t in range(samples.shape[0]):
+        total += samples[t]
+        squares += np.square(samples[t], dtype=np.float64)
+    n = samples.shape[0]
+    var = np.clip(squares / n - np.square(total / n), 0.0, None)
+    return var.mean(axis=1).astype(np.float32)
 
 
 tta_variance = variance
@@ -450,6 +461,7 @@ def score_slices(
     reduction: str = "mean",
     q: float = 0.9,
     block: int = 8,
+    max_block_bytes: int = 1 << 30,
     callback: Callable[[int, int], None] | None = None,
 ) -> dict[str, np.ndarray]:
     """Per-slice scores of a stack for the named scorers, for any :class:`ProbabilityModel`.
@@ -472,6 +484,9 @@ def score_slices(
         boundary weights come from the predicted pore probability). Porosity is always
         the fraction of pore pixels.
     q : quantile for ``reduction="quantile"``.
+    block : at most this many slices per block; fewer when the block's largest pass
+        (``T`` samples of ``C`` float32 maps) would exceed ``max_block_bytes`` (so large
+        slices never multiply memory by ``T``), but at least one.
     callback : ``callback(done, total)`` after each block (in slices).
 
     Returns
@@ -507,6 +522,9 @@ def score_slices(
     if isinstance(block, bool) or not isinstance(block, (int, np.integer)) or block < 1:
         raise ConfigError(f"block must be a positive integer, got {block!r}")
     ids = _select_slices(n_slices, slices, every, sample, rng)
+    copies = max(int(n_samples) if "samples" in needs else 1, len(GENERIC_TTA) if "tta" in needs else 1)
+    per_slice_bytes = 4 * copies * int(model.n_classes) * int(shape[1]) * int(shape[2])
+    block = max(1, min(int(block), int(max_block_bytes) // max(1, per_slice_bytes)))
     out = {n: np.full(n_slices, np.nan, dtype=np.float32) for n in names}
     for b0 in range(0, ids.size, block):
         blk = ids[b0 : b0 + block]

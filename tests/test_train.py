@@ -226,3 +226,14 @@ def test_cuda_training_and_inference():
     p_gpu = predict_stack(model, img, device="cuda")
     p_cpu = predict_stack(model, img, device="cpu")
     assert np.abs(p_gpu - p_cpu).mean() < 0.05  # bf16 on the GPU vs fp32 on the CPU
+
+
+@pytest.mark.parametrize("value", [257, -1])
+def test_label_values_are_checked_before_any_cast(value):
+    labels = np.full((4, 8, 8), 255, np.int32)
+    labels[1] = 0
+    labels[1, 0, 0] = value  # would wrap to 1 or to 255 (unlabelled) as uint8
+    with pytest.raises(LabelError, match=str(value)):
+        collect_labels(labels, (4, 8, 8), 2)
+    with pytest.raises(LabelError, match=str(value)):
+        collect_labels({1: labels[1]}, (4, 8, 8), 2)

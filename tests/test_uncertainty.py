@@ -20,6 +20,7 @@ from activeseg.uncertainty import (
     get_scorer,
     margin,
     porosity,
+    reduce_slices,
     register_scorer,
     score_slices,
     tta_samples,
@@ -286,3 +287,39 @@ def test_network_vs_reference_disagreement(trained):
     model, img = trained
     out = score_slices(model, img, ["rf_disagreement"], reference=_FakeModel(), slices=[3])
     assert 0 < out["rf_disagreement"][3] <= 1
+
+
+def test_variance_equals_numpy_on_random_samples():
+    rng = np.random.default_rng(0)
+    p = rng.random((5, 3, 1, 4, 6)).astype(np.float32)
+    s = np.concatenate([p, 1 - p], axis=2)
+    np.testing.assert_allclose(variance(s), s.var(axis=0).mean(axis=1), atol=1e-6)
+
+
+def test_boundary_reduction_is_a_plain_mean_without_a_pore_edge():
+    rng = np.random.default_rng(1)
+    pixel = rng.random((2, 6, 6)).astype(np.float32)
+    solid = np.zeros((2, 6, 6), np.float32)  # predicted all solid: no pore boundary anywhere
+    np.testing.assert_allclose(reduce_slices(pixel, "boundary", pore_prob=solid), pixel.mean(axis=(1, 2)), rtol=1e-6)
+    edge = np.zeros((1, 6, 6), np.float32)
+    edge[0, :, 3:] = 1.0
+    near = np.zeros((1, 6, 6), np.float32)
+    near[0, :, 2:4] = 1.0  # uncertainty on the boundary scores higher than the same amount far from it
+    far = np.zeros((1, 6, 6), np.float32)
+    far[0, :, [0, 5]] = 1.0
+    assert reduce_slices(near, "boundary", pore_prob=edge)[0] > reduce_slices(far, "boundary", pore_prob=edge)[0]
+
+
+def test_score_blocks_shrink_for_large_slices():
+    seen = []
+
+    class Model:
+        n_classes = 2
+
+        def predict_proba(self, image, slices):
+            seen.append(len(slices))
+            return np.full((len(slices), 2, *image.shape[1:]), 0.5, np.float32)
+
+    image = np.zeros((10, 64, 64), np.uint8)
+    score_slices(Model(), image, "entropy", block=8, max_block_bytes=3 * 4 * 2 * 64 * 64)
+    assert max(seen) == 3 and sum(seen) == 10
