@@ -422,8 +422,9 @@ def summarise(study_dir: Path, *, title: str = "activeseg study", preset: str | 
             trials.setdefault(info["trial"], []).append(info)
     unfinished = sorted(n for n, info in per_run.items() if not info["complete"])
     if trials:
-        order = sorted(trials, key=lambda t: (trials[t][0]["strategy"] not in ("initial", "distributed"),
-                                              -trials[t][0]["budget"], t))
+        paper_cols = ("initial", "distributed")  # the paper's column order first: 20 initial, 20 distributed, 5 ...
+        order = sorted(trials, key=lambda t: (trials[t][0]["strategy"] not in paper_cols, -trials[t][0]["budget"],
+                                              paper_cols.index(trials[t][0]["strategy"]) if trials[t][0]["strategy"] in paper_cols else 2, t))
         per_slice = {t: _mean_per_slice([_load_per_slice(i) for i in trials[t]]) for t in order}
         labelled = {t: sorted({z for i in trials[t] for z in i["labelled"]}) for t in order}
         nz = len(next(iter(per_slice.values()))["accuracy"])
