@@ -565,9 +565,7 @@ def export_cmd(
     """
     from activeseg import loop
 
-    from activeseg.loop import check_output_values
-
-    vals = check_output_values(_parse_ints(values, "--values") or [])
+    vals = tuple(_parse_ints(values, "--values") or ())  # checked by the library before any work
     sess = _open(session, relink)
     with _progress() as progress:
         res = loop.export_segmentation(sess, out, probabilities=probabilities, values=vals, progress=progress)
@@ -590,7 +588,7 @@ def predict_cmd(
     """
     from activeseg import loop
 
-    vals = loop.check_output_values(_parse_ints(values, "--values") or [])
+    vals = tuple(_parse_ints(values, "--values") or ())
     with _progress() as progress:
         res = loop.predict_to_file(model, stack, out, values=vals, probabilities=probabilities, progress=progress)
     console.print(f"wrote {res['out']} with {res['model']}", highlight=False)

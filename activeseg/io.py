@@ -1317,9 +1317,16 @@ def _read_slice_file(path: Path, purpose: str) -> np.ndarray:
     raise StackError(f"{path} is not a TIFF or PNG image (bad header)")
 
 
+def slice_files(folder: str | os.PathLike[str]) -> list[Path]:
+    """The slice images of a folder, as :func:`open_stack` reads them: ``.tif``,
+    ``.tiff`` and ``.png`` files, hidden files skipped, in natural order."""
+    entries = [p for p in Path(folder).iterdir() if p.is_file() and not p.name.startswith(".")]
+    return sorted((p for p in entries if p.suffix.lower() in _SLICE_SUFFIXES), key=natural_sort_key)
+
+
 def _open_folder(path: Path, purpose: str):
     entries = [p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")]
-    files = sorted((p for p in entries if p.suffix.lower() in _SLICE_SUFFIXES), key=natural_sort_key)
+    files = slice_files(path)
     if not files:
         others = sorted(p.name for p in entries)[:5]
         found = f"; it holds {len(entries)} other file(s), e.g. {', '.join(others)}" if others else " (it is empty)"

@@ -21,7 +21,6 @@ import logging
 import math
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -792,7 +791,8 @@ def import_corrections(
                     log.info("not imported (unchanged since export): %s", untouched)
         if not chosen and not skip:
             raise LabelError(f"no corrected masks for the pending slices {pending} in {src}")
-        masks = read_corrections(chosen, shape[1:], n_classes=_config(session).n_classes)
+        cfg = _config(session)
+        masks = read_corrections(chosen, shape[1:], n_classes=cfg.n_classes, n_slices=shape[0], radius=cfg.export_radius)
         prefill = _prefill(session, rnd["index"])
         corr = [Correction(z, mk, int(np.count_nonzero(mk != prefill[z])), "corrected") for z, mk in sorted(masks.items())]
         if corr:
@@ -858,7 +858,7 @@ def pseudo_label(session: Session, *, threshold: float | None = None, progress: 
     return {"round": rnd["index"], "pseudo_labelled": zs}
 
 
-def evaluate_model(session: Session, model, image, *, out_dir: Path, progress: Progress = _noop) -> dict:
+def evaluate_model(session: Session, model, image, *, progress: Progress = _noop) -> dict:
     """Predict the whole stack and compare with the session's truth (streamed to disk)."""
     from activeseg import metrics
 
@@ -872,10 +872,10 @@ def evaluate_model(session: Session, model, image, *, out_dir: Path, progress: P
     scratch = session.path("tmp")
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir()
-    with tempfile.TemporaryDirectory(dir=scratch) as tmp:
-        prob = np.lib.format.open_memmap(Path(tmp) / "prob.npy", mode="w+", dtype=np.float32, shape=(nz, ny, nx))
+    try:
+        prob = np.lib.format.open_memmap(scratch / "prob.npy", mode="w+", dtype=np.float32, shape=(nz, ny, nx))
         _predict_pore_prob(model, image, prob, progress=progress)
-        pred = np.lib.format.open_memmap(Path(tmp) / "pred.npy", mode="w+", dtype=np.uint8, shape=(nz, ny, nx))
+        pred = np.lib.format.open_memmap(scratch / "pred.npy", mode="w+", dtype=np.uint8, shape=(nz, ny, nx))
         for z0 in range(0, nz, 16):
             pred[z0 : z0 + 16] = prob[z0 : z0 + 16] >= 0.5
         with truth:
@@ -883,6 +883,8 @@ def evaluate_model(session: Session, model, image, *, out_dir: Path, progress: P
         if depth is not None:
             depth.close()
         del prob, pred
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     d = ev.to_dict()
     from activeseg.report import paper_indices
 
@@ -972,7 +974,7 @@ def train(
             save_model(model, session.path(model_rel))
             metrics_rel = None
             if evaluate and m.get("truth"):
-                ev = evaluate_model(session, model, image, out_dir=session.path(rdir), progress=progress)
+                ev = evaluate_model(session, model, image, progress=progress)
                 metrics_rel = session.write_json(f"{rdir}/metrics-{version}.json", ev)
                 rnd["metrics"] = ev["overall"]
                 rnd["metrics_named"] = ev["named_indices"]
@@ -1095,6 +1097,8 @@ def _segment_to_file(model, image, out: Path, *, voxel_size, probabilities: bool
                      fixed: dict[int, np.ndarray] | None = None, progress: Progress = _noop) -> list[float]:
     """Segment every slice of ``image`` into the TIFF ``out``; returns the porosity per slice.
 
+    ``values`` must already be checked (:func:`check_output_values`).
+
     Writes the float32 pore probability (``probabilities``) or uint8 ``values`` for
     solid/pore; slices in ``fixed`` (z -> 0/1 mask) are taken from their labels. The
     stacks are written beside ``out`` under temporary names and moved into place at the
@@ -1102,7 +1106,7 @@ def _segment_to_file(model, image, out: Path, *, voxel_size, probabilities: bool
     """
     from activeseg import io
 
-    lo, hi = check_output_values(values)
+    lo, hi = values
     fixed = fixed or {}
     nz, ny, nx = (int(s) for s in image.shape)
     tmp_prob = out.with_name(f".{out.name}.prob.tmp")
@@ -1146,7 +1150,7 @@ def export_segmentation(
     from activeseg.session import atomic_write_bytes
 
     out = Path(out)
-    check_output_values(values)
+    values = check_output_values(values)
     cfg = _config(session)
     full = labels_dict(session, kinds=("full",))
     with _image(session) as image:
@@ -1164,7 +1168,7 @@ def predict_to_file(model_path: Path, stack: Path, out: Path, *, values: tuple[i
     from activeseg import io
     from activeseg.model import load_model
 
-    check_output_values(values)
+    values = check_output_values(values)
     model_path = Path(model_path)
     if (model_path / "activeseg.json").exists():
         s = Session.open(model_path)

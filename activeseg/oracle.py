@@ -223,15 +223,18 @@ def find_mask_files(directory: Path) -> dict[int, Path]:
     return found
 
 
-def read_corrections(files: dict[int, Path], shape: tuple[int, int], *, n_classes: int = 2) -> dict[int, np.ndarray]:
+def read_corrections(files: dict[int, Path], shape: tuple[int, int], *, n_classes: int = 2,
+                     n_slices: int | None = None, radius: int | None = None) -> dict[int, np.ndarray]:
     """Read and validate edited masks ``{z: file}``.
 
     Accepts 0..C-1 masks, a binary 0/255 mask (read as 0/1, with a log message), and
     napari's int32 labels when in range (see :func:`activeseg.io.read_labels`). A file
-    of one plane is that slice's mask; a file of 2r+1 planes (a labels layer painted on
-    the exported ``zNNNN_image.tif`` context stack) gives its middle plane, the slice
-    that was queried. Every problem raises :class:`LabelError` naming the file and
-    slice; nothing is returned unless all files are valid.
+    of one plane is that slice's mask; a file of ``2 * radius + 1`` planes (a labels
+    layer painted on the exported ``zNNNN_image.tif`` context stack) gives its middle
+    plane, the slice that was queried; a file of ``n_slices`` planes (a labels layer over
+    the whole stack) gives plane ``z``. Any other number of planes is refused. Every
+    problem raises :class:`LabelError` naming the file and slice; nothing is returned
+    unless all files are valid.
     """
     from activeseg import io
 
@@ -250,11 +253,15 @@ def read_corrections(files: dict[int, Path], shape: tuple[int, int], *, n_classe
         except (OSError, ValueError) as exc:  # StackError is a ValueError; add the slice
             raise LabelError(f"slice {z}: corrected mask {name}: {exc}") from None
         planes = sorted(found)
+        stacked = planes == list(range(len(planes)))
         if len(planes) == 1:
             mask = found[planes[0]]
-        elif len(planes) % 2 == 1 and planes == list(range(len(planes))):
-            mask = found[planes[len(planes) // 2]]
-            log.info("slice %d: %s has %d planes; took the middle one (the queried slice)", z, name, len(planes))
+        elif stacked and radius is not None and len(planes) == 2 * radius + 1:
+            mask = found[planes[radius]]
+            log.info("slice %d: %s has %d planes (the exported context); took the middle one", z, name, len(planes))
+        elif stacked and n_slices is not None and len(planes) == n_slices:
+            mask = found[z]
+            log.info("slice %d: %s covers the whole stack; took its plane %d", z, name, z)
         else:
             raise LabelError(
                 f"slice {z}: {name} holds {len(planes)} planes; save only the corrected mask of slice {z} "

@@ -798,8 +798,8 @@ def prepare_query(fn_or_name: Callable | str, params: Mapping[str, Any] | None =
     StrategyError
         With the strategy's name, what was wrong and what is valid.
     """
-    fn, name = _resolve(fn_or_name)
-    name = _name_of(fn)
+    fn, _ = _resolve(fn_or_name)
+    name = _name_of(fn)  # the canonical name, whatever case or dashes were typed
     full = validate_params(fn, params)
     requires = required_scores(fn, full)
     computable = (*KNOWN_SCORES, EMBEDDINGS)

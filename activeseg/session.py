@@ -138,12 +138,13 @@ def _jsonable(obj):
 
 
 def _input_files(path: Path) -> list[Path]:
-    """The file itself, or a folder's slice images (what :mod:`activeseg.io` reads: no
-    hidden files, no ``Thumbs.db``), in sorted order."""
+    """The file itself, or a folder's slice images (exactly what :mod:`activeseg.io`
+    reads, so a ``Thumbs.db`` or ``.DS_Store`` does not count as a change)."""
     if not path.is_dir():
         return [path]
-    return sorted(p for p in path.iterdir()
-                  if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in (".tif", ".tiff", ".png"))
+    from activeseg.io import slice_files
+
+    return slice_files(path)
 
 
 def sha256_file(path: Path, *, chunk: int = 1 << 22) -> str:

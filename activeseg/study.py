@@ -60,7 +60,8 @@ class RunSpec:
     schedule : "one-shot" (all ``budget`` slices in one query, like the paper) or
         "iterative" (``k0`` first, then ``k`` per round, retraining each round).
     seed : session seed; runs with the same seed share the simulated scribbles.
-    label : column / legend name (default: the strategy).
+    label : name of the run's curve and column (default: the strategy for curves, "20
+        initial" / "initial (iterative)" for per-slice columns; see :attr:`trial`).
     human : "truth" (ground-truth oracle) or "none" (the RF's confident predictions
         label the queried slices: no human at all).
     train_steps : training steps of each of this run's rounds (None: the study's train
@@ -141,11 +142,10 @@ def paper_preset(seeds: Sequence[int] = (0,), *, iterative: bool = True) -> list
     for seed in seeds:
         for b in (20, 5):
             for strat in ("initial", "distributed", "spaced_entropy", "hybrid"):
-                runs.append(RunSpec(_name(strat, b, "one-shot", seed), strat, b, "one-shot", seed, label=f"{b} {strat}"))
+                runs.append(RunSpec(_name(strat, b, "one-shot", seed), strat, b, "one-shot", seed))
         if iterative:
             for strat in ("spaced_entropy", "hybrid"):
-                runs.append(RunSpec(_name(strat, 20, "iterative", seed), strat, 20, "iterative", seed, k0=5, k=5,
-                                    label=f"{strat} (iterative)"))
+                runs.append(RunSpec(_name(strat, 20, "iterative", seed), strat, 20, "iterative", seed, k0=5, k=5))
     return runs
 
 
@@ -317,8 +317,10 @@ def run_study(
             for f in as_completed(futs):
                 try:
                     results.append(f.result())
-                except Exception as exc:  # e.g. a worker killed for memory: the other runs go on
-                    results.append({"name": futs[f], "status": "failed", "error": f"{type(exc).__name__}: {exc}"})
+                except Exception as exc:  # e.g. a worker killed for memory breaks the pool: the runs not
+                    # finished are recorded as failed, and running the study again resumes them
+                    results.append({"name": futs[f], "status": "failed",
+                                    "error": f"{type(exc).__name__}: {exc} (run the study again to resume it)"})
                 if progress:
                     progress("runs", len(results), total)
     for r in results:
@@ -353,7 +355,9 @@ def collect(study_dir: Path) -> tuple[list[dict], dict]:
             cost = sum(costs.get(str(z), 0) for z in r.get("full_slices", [])) if r["index"] > 0 else None
             mt = r["metrics"]
             rows.append({
-                "run": run.name, "strategy": run.strategy, "trial": run.trial, "schedule": run.schedule, "seed": run.seed,
+                # curves group by "strategy" (a run's label, when given, names its own curve)
+                "run": run.name, "strategy": run.label or run.strategy, "trial": run.trial, "schedule": run.schedule,
+                "seed": run.seed,
                 "complete": complete,
                 "round": r["index"], "n_labelled": len(set(labelled)),
                 **{k: mt.get(k) for k in ("accuracy", "iou_solid", "iou_pore", "bce", "porosity_error", "grey_pore_error", "boundary_f1")},
@@ -364,7 +368,7 @@ def collect(study_dir: Path) -> tuple[list[dict], dict]:
             if r.get("metrics_file"):
                 per_run[run.name] = {"file": str(study_dir / "runs" / run.name / r["metrics_file"]), "labelled": sorted(set(labelled)),
                                      "trial": run.trial, "strategy": run.strategy, "budget": run.budget,
-                                     "seed": run.seed, "complete": complete}
+                                     "seed": run.seed, "complete": complete, "run_dir": str(study_dir / "runs" / run.name)}
     return rows, per_run
 
 
@@ -446,7 +450,8 @@ def summarise(study_dir: Path, *, title: str = "activeseg study", preset: str | 
         report.plot_porosity_profile(first["porosity_true"], {k: v["porosity_pred"] for k, v in per_slice.items()},
                                      plots / "porosity_profile.png", labelled=labelled, marks=idx, colors=lc)
         sections.append(("Porosity per slice vs truth", plots / "porosity_profile.png", ""))
-        panel = _prediction_panel(study_dir, spec, {t: trials[t][0] for t in order}, idx[-1], plots / "prediction_panel.png", lc)
+        panel = _prediction_panel({t: min(trials[t], key=lambda i: i["seed"]) for t in order}, spec, idx[-1],
+                                  plots / "prediction_panel.png", lc)
         if panel:
             sections.append((f"Predictions at Index-{idx[-1]} (Figure 2 style{', seed ' + str(seeds[0]) if len(seeds) > 1 else ''})",
                              panel, "orange: pore called solid; blue: solid called pore"))
@@ -473,17 +478,16 @@ def summarise(study_dir: Path, *, title: str = "activeseg study", preset: str | 
     return out
 
 
-def _prediction_panel(study_dir: Path, spec: dict, trials: dict, z: int, path: Path, colors: dict) -> Path | None:
+def _prediction_panel(trials: dict, spec: dict, z: int, path: Path, colors: dict) -> Path | None:
     """Each trial's final prediction of slice ``z`` (recomputed from one run's saved model)."""
     from activeseg import io, report
     from activeseg.model import load_model
 
     inputs = spec["inputs"]
-    by_name = {RunSpec(**rd).trial: RunSpec(**rd).name for rd in spec["runs"]}
     with io.open_stack(inputs["image"]) as image, io.open_stack(inputs["truth"]) as truth:
         preds = {}
         for trial, info in trials.items():
-            run_dir = Path(info["file"]).parents[2] if "file" in info else study_dir / "runs" / by_name[trial]
+            run_dir = Path(info["run_dir"])
             m = json.loads((run_dir / "activeseg.json").read_text())
             if not m.get("model"):
                 continue

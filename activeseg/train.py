@@ -272,29 +272,29 @@ class _Data:
 
 
 def _split_validation(mask: np.ndarray, fraction: float, block: int, rng: np.random.Generator) -> np.ndarray:
-    """Boolean (Y, X) of held-out pixels: random ``block``-sized squares holding labels."""
+    """Boolean (Y, X) of held-out pixels: ``block``-sized squares of labelled pixels.
+
+    Which squares are held out depends on ``rng`` only, never on the labels (each square
+    is held out with probability ``fraction``), so a slice whose labels change between
+    rounds (scribbles, then a full correction) keeps the same held-out squares and no
+    pixel moves from training to validation. Nothing is held out when that would take
+    more than half of the slice's labelled pixels, or when fewer than two squares hold
+    labels.
+    """
     ny, nx = mask.shape
     held = np.zeros_like(mask, dtype=bool)
     if fraction <= 0:
         return held
     by, bx = math.ceil(ny / block), math.ceil(nx / block)
-    counts = np.add.reduceat(np.add.reduceat(mask.astype(np.int64), np.arange(0, ny, block), axis=0),
-                             np.arange(0, nx, block), axis=1)
-    total = counts.sum()
-    cells = np.flatnonzero(counts.ravel() > 0)
-    if total == 0 or len(cells) < 2:
-        return held
-    order = rng.permutation(cells)
-    taken = 0
-    for c in order:
-        if taken >= fraction * total:
-            break
-        if taken + counts.flat[c] > 0.5 * total:
-            continue
-        iy, ix = divmod(int(c), bx)
-        held[iy * block : (iy + 1) * block, ix * block : (ix + 1) * block] = True
-        taken += counts.flat[c]
-    return held & mask
+    chosen = rng.random((by, bx)) < fraction
+    cells = np.kron(chosen, np.ones((block, block), dtype=bool))[:ny, :nx]
+    labelled_cells = np.add.reduceat(np.add.reduceat(mask.astype(np.int64), np.arange(0, ny, block), axis=0),
+                                     np.arange(0, nx, block), axis=1) > 0
+    held = cells & mask
+    total = int(np.count_nonzero(mask))
+    if labelled_cells.sum() < 2 or total == 0 or np.count_nonzero(held) > 0.5 * total:
+        return np.zeros_like(mask, dtype=bool)
+    return held
 
 
 def _prepare_data(image: Any, labelled: dict[int, np.ndarray], offsets, cfg: TrainConfig, rng: np.random.Generator) -> _Data:

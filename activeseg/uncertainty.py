@@ -522,7 +522,8 @@ def score_slices(
     if isinstance(block, bool) or not isinstance(block, (int, np.integer)) or block < 1:
         raise ConfigError(f"block must be a positive integer, got {block!r}")
     ids = _select_slices(n_slices, slices, every, sample, rng)
-    copies = max(int(n_samples) if "samples" in needs else 1, len(GENERIC_TTA) if "tta" in needs else 1)
+    copies = (("proba" in needs) + ("reference" in needs) + (int(n_samples) if "samples" in needs else 0)
+              + (len(GENERIC_TTA) if "tta" in needs else 0))  # the passes of one block held at once
     per_slice_bytes = 4 * copies * int(model.n_classes) * int(shape[1]) * int(shape[2])
     block = max(1, min(int(block), int(max_block_bytes) // max(1, per_slice_bytes)))
     out = {n: np.full(n_slices, np.nan, dtype=np.float32) for n in names}

@@ -299,6 +299,26 @@ def test_corrections_painted_on_the_context_stack_or_with_255(data, session, tmp
     assert np.array_equal(labels["masks"][0], truth[z])
 
 
+def test_a_whole_stack_labels_layer_gives_the_queried_plane(data, session, tmp_path):
+    ok(["bootstrap", session, "--slices", "3"])
+    ok(["query", session, "-n", 1, "--strategy", "distributed"])
+    z = json.loads((session / "activeseg.json").read_text())["rounds"][-1]["queried"][0]
+    truth = io.read_stack(data / "vol" / "truth.tif")
+    layer = tmp_path / "layer"
+    layer.mkdir()
+    io.write_stack(layer / f"z{z:04d}_mask.tif", truth, kind="labels")  # all 12 planes
+    ok(["import", session, layer])
+    assert np.array_equal(np.load(session / "labels" / "r001_i00.npz")["masks"][0], truth[z])
+    five = tmp_path / "five"
+    five.mkdir()
+    io.write_stack(five / "z0001_mask.tif", truth[:5], kind="labels")  # neither one slice, the context, nor the stack
+    from activeseg.errors import LabelError
+    from activeseg.oracle import read_corrections
+
+    with pytest.raises(LabelError, match="holds 5 planes"):
+        read_corrections({1: five / "z0001_mask.tif"}, truth.shape[1:], n_slices=12, radius=1)
+
+
 def test_skipping_every_queried_slice_moves_on_to_the_next_query(data, session):
     ok(["bootstrap", session, "--slices", "3"])
     ok(["query", session, "-n", 2, "--strategy", "distributed"])

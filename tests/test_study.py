@@ -46,7 +46,7 @@ def test_run_spec_rounds_and_grid():
     (ceiling,) = [r for r in eff if r.strategy == study.CEILING]
     assert ceiling.train_steps == 30 * 6  # as much training as a whole learning curve
     paper = study.paper_preset()
-    labels = [r.label for r in paper if r.schedule == "one-shot"]
+    labels = [r.trial for r in paper if r.schedule == "one-shot"]
     assert {"5 initial", "5 distributed", "20 initial", "20 distributed"} <= set(labels)
 
 

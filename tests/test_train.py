@@ -237,3 +237,17 @@ def test_label_values_are_checked_before_any_cast(value):
         collect_labels(labels, (4, 8, 8), 2)
     with pytest.raises(LabelError, match=str(value)):
         collect_labels({1: labels[1]}, (4, 8, 8), 2)
+
+
+def test_held_out_squares_do_not_depend_on_the_labels():
+    from activeseg.train import _split_validation
+
+    scribbles = np.zeros((96, 96), bool)
+    scribbles[::7, :] = True  # sparse strokes over the whole slice
+    full = np.ones((96, 96), bool)  # the same slice after a full correction
+    held_before = _split_validation(scribbles, 0.2, 16, np.random.default_rng([0, 5]))
+    held_after = _split_validation(full, 0.2, 16, np.random.default_rng([0, 5]))
+    assert held_before.any()
+    # nothing trained on with the scribbles is validated on after the correction
+    assert not np.any(held_after & scribbles & ~held_before)
+    assert np.array_equal(held_after & scribbles, held_before)
