@@ -481,6 +481,9 @@ def train_cmd(
     h = res["history"]
     console.print(f"round {res['round']}: trained {h['steps_run']} steps in {h['seconds']:.0f} s on {h['device']} "
                   f"(labels on {len(h['labelled_slices'])} slices); model {res['model']}", highlight=False)
+    if h.get("kept_previous"):
+        console.print("[yellow]no training step beat the previous model on the held-out pixels; its weights "
+                      "are kept for this round[/] (more steps: --steps, or label more slices)")
     if res.get("metrics"):
         mt = res["metrics"]
         console.print(f"whole stack vs truth: accuracy {mt['accuracy']:.4f}, solid IoU {mt['iou_solid']:.4f}, "

@@ -985,6 +985,7 @@ def train(
             "seconds": history.get("seconds"),
             "best_val_loss": history.get("best_val_loss"),
             "warm_start": init is not None,
+            "kept_previous": bool(history.get("kept_init")),
             "labelled_slices": sorted(int(z) for z in labels),
             "device": history.get("device"),
         }

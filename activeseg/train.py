@@ -508,7 +508,9 @@ def train_model(
     rng : numpy Generator; the only source of randomness (patches, validation split,
         augmentation, weight init, dropout).
     init : a previous :class:`SegModel` to start from (warm start; its intensity
-        normalisation is kept).
+        normalisation is kept). It is validated before the first step, so when no step
+        of this training beats it on the held-out pixels its weights are kept
+        (``best_step`` 0, ``kept_init`` True).
     callback : ``callback(step, total, info)`` after every step; ``info`` holds
         "loss", "lr" and, after a validation, "val_loss".
     norm : (lo, hi) raw intensities mapped to -1 / +1; default: the stack's 0.5 / 99.5
@@ -518,8 +520,8 @@ def train_model(
     -------
     (SegModel, history) where history is a JSON-serialisable dict: per-step "step",
     "loss", "lr"; "val_step", "val_loss"; "best_step", "best_val_loss", "steps_run",
-    "stopped_early", "seconds", "labelled_slices", "n_train_pixels", "n_val_pixels",
-    "device".
+    "stopped_early", "kept_init", "seconds", "labelled_slices", "n_train_pixels",
+    "n_val_pixels", "device".
     """
     cfg = config if config is not None else TrainConfig()
     if not isinstance(cfg, TrainConfig):
@@ -603,6 +605,13 @@ def train_model(
 
         hist: dict[str, Any] = {"step": [], "loss": [], "lr": [], "val_step": [], "val_loss": []}
         best_loss, best_step, best_state = math.inf, 0, None
+        if val and init is not None:
+            # a warm start competes with its own training: if no step beats the previous
+            # model on the held-out pixels, the previous weights are kept
+            best_loss = validate()
+            best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+            hist["val_step"].append(0)
+            hist["val_loss"].append(best_loss)
         stopped = False
         step = 0
         net.train()
@@ -654,6 +663,7 @@ def train_model(
         steps_run=int(step),
         total_steps=int(total),
         stopped_early=bool(stopped),
+        kept_init=bool(init is not None and best_state is not None and best_step == 0),
         seconds=float(seconds),
         labelled_slices=[int(z) for z in data.zs],
         n_train_pixels=n_train,
@@ -669,6 +679,7 @@ def train_model(
         "best_val_loss": hist["best_val_loss"],
         "seconds": round(seconds, 3),
         "warm_start": init is not None,
+        "kept_init": hist["kept_init"],
         "device": str(device),
     }
     rounds = int(meta.get("trainings", 0)) + 1

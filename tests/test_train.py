@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -169,6 +170,26 @@ def test_warm_start():
     assert not _states_equal(first, second)
     with pytest.raises(ModelError, match="warm-start"):
         train_model(img, labels, config=FAST, model_config=ModelConfig(encoder_depth=3), rng=np.random.default_rng(0), init=first)
+
+
+def test_warm_start_is_validated_before_the_first_step():
+    img, labels, _ = _toy()
+    good = TrainConfig(steps=40, patch_size=32, batch_size=2, eval_every=10, device="cpu")
+    first, _ = train_model(img, labels, config=good, model_config=TINY, rng=np.random.default_rng(0))
+    # a learning rate that wrecks the weights: every step is worse than the warm start
+    bad = TrainConfig(steps=6, patch_size=32, batch_size=2, eval_every=2, lr=3.0, warmup=0.0, device="cpu")
+    kept, hist = train_model(img, labels, config=bad, rng=np.random.default_rng(1), init=first)
+    assert hist["val_step"][0] == 0 and hist["steps_run"] == 6
+    assert hist["val_loss"][0] < min(hist["val_loss"][1:])
+    assert hist["best_step"] == 0 and hist["kept_init"] and kept.metadata["training"]["kept_init"]
+    assert _states_equal(first, kept)
+    # a training that does improve replaces the warm start (here: one of 2 steps only)
+    weak, _ = train_model(img, labels, config=dataclasses.replace(FAST, steps=2, val_fraction=0.0), model_config=TINY,
+                          rng=np.random.default_rng(0))
+    better, hist2 = train_model(img, labels, config=good, rng=np.random.default_rng(1), init=weak)
+    assert hist2["val_step"][0] == 0 and hist2["best_step"] > 0
+    assert not hist2["kept_init"] and not _states_equal(weak, better)
+    assert hist2["best_val_loss"] < hist2["val_loss"][0]
 
 
 def test_small_slices_are_padded():
