@@ -17,6 +17,7 @@ from typing import Optional
 import numpy as np
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from activeseg import __version__
@@ -261,8 +262,6 @@ def strategies_cmd(
 
     Example: activeseg strategies
     """
-    from rich.markup import escape
-
     from activeseg.registry import describe_strategies
 
     infos = describe_strategies()
@@ -672,6 +671,8 @@ def _print_study(out: dict, study_dir: Path) -> None:
         for r in rows:
             t.add_row(*[r[c] if isinstance(r[c], str) else ("n/a" if r[c] is None else f"{r[c]:.3f}") for c in cols])
         console.print(t)
+        for line in out.get("index_proximity", []):
+            console.print(f"[dim]note: {escape(line)} (within the network's 2.5D context)[/]")
     t = Table(title="whole stack, final model of each run", title_justify="left")
     cols = ["strategy", "schedule", "seed", "slices", "accuracy", "solid IoU", "BCE", "porosity error", "grey-pore error"]
     for c in cols:

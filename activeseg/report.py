@@ -1068,6 +1068,37 @@ def paper_table_markdown(rows: Sequence[Mapping], *, digits: int = 3) -> str:
     return markdown_table(rows, digits=digits)
 
 
+def index_proximity(
+    labelled: Mapping[str, Sequence[int]], indices: Sequence[int] | Mapping[str, int], *, within: int = 2
+) -> list[str]:
+    """Sentences naming the table indices that are, or lie next to, a trial's labelled slice.
+
+    A model sees ``within`` slices either side as 2.5D context (the default ResUNet: 2),
+    so an index within that distance of a training slice is not a held-out measurement
+    in the paper's sense. Returns one sentence per such index, e.g. ``"Index-434 is 1
+    slice from labelled slice 435 in 20 distributed."``; empty when none is.
+    """
+    if isinstance(indices, Mapping):
+        named = [(str(k), _int(v, f"indices[{k!r}]")) for k, v in indices.items()]
+    else:
+        named = [(f"Index-{_int(z, 'index')}", _int(z, "index")) for z in indices]
+    within = _int(within, "within")
+    out = []
+    for name, z in named:
+        near: dict[tuple[int, int], list[str]] = {}  # (distance, labelled z) -> trials
+        for trial, zs in labelled.items():
+            zs = np.asarray([_int(v, f"labelled[{trial!r}]") for v in zs], dtype=np.int64)
+            if zs.size == 0:
+                continue
+            nearest = int(zs[np.argmin(np.abs(zs - z))])
+            if abs(nearest - z) <= within:
+                near.setdefault((abs(nearest - z), nearest), []).append(str(trial))
+        for (dist, lz), trials in sorted(near.items()):
+            where = "is a labelled slice" if dist == 0 else f"is {dist} slice{'s' if dist > 1 else ''} from labelled slice {lz}"
+            out.append(f"{name} {where} in {', '.join(trials)}.")
+    return out
+
+
 def _csv_value(v: Any) -> str:
     if v is None:
         return ""

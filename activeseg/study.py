@@ -372,6 +372,16 @@ def collect(study_dir: Path) -> tuple[list[dict], dict]:
     return rows, per_run
 
 
+def _context_reach(spec: dict) -> int:
+    """Slices either side that the study's network sees as 2.5D context."""
+    offsets = spec.get("config", {}).get("model", {}).get("offsets")
+    if offsets is None:
+        from activeseg.model import ModelConfig
+
+        offsets = ModelConfig().offsets
+    return max(abs(int(o)) for o in offsets)
+
+
 def _mean_per_slice(items: list[dict]) -> dict:
     """Per-slice arrays averaged over runs (seeds); NaN where no run has a value."""
     import warnings
@@ -437,6 +447,10 @@ def summarise(study_dir: Path, *, title: str = "activeseg study", preset: str | 
         if preset == "paper" or any(r["schedule"] == "one-shot" for r in finals.values()):
             table = report.paper_table(per_slice, idx)
             md = report.paper_table_markdown(table)
+            near = report.index_proximity(labelled, idx, within=_context_reach(spec))
+            if near:
+                md += "\nWithin the network's 2.5D context of a training slice: " + " ".join(near) + "\n"
+            out["index_proximity"] = near
             atomic_write_bytes(study_dir / "paper_table.md", (md + "\n").encode())
             out["paper_table"] = table
             out["paper_indices"] = idx

@@ -299,6 +299,16 @@ def test_paper_table_markdown_format():
 # --- CSV ----------------------------------------------------------------------------
 
 
+def test_index_proximity_names_indices_next_to_training_slices():
+    labelled = {"20 distributed": [15, 45, 435], "20 initial": list(range(20)), "none": []}
+    near = report.index_proximity(labelled, [47, 434, 598], within=2)
+    assert near == ["Index-47 is 2 slices from labelled slice 45 in 20 distributed.",
+                    "Index-434 is 1 slice from labelled slice 435 in 20 distributed."]
+    assert report.index_proximity(labelled, [47, 434, 598], within=1) == [near[1]]
+    assert report.index_proximity({"a": [3], "b": [3]}, {"Index-3 (z=3)": 3}) == ["Index-3 (z=3) is a labelled slice in a, b."]
+    assert report.index_proximity(labelled, [300]) == []
+
+
 def test_table_csv_round_trip(tmp_path):
     rows = [
         _row("distributed", 0, 4, 0.123456789012345, cost=1234),

@@ -69,6 +69,7 @@ def test_two_run_study_with_paper_table_resumes(tmp_path):
     res = runner.invoke(app, args)
     assert res.exit_code == 0, res.output
     assert "Index-" in res.output
+    assert "Index-1 is a labelled slice in 2 initial" in res.output
     rows = list(csv.DictReader(open(tmp_path / "st" / "results.csv")))
     assert len(rows) == 2
     assert {r["strategy"] for r in rows} == {"initial", "distributed"}
@@ -76,6 +77,8 @@ def test_two_run_study_with_paper_table_resumes(tmp_path):
     assert initial["labelled"] == "0;1"  # top of the stack
     table = (tmp_path / "st" / "paper_table.md").read_text()
     assert "Loss" in table and "Accuracy" in table
+    # Index-1 of 12 is the second training slice of "initial": the table says so
+    assert "Index-1 is a labelled slice in 2 initial." in table
     manifest = (tmp_path / "st" / "runs" / rows[0]["run"] / "activeseg.json").read_bytes()
     res = runner.invoke(app, args)  # nothing left to do: finished runs are not redone
     assert res.exit_code == 0, res.output
