@@ -211,6 +211,9 @@ def synth(
     out_dir: Path = typer.Argument(..., help="Directory to write image.tif, truth.tif, depth.tif, synth.json."),
     shape: tuple[int, int, int] = typer.Option((64, 128, 128), "--shape", help="Volume size Z Y X in voxels."),
     porosity: float = typer.Option(0.8, "--porosity", help="Pore fraction of the truth (exact within 0.01)."),
+    porosity_gradient: float = typer.Option(
+        0.0, "--porosity-gradient",
+        help="blobs: last slice's porosity minus the first's (a graded material; the mean stays --porosity)."),
     structure: str = typer.Option("blobs", "--structure", help="blobs | spheres | fibres."),
     difficulty: str = typer.Option("hard", "--difficulty", help="easy | medium | hard (hard: back walls as bright as cut faces)."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
@@ -219,6 +222,8 @@ def synth(
     """Synthesize a FIB-SEM volume with pore-back artifacts and its ground truth.
 
     Example: activeseg synth data/hard --shape 120 192 192 --porosity 0.8 --difficulty hard --preview data/hard/look.png
+
+    Graded (porosity 0.6 at the top, 0.9 at the bottom): activeseg synth data/graded --porosity 0.75 --porosity-gradient 0.3
     """
     from activeseg import synth as synth_mod
 
@@ -226,7 +231,8 @@ def synth(
     _choice(difficulty, _DIFFICULTIES, "--difficulty")
     with console.status(f"synthesizing {structure} volume {shape[0]}x{shape[1]}x{shape[2]} ({difficulty})..."):
         vol = synth_mod.synthesize(
-            shape, structure=structure, porosity=porosity, difficulty=difficulty, rng=np.random.default_rng(seed)
+            shape, structure=structure, porosity=porosity, difficulty=difficulty, rng=np.random.default_rng(seed),
+            **({"porosity_gradient": porosity_gradient} if porosity_gradient else {}),
         )
         paths = synth_mod.save_synth(out_dir, vol)
     otsu = _otsu_summary(vol)
@@ -234,6 +240,9 @@ def synth(
     table.add_row("shape (z, y, x)", " x ".join(map(str, vol.image.shape)))
     table.add_row("structure / difficulty", f"{structure} / {difficulty}")
     table.add_row("true porosity", f"{float(np.mean(vol.truth == 1)):.4f}")
+    if porosity_gradient:
+        pz = np.mean(vol.truth == 1, axis=(1, 2))
+        table.add_row("porosity first / last slice", f"{pz[0]:.3f} / {pz[-1]:.3f}")
     grey = float(np.mean((vol.truth == 1) & (vol.depth > 0) & (vol.depth <= 5)))
     table.add_row("grey pores (wall <= 5 slices)", f"{grey:.3f} of all pixels")
     table.add_row(

@@ -123,6 +123,10 @@ class SynthParams:
     ----------
     structure : "blobs" | "spheres" | "fibres".
     porosity : requested pore fraction of the truth window, in (0, 1).
+    porosity_gradient : blobs: porosity of the last slice minus that of the first; the
+        porosity ramps linearly along z around ``porosity`` (which stays the window's
+        exact mean), so the material itself changes with depth, like a graded or
+        asymmetric membrane. 0 = statistically the same material everywhere.
     corr_length : blobs: standard deviation (px) of the Gaussian that correlates the
         random field; pores and walls are a few times this wide.
     particle_radius : spheres: mean particle radius (px).
@@ -165,6 +169,7 @@ class SynthParams:
 
     structure: str = "blobs"
     porosity: float = 0.8
+    porosity_gradient: float = 0.0
     corr_length: float = 4.0
     particle_radius: float = 6.0
     fibre_radius: float = 2.5
@@ -242,6 +247,16 @@ def _validate_params(p: SynthParams) -> None:
         raise ConfigError(f"structure must be one of {', '.join(STRUCTURES)}; got {p.structure!r}")
     _num(p, "porosity", 0.0, 1.0, lo_open=True, hi_open=True,
          hint="; porosity is the pore fraction, e.g. 0.8 for 80 % pores")
+    _num(p, "porosity_gradient", -0.9, 0.9)
+    if p.porosity_gradient != 0:
+        if p.structure != "blobs":
+            raise ConfigError(f"porosity_gradient is available for structure 'blobs' only, got {p.structure!r}")
+        ends = (p.porosity - p.porosity_gradient / 2, p.porosity + p.porosity_gradient / 2)
+        if not (0.05 <= min(ends) and max(ends) <= 0.95):
+            raise ConfigError(
+                f"porosity {p.porosity} with porosity_gradient {p.porosity_gradient} ramps from {ends[0]:.3f} to "
+                f"{ends[1]:.3f}; both ends must lie in [0.05, 0.95]: use a smaller gradient"
+            )
     _num(p, "corr_length", 0.5, 1000)
     _num(p, "particle_radius", 1.0, 1000)
     _num(p, "fibre_radius", 0.5, 1000)
@@ -281,7 +296,7 @@ def _validate_params(p: SynthParams) -> None:
     _num(p, "read_noise", 0.0, 1.0)
     if p.bit_depth not in (8, 16) or isinstance(p.bit_depth, bool):
         raise ConfigError(f"bit_depth must be 8 or 16, got {p.bit_depth!r}")
-    for name in ("porosity", "corr_length", "particle_radius", "fibre_radius", "radius_spread", "neck_ratio",
+    for name in ("porosity", "porosity_gradient", "corr_length", "particle_radius", "fibre_radius", "radius_spread", "neck_ratio",
                  "fibre_inplane", "alpha_deg", "depth_length", "face_yield", "pore_floor", "edge_eps",
                  "edge_width", "shading", "texture", "face_texture", "texture_length", "ghost_blur", "psf_sigma", "curtain_amp", "charging_amp",
                  "drift_gain", "drift_offset", "dose", "read_noise"):
@@ -777,7 +792,38 @@ def make_structure(shape: Sequence[int], structure: str = "blobs", porosity: flo
     else:
         block, window = shape, (slice(None),) * 3
     fld = _FIELDS[p.structure](block, p, rng)
+    if p.porosity_gradient:
+        return _ramped_threshold(fld, window, p)
     return _threshold(fld, window, p.porosity, p.connected)
+
+
+def _ramped_threshold(fld: np.ndarray, window: tuple[slice, ...], p: SynthParams, rounds: int = 4) -> np.ndarray:
+    """Threshold a field so that the porosity ramps along z as ``p`` asks.
+
+    Each slice is offset by its own quantile at the slice's target porosity; the global
+    threshold that follows keeps the window's mean exact. Removing floating solid (the
+    ``connected`` rule) raises porosity where the solid is sparse, so the slice targets
+    are corrected from the result a few times until every slice is within 0.01. Slices
+    past the truth window keep the last slice's porosity.
+    """
+    nz = len(range(*window[0].indices(fld.shape[0])))
+    frac = np.clip(np.arange(fld.shape[0]) / max(nz - 1, 1), 0.0, 1.0)
+    target = p.porosity + p.porosity_gradient * (frac - 0.5)
+    aim = target.copy()
+    best, best_err = None, math.inf
+    for _ in range(rounds):
+        q = np.array([_quantile(fld[z][window[1:]], float(aim[z])) for z in range(fld.shape[0])], np.float32)
+        solid = _threshold(fld - q[:, None, None], window, p.porosity, p.connected)
+        err = 1.0 - solid[window].mean(axis=(1, 2)) - target[:nz]
+        worst = float(np.abs(err).max())
+        logger.debug("porosity ramp: largest slice error %.4f", worst)
+        if worst < best_err:
+            best, best_err = solid, worst
+        if worst < 0.01:
+            break
+        aim[:nz] = np.clip(aim[:nz] - 0.5 * err, 0.01, 0.99)  # damped: connectivity reacts non-linearly
+        aim[nz:] = aim[nz - 1]
+    return best
 
 
 # ----------------------------------------------------------------------------- ray march

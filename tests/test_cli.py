@@ -105,6 +105,20 @@ def test_synth_writes_files_and_reports_otsu_failure(tmp_path):
     assert img.shape == (12, 48, 48)
 
 
+def test_synth_graded_volume(tmp_path):
+    out = tmp_path / "graded"
+    res = runner.invoke(app, ["synth", str(out), "--shape", "16", "64", "64", "--porosity", "0.7",
+                              "--porosity-gradient", "0.3", "--seed", "1"])
+    assert res.exit_code == 0, res.output
+    truth = io.open_stack(out / "truth.tif")
+    pz = (np.asarray(truth[:]) == 1).mean(axis=(1, 2))
+    assert pz[-1] - pz[0] > 0.25
+    assert f"{pz[0]:.3f} / {pz[-1]:.3f}" in res.output
+    assert json.loads((out / "synth.json").read_text())["porosity_gradient"] == 0.3
+    res = runner.invoke(app, ["synth", str(tmp_path / "x"), "--porosity", "0.9", "--porosity-gradient", "0.3"])
+    assert res.exit_code == 1 and "both ends" in res.output
+
+
 def test_synth_rejects_bad_choices(tmp_path):
     res = runner.invoke(app, ["synth", str(tmp_path / "x"), "--structure", "cubes"])
     assert res.exit_code == 1

@@ -98,3 +98,23 @@ def test_bad_knobs_are_refused_with_the_valid_names():
         synth.synthesize((8, 32, 32), corr_lenght=3)
     with pytest.raises(ConfigError):
         synth.synthesize((8, 32), seed=0)
+
+
+@pytest.mark.parametrize("gradient", [0.3, -0.3])
+def test_porosity_gradient_ramps_along_z_around_the_exact_mean(gradient):
+    vol = synth.synthesize((32, 96, 96), porosity=0.7, porosity_gradient=gradient, seed=4)
+    pz = (vol.truth == 1).mean(axis=(1, 2))
+    target = 0.7 + gradient * (np.arange(32) / 31 - 0.5)
+    assert abs(vol.truth.mean() - 0.7) <= 0.01
+    assert np.abs(pz - target).max() <= 0.015
+    # without a gradient the same seed has no such trend
+    flat = (synth.synthesize((32, 96, 96), porosity=0.7, seed=4).truth == 1).mean(axis=(1, 2))
+    assert abs(np.polyfit(np.arange(32), flat, 1)[0] * 31) < abs(gradient) / 3
+    assert synth.SynthParams.from_dict(vol.params).porosity_gradient == gradient
+
+
+def test_porosity_gradient_is_checked():
+    with pytest.raises(ConfigError, match="both ends"):
+        synth.synthesize((8, 32, 32), porosity=0.8, porosity_gradient=0.4)
+    with pytest.raises(ConfigError, match="blobs"):
+        synth.synthesize((8, 32, 32), structure="spheres", porosity_gradient=0.2)
