@@ -681,7 +681,7 @@ def _print_study(out: dict, study_dir: Path) -> None:
             t.add_row(*[r[c] if isinstance(r[c], str) else ("n/a" if r[c] is None else f"{r[c]:.3f}") for c in cols])
         console.print(t)
         for line in out.get("index_proximity", []):
-            console.print(f"[dim]note: {escape(line)} (within the network's 2.5D context)[/]")
+            console.print(f"[dim]within the network's 2.5D context of a training slice: {escape(line)}[/]")
     t = Table(title="whole stack, final model of each run", title_justify="left")
     cols = ["strategy", "schedule", "seed", "slices", "accuracy", "solid IoU", "BCE", "porosity error", "grey-pore error"]
     for c in cols:

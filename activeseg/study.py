@@ -374,12 +374,12 @@ def collect(study_dir: Path) -> tuple[list[dict], dict]:
 
 def _context_reach(spec: dict) -> int:
     """Slices either side that the study's network sees as 2.5D context."""
-    offsets = spec.get("config", {}).get("model", {}).get("offsets")
+    offsets = ((spec.get("config") or {}).get("model") or {}).get("offsets")
     if offsets is None:
         from activeseg.model import ModelConfig
 
         offsets = ModelConfig().offsets
-    return max(abs(int(o)) for o in offsets)
+    return max((abs(int(o)) for o in offsets), default=0)
 
 
 def _mean_per_slice(items: list[dict]) -> dict:

@@ -252,7 +252,7 @@ def _validate_params(p: SynthParams) -> None:
         if p.structure != "blobs":
             raise ConfigError(f"porosity_gradient is available for structure 'blobs' only, got {p.structure!r}")
         ends = (p.porosity - p.porosity_gradient / 2, p.porosity + p.porosity_gradient / 2)
-        if not (0.05 <= min(ends) and max(ends) <= 0.95):
+        if not (0.05 - 1e-9 <= min(ends) and max(ends) <= 0.95 + 1e-9):
             raise ConfigError(
                 f"porosity {p.porosity} with porosity_gradient {p.porosity_gradient} ramps from {ends[0]:.3f} to "
                 f"{ends[1]:.3f}; both ends must lie in [0.05, 0.95]: use a smaller gradient"
@@ -803,26 +803,32 @@ def _ramped_threshold(fld: np.ndarray, window: tuple[slice, ...], p: SynthParams
     Each slice is offset by its own quantile at the slice's target porosity; the global
     threshold that follows keeps the window's mean exact. Removing floating solid (the
     ``connected`` rule) raises porosity where the solid is sparse, so the slice targets
-    are corrected from the result a few times until every slice is within 0.01. Slices
-    past the truth window keep the last slice's porosity.
+    are corrected from the result (damped) a few times until every slice is within 0.01.
+    Slices past the truth window (the ray-march margin) aim at the last slice's porosity.
+    Where the sparse end is above about 0.85 the connected solid cannot follow exactly;
+    the closest result is kept and a warning says how far it is.
     """
     nz = len(range(*window[0].indices(fld.shape[0])))
-    frac = np.clip(np.arange(fld.shape[0]) / max(nz - 1, 1), 0.0, 1.0)
+    if nz < 2:
+        raise ConfigError(f"porosity_gradient needs at least 2 slices to ramp over, got {nz}")
+    frac = np.clip(np.arange(fld.shape[0]) / (nz - 1), 0.0, 1.0)
     target = p.porosity + p.porosity_gradient * (frac - 0.5)
     aim = target.copy()
     best, best_err = None, math.inf
     for _ in range(rounds):
         q = np.array([_quantile(fld[z][window[1:]], float(aim[z])) for z in range(fld.shape[0])], np.float32)
         solid = _threshold(fld - q[:, None, None], window, p.porosity, p.connected)
-        err = 1.0 - solid[window].mean(axis=(1, 2)) - target[:nz]
+        err = 1.0 - solid[(slice(None), *window[1:])].mean(axis=(1, 2)) - target  # margin slices included
         worst = float(np.abs(err).max())
         logger.debug("porosity ramp: largest slice error %.4f", worst)
         if worst < best_err:
             best, best_err = solid, worst
         if worst < 0.01:
             break
-        aim[:nz] = np.clip(aim[:nz] - 0.5 * err, 0.01, 0.99)  # damped: connectivity reacts non-linearly
-        aim[nz:] = aim[nz - 1]
+        aim = np.clip(aim - 0.5 * err, 0.01, 0.99)  # damped: connectivity reacts non-linearly
+    if best_err >= 0.01:
+        logger.warning("porosity ramp followed within %.3f per slice (asked 0.01): the connected solid cannot be "
+                       "that sparse; use a smaller --porosity-gradient or a lower --porosity", best_err)
     return best
 
 

@@ -76,8 +76,9 @@ class TrainConfig:
         slice index only, so warm-started rounds never validate on pixels an earlier round
         trained on.
     eval_every : steps between validations.
-    patience : stop after this many steps without a better validation loss and keep
-        the best weights; None = train all steps (still keeping the best weights).
+    patience : stop after this many steps without a better validation loss (counted
+        from the end of the warm-up) and keep the best weights; None = train all steps
+        (still keeping the best weights).
     flip_x : random x-flips (valid for FIB-SEM).
     flip_y : random y-flips; off by default because a y-flip reverses the direction in
         which pore-back ghosts shift (the beam sign); only turn it on for data acquired
@@ -612,6 +613,9 @@ def train_model(
             best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
             hist["val_step"].append(0)
             hist["val_loss"].append(best_loss)
+        # patience counts from the end of the warm-up: a warm start's loss rises while the
+        # learning rate climbs, and stopping there would keep the previous model by default
+        warm_steps = int(round(cfg.warmup * total))
         stopped = False
         step = 0
         net.train()
@@ -644,7 +648,7 @@ def train_model(
                 if vl < best_loss:
                     best_loss, best_step = vl, step
                     best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
-                elif cfg.patience is not None and step - best_step >= cfg.patience:
+                elif cfg.patience is not None and step - max(best_step, warm_steps) >= cfg.patience:
                     stopped = True
             if callback is not None:
                 callback(step, total, info)

@@ -351,6 +351,26 @@ def test_retraining_a_round_keeps_the_committed_model(data, session):
     assert (session / first / "model.safetensors").read_bytes() == weights
 
 
+def test_a_warm_start_kept_over_its_training_is_recorded_and_said(data, session, monkeypatch):
+    from activeseg import train as train_mod
+
+    real = train_mod.train_model
+
+    def no_better(*args, init=None, **kw):  # as if no training step beat the warm start
+        model, hist = real(*args, init=init, **kw)
+        if init is not None:
+            model, hist = init, {**hist, "kept_init": True, "best_step": 0}
+        return model, hist
+
+    ok(["bootstrap", session, "--slices", "3,8"])
+    ok(["train", session])
+    monkeypatch.setattr(train_mod, "train_model", no_better)
+    out = ok(["train", session])
+    assert "no training step beat the previous model" in out
+    m = json.loads((session / "activeseg.json").read_text())
+    assert m["rounds"][-1]["train"]["kept_previous"] is True and m["rounds"][-1]["train"]["warm_start"] is True
+
+
 def test_session_files_follow_the_umask(session):
     old = os.umask(0o022)
     os.umask(old)

@@ -118,3 +118,14 @@ def test_porosity_gradient_is_checked():
         synth.synthesize((8, 32, 32), porosity=0.8, porosity_gradient=0.4)
     with pytest.raises(ConfigError, match="blobs"):
         synth.synthesize((8, 32, 32), structure="spheres", porosity_gradient=0.2)
+    with pytest.raises(ConfigError, match="2 slices"):
+        synth.synthesize((1, 32, 32), porosity_gradient=0.2)
+    synth.make_params(porosity=0.9, porosity_gradient=0.1)  # ends 0.85 and 0.95 (float round-off) are allowed
+
+
+def test_porosity_ramp_continues_into_the_ray_march_margin():
+    p = synth.make_params(porosity=0.7, porosity_gradient=0.3)
+    block = synth.make_structure((16, 64, 64), "blobs", 0.7, np.random.default_rng(2), params=p)
+    mz, yb, _ = synth.structure_margin(p)
+    margin = 1 - block[16:, yb:yb + 64].mean(axis=(1, 2))
+    assert mz > 0 and np.abs(margin - 0.85).max() < 0.03

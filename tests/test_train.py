@@ -142,6 +142,10 @@ def test_early_stopping_keeps_the_best_step():
     assert hist["best_val_loss"] == min(hist["val_loss"])
     assert hist["best_step"] == hist["val_step"][int(np.argmin(hist["val_loss"]))]
     assert hist["steps_run"] - hist["best_step"] >= 1
+    # patience counts from the end of the warm-up (a warm start's loss rises while the lr climbs)
+    slow = TrainConfig(steps=30, patch_size=32, batch_size=2, eval_every=1, patience=1, warmup=0.5, device="cpu")
+    _, hist = train_model(img, labels, config=slow, model_config=TINY, rng=np.random.default_rng(0))
+    assert hist["steps_run"] > 15
 
 
 def test_no_validation_when_fraction_zero():
