@@ -231,8 +231,8 @@ def synth(
     _choice(difficulty, _DIFFICULTIES, "--difficulty")
     with console.status(f"synthesizing {structure} volume {shape[0]}x{shape[1]}x{shape[2]} ({difficulty})..."):
         vol = synth_mod.synthesize(
-            shape, structure=structure, porosity=porosity, difficulty=difficulty, rng=np.random.default_rng(seed),
-            **({"porosity_gradient": porosity_gradient} if porosity_gradient else {}),
+            shape, structure=structure, porosity=porosity, porosity_gradient=porosity_gradient, difficulty=difficulty,
+            rng=np.random.default_rng(seed),
         )
         paths = synth_mod.save_synth(out_dir, vol)
     otsu = _otsu_summary(vol)
@@ -431,10 +431,11 @@ def query_cmd(
     """
     from activeseg import loop, registry
 
-    registry.prepare_query(strategy, _parse_params(param))  # a bad name or value fails before anything starts
+    params = _parse_params(param)
+    registry.prepare_query(strategy, params)  # a bad name or value fails before --relink changes anything
     sess = _open(session, relink)
     with _progress() as progress:
-        rnd = loop.query(sess, n, strategy=strategy, params=_parse_params(param), audit=audit, progress=progress)
+        rnd = loop.query(sess, n, strategy=strategy, params=params, audit=audit, progress=progress)
     folder = sess.path(f"rounds/r{rnd['index']:03d}")
     audit_note = f" (audit slice: {rnd['audit']})" if rnd.get("audit") is not None else ""
     console.print(f"round {rnd['index']}: {rnd['strategy']} picked slices {rnd['queried']}{audit_note} "

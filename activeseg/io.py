@@ -1325,9 +1325,9 @@ def slice_files(folder: str | os.PathLike[str]) -> list[Path]:
 
 
 def _open_folder(path: Path, purpose: str):
-    entries = [p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")]
     files = slice_files(path)
     if not files:
+        entries = [p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")]
         others = sorted(p.name for p in entries)[:5]
         found = f"; it holds {len(entries)} other file(s), e.g. {', '.join(others)}" if others else " (it is empty)"
         raise StackError(
