@@ -17,11 +17,12 @@ from typing import Optional
 import numpy as np
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from activeseg import __version__
 from activeseg.errors import ActiveSegError
+from activeseg.safety import check_output, human_bytes, os_error_message
 
 app = typer.Typer(
     name="activeseg",
@@ -30,15 +31,24 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
-    rich_markup_mode="rich",
+    rich_markup_mode=None,  # help text is shown as written: "[geometry]" stays "[geometry]"
 )
-console = Console(soft_wrap=True)
-err_console = Console(stderr=True, soft_wrap=True)
+# Output is plain text, never rich markup: a path or value holding "[/b]" prints as it is.
+console = Console(soft_wrap=True, markup=False, highlight=False)
+err_console = Console(stderr=True, soft_wrap=True, markup=False, highlight=False)
 _state = {"debug": False}
 
 
+def _error_line(text: str) -> None:
+    err_console.print(Text.assemble(("error: ", "bold red"), text))
+
+
 def _handled(fn):
-    """Turn ActiveSegError into one red line and exit code 1 (traceback with --debug)."""
+    """Turn expected errors into one red line and exit code 1 (traceback with --debug).
+
+    Expected: activeseg's own errors (bad input or state) and operating-system errors
+    (a full disk, a read-only place, a missing permission), which name the path and fix.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -47,10 +57,30 @@ def _handled(fn):
         except ActiveSegError as exc:
             if _state["debug"]:
                 raise
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+            _error_line(str(exc))
             raise typer.Exit(1) from None
+        except OSError as exc:
+            if _state["debug"]:
+                raise
+            _error_line(os_error_message(exc, action="read or write"))
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            if _state["debug"]:
+                raise
+            _error_line("interrupted; what was committed before is kept, run the command again to go on")
+            raise typer.Exit(130) from None
 
     return wrapper
+
+
+def _flag(help_text: str, *names: str):
+    """A boolean flag shown as a flag in --help (no "<bool>" placeholder)."""
+    return typer.Option(False, *names, help=help_text, metavar="")
+
+
+def _say(label: str, text: str, style: str = "bold") -> None:
+    """``label`` styled, then plain ``text`` (never read as markup)."""
+    console.print(Text.assemble((label, style), " ", text))
 
 
 def _setup_logging(debug: bool) -> None:
@@ -70,25 +100,23 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _main(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
-    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks instead of one-line errors."),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit.", metavar=""),
+    debug: bool = _flag("Show full tracebacks instead of one-line errors.", "--debug"),
 ) -> None:
     _state["debug"] = debug
     _setup_logging(debug)
-
-
-def _human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1024 or unit == "TB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    return f"{n:.1f} TB"
 
 
 def _fmt_voxel(vs) -> str:
     if vs is None:
         return "unknown (give --voxel-size Z Y X in nm)"
     return " x ".join(f"{v:g}" for v in vs) + " nm (z, y, x)"
+
+
+_AXES = typer.Option(
+    None, "--axes",
+    help="How to read the file's dimensions: ZYX reads its one non-YX dimension as z (for a z-stack "
+    "whose metadata say channels or time points).")
 
 
 @app.command()
@@ -100,7 +128,8 @@ def info(
     voxel_size: Optional[tuple[float, float, float]] = typer.Option(None, "--voxel-size", help="Voxel size z y x in nm (overrides metadata)."),
     crop: Optional[str] = typer.Option(None, "--crop", help="Region z0:z1,y0:y1,x0:x1 (half-open; ':' keeps an axis)."),
     preview: Optional[Path] = typer.Option(None, "--preview", help="Write a PNG: a slice and a y-z reslice showing ghosts."),
-    as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON instead of a table."),
+    axes: Optional[str] = _AXES,
+    as_json: bool = _flag("Print machine-readable JSON instead of a table.", "--json"),
 ) -> None:
     """Describe a stack: shape, dtype, voxel size, size on disk, memmapped, intensities.
 
@@ -108,7 +137,9 @@ def info(
     """
     from activeseg import io
 
-    st = io.open_stack(stack, crop=io.Crop.parse(crop) if crop else None, voxel_size=voxel_size)
+    if preview is not None:
+        check_output(preview, inputs=[("stack", stack), ("labels", labels)], option="--preview")
+    st = io.open_stack(stack, crop=io.Crop.parse(crop) if crop else None, voxel_size=voxel_size, axes=axes)
     with st:
         nz = st.shape[0]
         sample = sorted(set(np.linspace(0, nz - 1, min(nz, 16)).round().astype(int).tolist()))
@@ -160,7 +191,7 @@ def info(
         table.add_row("voxel size", f"{part} nm (z, y, x); the unknown axes need --voxel-size Z Y X")
     else:
         table.add_row("voxel size", _fmt_voxel(st.voxel_size))
-    table.add_row("size on disk", _human_bytes(result["size_on_disk_bytes"]))
+    table.add_row("size on disk", human_bytes(result["size_on_disk_bytes"]))
     table.add_row("memory-mapped", "yes" if result["memmapped"] else "no (read page by page)")
     if result["infobar_rows_cropped"]:
         table.add_row("info bar", f"{result['infobar_rows_cropped']} rows cropped")
@@ -229,6 +260,16 @@ def synth(
 
     _choice(structure, _STRUCTURES, "--structure")
     _choice(difficulty, _DIFFICULTIES, "--difficulty")
+    from activeseg.errors import OutputError
+
+    taken = [n for n in ("image.tif", "truth.tif", "depth.tif", "synth.json") if (out_dir / n).exists()]
+    if taken:
+        raise OutputError(f"{out_dir} already holds {', '.join(taken)}; synth never writes over files (a session may "
+                          "use them): give a new folder")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputError(f"{out_dir} is a file; give a folder for image.tif, truth.tif, depth.tif and synth.json")
+    if preview is not None:
+        check_output(preview, inputs=[], option="--preview")
     with console.status(f"synthesizing {structure} volume {shape[0]}x{shape[1]}x{shape[2]} ({difficulty})..."):
         vol = synth_mod.synthesize(
             shape, structure=structure, porosity=porosity, porosity_gradient=porosity_gradient, difficulty=difficulty,
@@ -265,7 +306,7 @@ def synth(
 @app.command("strategies")
 @_handled
 def strategies_cmd(
-    as_json: bool = typer.Option(False, "--json", help="Print machine-readable JSON instead of a table."),
+    as_json: bool = _flag("Print machine-readable JSON instead of a table.", "--json"),
 ) -> None:
     """List the query strategies: built-ins and installed plugins (load errors in red).
 
@@ -287,13 +328,13 @@ def strategies_cmd(
     table.add_column("needs", overflow="fold", ratio=1)
     table.add_column("parameters (defaults)", overflow="fold", ratio=2)
     table.add_column("description", overflow="fold", ratio=4)
-    for i in infos:  # plugin text is escaped: a "[/x]" in a description must not break the listing
+    for i in infos:  # plain text (the console reads no markup): a "[/x]" in a description prints as it is
         needs = ", ".join(i.requires) or "-"
         if i.requires_depends_on_params:
             needs += " *"
         params = ", ".join(f"{k}={v!r}" for k, v in i.params.items()) or "-"
-        desc = escape(i.description) if i.ok else f"[red]failed to load: {escape(str(i.error))}[/red]"
-        table.add_row(escape(i.name), escape(i.source), escape(needs), escape(params), desc)
+        desc = Text(i.description) if i.ok else Text(f"failed to load: {i.error}", style="red")
+        table.add_row(i.name, i.source, needs, params, desc)
     console.print(table)
     console.print("* depends on the parameters; use one with: activeseg query SESSION --strategy NAME --param key=value")
 
@@ -303,9 +344,16 @@ def strategies_cmd(
 
 @contextlib.contextmanager
 def _progress():
-    """A rich progress display; yields ``progress(stage, done, total)`` for the library."""
+    """A progress display; yields ``progress(stage, done, total)`` for the library.
+
+    In a terminal: rich progress bars. When stderr is not a terminal (piped, logged, a
+    batch job): a plain line per stage at most every 10 s, so a log shows signs of life.
+    """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+    if not err_console.is_terminal:
+        yield _plain_progress(err_console)
+        return
     tasks: dict[str, int] = {}
     with Progress(
         TextColumn("[bold]{task.description:<12}"), BarColumn(), MofNCompleteColumn(),
@@ -318,6 +366,28 @@ def _progress():
             bar.update(tasks[stage], completed=int(done), total=max(int(total), 1))
 
         yield update
+
+
+def _plain_progress(out: Console, every: float = 10.0):
+    """``progress(stage, done, total)`` printing ``stage: done/total (pct), elapsed`` lines."""
+    import time
+
+    start: dict[str, float] = {}
+    last: dict[str, float] = {}
+
+    def update(stage: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        t0 = start.setdefault(stage, now)
+        finished = int(done) >= int(total)
+        if stage in last and not finished and now - last[stage] < every:
+            return
+        if finished and last.get(stage) == -1.0:
+            return  # the end of a stage is said once
+        last[stage] = -1.0 if finished else now
+        pct = 100.0 * int(done) / max(int(total), 1)
+        out.print(f"{stage}: {int(done)}/{int(total)} ({pct:.0f} %), {now - t0:.0f} s", highlight=False)
+
+    return update
 
 
 def _open(session: Path, relink: Optional[Path] = None):
@@ -355,7 +425,7 @@ def _parse_params(items: list[str]) -> dict:
 def _say_next(sess) -> None:
     from activeseg import loop
 
-    console.print(f"[bold]next:[/] {loop.next_step(sess)}", highlight=False)
+    _say("next:", loop.next_step(sess))
 
 
 _SESSION_ARG = typer.Argument(..., help="Session directory.")
@@ -373,18 +443,23 @@ def init(
     voxel_size: Optional[tuple[float, float, float]] = typer.Option(None, "--voxel-size", help="Voxel size z y x in nm (overrides metadata)."),
     crop: Optional[str] = typer.Option(None, "--crop", help="Region z0:z1,y0:y1,x0:x1 of the stack to work on."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed of the session."),
+    axes: Optional[str] = _AXES,
 ) -> None:
     """Create a labelling session for a stack.
+
+    The config file is checked in full here (every table and key), before anything is
+    written.
 
     Example: activeseg init runs/s1 --image data/hard/image.tif
     """
     from activeseg import loop
 
-    sess = loop.init_session(session, image, truth=truth, depth=depth, config=config, voxel_size=voxel_size, crop=crop, seed=seed)
+    sess = loop.init_session(session, image, truth=truth, depth=depth, config=config, voxel_size=voxel_size, crop=crop,
+                             seed=seed, axes=axes)
     m = sess.manifest
     geo = m["config"]["geometry"]
-    console.print(f"created session [bold]{session}[/] for {m['stack']['path']} "
-                  f"({' x '.join(map(str, m['stack']['shape']))}, {m['stack']['dtype']})", highlight=False)
+    console.print(f"created session {session} for {m['stack']['path']} "
+                  f"({' x '.join(map(str, m['stack']['shape']))}, {m['stack']['dtype']})")
     console.print(f"geometry: voxel {geo['voxel_size'] or 'unknown'} nm, alpha {geo['alpha_deg']:g} deg, "
                   f"beam sign {geo['beam_sign'] if geo['beam_sign'] is not None else 'estimated from the stack'}; "
                   f"ground truth: {'yes' if m.get('truth') else 'no'}", highlight=False)
@@ -398,7 +473,7 @@ def bootstrap_cmd(
     scribbles: Optional[Path] = typer.Option(None, "--scribbles", help="Scribble file/folder, ilastik convention (0 = unlabelled, class c stored as c+1)."),
     labels: Optional[Path] = typer.Option(None, "--labels", help="Fully labelled slices (0 solid, 1 pore, 255 unlabelled)."),
     slices: Optional[str] = typer.Option(None, "--slices", help="Take these slices from the session's ground truth, e.g. 0,120,240."),
-    simulate_scribbles: bool = typer.Option(False, "--simulate-scribbles", help="With --slices: draw simulated strokes from the truth instead of whole slices."),
+    simulate_scribbles: bool = _flag("With --slices: draw simulated strokes from the truth instead of whole slices.", "--simulate-scribbles"),
     relink: Optional[Path] = _RELINK,
 ) -> None:
     """Round 0: first labels and a Random Forest pre-segmentation.
@@ -422,10 +497,13 @@ def query_cmd(
     n: int = typer.Option(5, "-n", help="How many slices to query."),
     strategy: str = typer.Option("distributed", "--strategy", help="Query strategy (see `activeseg strategies`)."),
     param: list[str] = typer.Option([], "--param", help="Strategy parameter key=value (repeatable)."),
-    audit: bool = typer.Option(False, "--audit", help="Add one random slice: its correction cost estimates the current error honestly."),
+    audit: bool = _flag("Add one random slice: its correction cost estimates the current error honestly.", "--audit"),
     relink: Optional[Path] = _RELINK,
 ) -> None:
     """Pick the next slices to correct and export them, pre-filled, for Fiji/napari.
+
+    Slices of the previous round that are still waiting are carried over into the new
+    round (a mask you already started correcting comes along as it is).
 
     Example: activeseg query runs/s1 -n 4 --strategy spaced_entropy --param min_gap=8
     """
@@ -438,9 +516,14 @@ def query_cmd(
         rnd = loop.query(sess, n, strategy=strategy, params=params, audit=audit, progress=progress)
     folder = sess.path(f"rounds/r{rnd['index']:03d}")
     audit_note = f" (audit slice: {rnd['audit']})" if rnd.get("audit") is not None else ""
-    console.print(f"round {rnd['index']}: {rnd['strategy']} picked slices {rnd['queried']}{audit_note} "
-                  f"using the {rnd['model_kind']} model", highlight=False)
-    console.print(f"files to correct: {folder}/zNNNN_mask.tif (see INSTRUCTIONS.txt there)", highlight=False)
+    carried = rnd.get("carried", {}).get("slices", [])
+    picked = [z for z in rnd["queried"] if z not in carried]
+    console.print(f"round {rnd['index']}: {rnd['strategy']} picked slices {picked}{audit_note} "
+                  f"using the {rnd['model_kind']} model")
+    if carried:
+        console.print(f"carried over from round {rnd['carried']['from_round']}, still to correct: {carried}"
+                      + (f" (your edits so far of {rnd['carried']['edited']} come along)" if rnd["carried"]["edited"] else ""))
+    console.print(f"files to correct: {folder / 'zNNNN_mask.tif'} (see INSTRUCTIONS.txt there)")
     _say_next(sess)
 
 
@@ -470,11 +553,37 @@ def import_cmd(
     _say_next(sess)
 
 
+@app.command("revert")
+@_handled
+def revert_cmd(
+    session: Path = _SESSION_ARG,
+    slice_: Optional[str] = typer.Option(None, "--slice", help="Take back the labels of these slices, e.g. 40 or 40,88."),
+    round_: Optional[int] = typer.Option(None, "--round", help="Take back every label of this round (an open round is closed)."),
+    reason: Optional[str] = typer.Option(None, "--reason", help="A note kept with the tombstone."),
+) -> None:
+    """Undo a wrong import or a bad round: the next train no longer uses those labels.
+
+    Nothing is deleted: a tombstone is appended to the session, and a reverted slice can
+    be queried and labelled again later.
+
+    Example: activeseg revert runs/s1 --slice 120
+    """
+    from activeseg import loop
+
+    sess = _open(session)
+    res = loop.revert(sess, slices=_parse_ints(slice_, "--slice"), round_index=round_, reason=reason)
+    for r, zs in sorted(res["reverted"].items()):
+        console.print(f"round {r}: labels of slice(s) {zs} reverted (kept on disk, no longer used)")
+    console.print(f"labelled slices now: {res['labelled_slices'] or 'none'}; the current model was trained with the "
+                  "reverted labels: retrain it (activeseg train) before trusting its exports")
+    _say_next(sess)
+
+
 @app.command("train")
 @_handled
 def train_cmd(
     session: Path = _SESSION_ARG,
-    epochs: Optional[int] = typer.Option(None, "--epochs", "--steps", help="Training steps (mini-batches) for this round."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Training steps (mini-batches) for this round."),
     device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | mps (default: the session's [train] device, else auto)."),
     relink: Optional[Path] = _RELINK,
 ) -> None:
@@ -486,18 +595,42 @@ def train_cmd(
 
     sess = _open(session, relink)
     with _progress() as progress:
-        res = loop.train(sess, steps=epochs, device=device, progress=progress)
+        res = loop.train(sess, steps=steps, device=device, progress=progress)
     h = res["history"]
     console.print(f"round {res['round']}: trained {h['steps_run']} steps in {h['seconds']:.0f} s on {h['device']} "
                   f"(labels on {len(h['labelled_slices'])} slices); model {res['model']}", highlight=False)
     if h.get("kept_previous"):
-        console.print("[yellow]no training step beat the previous model on the held-out pixels; its weights "
-                      "are kept for this round[/] (more steps: --steps, or label more slices)")
+        console.print(Text.assemble(("no training step beat the previous model on the held-out pixels; its weights "
+                                     "are kept for this round", "yellow"), " (more steps: --steps, or label more slices)"))
     if res.get("metrics"):
         mt = res["metrics"]
         console.print(f"whole stack vs truth: accuracy {mt['accuracy']:.4f}, solid IoU {mt['iou_solid']:.4f}, "
                       f"porosity error {mt['porosity_error']:+.4f}", highlight=False)
     _say_next(sess)
+
+
+def _fitting_table(rows: list[dict], *, title: str | None = None, left: tuple[str, ...] = (),
+                   drop_order: tuple[str, ...] = ()) -> Table:
+    """A table that fits the terminal: columns without data ("-" everywhere) are left out,
+    then the columns of ``drop_order`` one by one while the natural width exceeds the
+    console; cells wrap (fold) rather than being cut."""
+    cols = list(rows[0]) if rows else []
+    cols = [c for c in cols if any(r[c] not in ("-", "", "n/a") for r in rows)] or cols
+
+    def width(cs: list[str]) -> int:
+        return sum(max([len(c)] + [len(str(r[c])) for r in rows]) + 3 for c in cs) + 1
+
+    for c in drop_order:
+        if width(cols) <= console.width:
+            break
+        if c in cols and len(cols) > 2:
+            cols.remove(c)
+    table = Table(title=title, title_justify="left")
+    for c in cols:
+        table.add_column(c, justify="left" if c in left else "right", overflow="fold")
+    for r in rows:
+        table.add_row(*(str(r[c]) for c in cols))
+    return table
 
 
 def _sparkline(values, marks, width: int = 64) -> tuple[str, str]:
@@ -520,7 +653,7 @@ def _sparkline(values, marks, width: int = 64) -> tuple[str, str]:
 @_handled
 def status_cmd(
     session: Path = _SESSION_ARG,
-    as_json: bool = typer.Option(False, "--json", help="Machine-readable JSON (labelled_slices, next_step, rounds, ...)."),
+    as_json: bool = _flag("Machine-readable JSON (labelled_slices, next_step, rounds, ...).", "--json"),
 ) -> None:
     """Rounds, labelled slices, metrics, correction cost, uncertainty along z, what next.
 
@@ -533,45 +666,46 @@ def status_cmd(
     if as_json:
         print(json.dumps(st, indent=2))
         return
-    console.print(f"session [bold]{st['session']}[/]: {st['stack']['path']} "
-                  f"({' x '.join(map(str, st['stack']['shape']))}); {st['n_labelled']} of {st['n_slices']} slices labelled",
-                  highlight=False)
-    table = Table(title_justify="left")
-    for col in ("round", "strategy", "status", "slices", "cost / slice", "audit error", "porosity, query model (change)", "solid IoU", "accuracy"):
-        table.add_column(col)
+    console.print(f"session {st['session']}: {st['stack']['path']} "
+                  f"({' x '.join(map(str, st['stack']['shape']))}); {st['n_labelled']} of {st['n_slices']} slices labelled")
+    rows = []
     for r in st["rounds"]:
         mt = r.get("metrics") or {}
         por = r.get("predicted_porosity")
-        por_s = "-" if por is None else f"{por:.3f}" + (f" ({r['porosity_change']:+.3f})" if "porosity_change" in r else "")
-        table.add_row(
-            str(r["index"]), str(r["strategy"]), str(r["status"]),
-            ",".join(map(str, r["full_slices"] or r["queried"])) + (f" (+{r['scribble_pixels']} px scribbles)" if r["scribble_pixels"] else ""),
-            "-" if r["correction_cost_frac"] is None else f"{100 * r['correction_cost_frac']:.1f} %",
-            "-" if r.get("audit_error") is None else f"{100 * r['audit_error']:.1f} %",
-            por_s,
-            "-" if "iou_solid" not in mt else f"{mt['iou_solid']:.4f}",
-            "-" if "accuracy" not in mt else f"{mt['accuracy']:.4f}",
-        )
-    console.print(table)
+        slices = ",".join(map(str, r["full_slices"] or r["queried"])) + (f" (+{r['scribble_pixels']} px scribbles)" if r["scribble_pixels"] else "")
+        if r.get("reverted"):
+            slices += f" (reverted: {','.join(map(str, r['reverted']))})"
+        rows.append({
+            "round": str(r["index"]), "strategy": str(r["strategy"]), "status": str(r["status"]), "slices": slices,
+            "cost/slice": "-" if r["correction_cost_frac"] is None else f"{100 * r['correction_cost_frac']:.1f} %",
+            "audit err": "-" if r.get("audit_error") is None else f"{100 * r['audit_error']:.1f} %",
+            "porosity (change)": "-" if por is None else f"{por:.3f}" + (f" ({r['porosity_change']:+.3f})" if "porosity_change" in r else ""),
+            "solid IoU": "-" if "iou_solid" not in mt else f"{mt['iou_solid']:.4f}",
+            "accuracy": "-" if "accuracy" not in mt else f"{mt['accuracy']:.4f}",
+        })
+    console.print(_fitting_table(rows, left=("strategy", "status", "slices"), drop_order=("audit err", "accuracy", "strategy")))
     if st["uncertainty"]:
         line, under = _sparkline(st["uncertainty"]["values"], st["labelled_slices"])
         console.print(f"{st['uncertainty']['name']} along z (top of stack on the left; ▲ = labelled):", highlight=False)
         console.print(f"  {line}\n  {under}", highlight=False)
     console.print("when to stop: correction cost per slice and the porosity change flatten out, and the audit error is small.",
                   style="dim")
-    console.print(f"[bold]next:[/] {st['next_step']}", highlight=False)
+    _say("next:", st["next_step"])
 
 
 @app.command("export")
 @_handled
 def export_cmd(
     session: Path = _SESSION_ARG,
-    out: Path = typer.Argument(..., help="Output TIFF (uint8 segmentation, or float32 with --probabilities)."),
-    probabilities: bool = typer.Option(False, "--probabilities", help="Write the pore probability instead of labels."),
+    out: Path = typer.Argument(..., help="Output TIFF (uint8 segmentation, or float32 with --probabilities); never an input."),
+    probabilities: bool = _flag("Write the pore probability instead of labels.", "--probabilities"),
     values: str = typer.Option("0,1", "--values", help="Values written for solid,pore (e.g. 0,255 for Fiji)."),
     relink: Optional[Path] = _RELINK,
 ) -> None:
     """Whole-stack segmentation from the latest model (corrected slices from their labels).
+
+    OUT must not be an input of the session (stack, truth, depth) nor lie inside the
+    session folder (except its exports/ folder); an existing OUT is replaced atomically.
 
     Example: activeseg export runs/s1 seg.tif --values 0,255
     """
@@ -579,10 +713,11 @@ def export_cmd(
 
     vals = tuple(_parse_ints(values, "--values") or ())  # checked by the library before any work
     sess = _open(session, relink)
+    existed = out.exists()
     with _progress() as progress:
         res = loop.export_segmentation(sess, out, probabilities=probabilities, values=vals, progress=progress)
-    console.print(f"wrote {res['out']} (model {res['model']}); porosity per slice: {res['porosity_csv']}; "
-                  f"mean porosity {res['porosity']:.4f}", highlight=False)
+    console.print(f"{'replaced' if existed else 'wrote'} {res['out']} (model {res['model']}); porosity per slice: "
+                  f"{res['porosity_csv']}; mean porosity {res['porosity']:.4f}")
 
 
 @app.command("predict")
@@ -590,8 +725,8 @@ def export_cmd(
 def predict_cmd(
     model: Path = typer.Argument(..., help="A session (its latest network) or a model directory."),
     stack: Path = typer.Argument(..., help="The stack to segment."),
-    out: Path = typer.Argument(..., help="Output TIFF."),
-    probabilities: bool = typer.Option(False, "--probabilities", help="Write the pore probability instead of labels."),
+    out: Path = typer.Argument(..., help="Output TIFF; never an input (the stack, the model, the session's files)."),
+    probabilities: bool = _flag("Write the pore probability instead of labels.", "--probabilities"),
     values: str = typer.Option("0,1", "--values", help="Values written for solid,pore."),
 ) -> None:
     """Apply a trained network to another stack (the deliverable for your next sample).
@@ -601,9 +736,10 @@ def predict_cmd(
     from activeseg import loop
 
     vals = tuple(_parse_ints(values, "--values") or ())
+    existed = out.exists()
     with _progress() as progress:
         res = loop.predict_to_file(model, stack, out, values=vals, probabilities=probabilities, progress=progress)
-    console.print(f"wrote {res['out']} with {res['model']}", highlight=False)
+    console.print(f"{'replaced' if existed else 'wrote'} {res['out']} with {res['model']}")
 
 
 @app.command("run")
@@ -631,7 +767,7 @@ def run_cmd(
                         params=_parse_params(param), bootstrap_slices=bootstrap_slices, steps=steps, progress=progress)
     for r in done:
         mt = r.get("metrics") or {}
-        console.print(f"round {r['round']}: {len(r['history']['labelled_slices'])} labelled slices, "
+        console.print(f"round {r['round']}: {r['n_labelled']} labelled slices, "
                       f"accuracy {mt.get('accuracy', float('nan')):.4f}, solid IoU {mt.get('iou_solid', float('nan')):.4f}",
                       highlight=False)
     _say_next(sess)
@@ -682,7 +818,7 @@ def _print_study(out: dict, study_dir: Path) -> None:
             t.add_row(*[r[c] if isinstance(r[c], str) else ("n/a" if r[c] is None else f"{r[c]:.3f}") for c in cols])
         console.print(t)
         for line in out.get("index_proximity", []):
-            console.print(f"[dim]within the network's 2.5D context of a training slice: {escape(line)}[/]")
+            console.print(f"within the network's 2.5D context of a training slice: {line}", style="dim")
     t = Table(title="whole stack, final model of each run", title_justify="left")
     cols = ["strategy", "schedule", "seed", "slices", "accuracy", "solid IoU", "BCE", "porosity error", "grey-pore error"]
     for c in cols:
@@ -714,7 +850,7 @@ def study_cmd(
     schedule: str = typer.Option("one-shot", "--schedule", help="one-shot | iterative | both."),
     k0: int = typer.Option(2, "--k0", help="Iterative: slices in the first round."),
     k: int = typer.Option(2, "--k", help="Iterative: slices per later round."),
-    no_human: bool = typer.Option(False, "--no-human", help="RF pseudo-labels instead of the ground-truth oracle."),
+    no_human: bool = _flag("RF pseudo-labels instead of the ground-truth oracle.", "--no-human"),
     shape: tuple[int, int, int] = typer.Option((600, 256, 256), "--shape", help="Size of the synthetic volume when no --image."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Training steps per round (default: the train config's)."),
     config: Optional[Path] = typer.Option(None, "--config", help="TOML session config for every run."),
@@ -758,7 +894,7 @@ def study_cmd(
         results = study.run_study(study_dir, runs, image=image, truth=truth, depth=depth, config=cfg, jobs=jobs, progress=progress)
     failed = [r for r in results if r["status"] == "failed"]
     for r in failed:
-        err_console.print(f"[red]run {r['name']} failed:[/] {r['error']}", highlight=False)
+        err_console.print(Text.assemble((f"run {r['name']} failed:", "red"), f" {r['error']}"))
     out = study.summarise(study_dir, title=f"activeseg study ({preset or 'custom'})", preset=preset)
     _print_study(out, study_dir)
     console.print(f"{len(results) - len(failed)} of {len(results)} runs done in {time.time() - t0:.0f} s", highlight=False)
@@ -770,7 +906,7 @@ def study_cmd(
 @_handled
 def demo(
     out_dir: Path = typer.Option(Path("activeseg-demo"), "--out", help="Where to write the demo data and results."),
-    quick: bool = typer.Option(False, "--quick", help="A < 1 minute version (used by the tests)."),
+    quick: bool = _flag("A < 1 minute version (used by the tests).", "--quick"),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
 ) -> None:
     """Run the main job on built-in data: a short study on a synthetic hard pore-back volume.
@@ -798,29 +934,29 @@ def demo(
 
     vol = synth_mod.load_synth(out_dir / "data")
     otsu = _otsu_summary(vol)
-    console.print(f"[bold]1. data[/]: synthetic hard pore-back volume {shape[0]}x{shape[1]}x{shape[2]}, porosity "
+    _say("1. data:", f"synthetic hard pore-back volume {shape[0]}x{shape[1]}x{shape[2]}, porosity "
                   f"{float(np.mean(vol.truth == 1)):.2f}; a global Otsu threshold gets accuracy {otsu['accuracy']:.3f} "
-                  f"and porosity {otsu['porosity_pred']:.3f} (error {otsu['porosity_error']:+.3f}): the grey pores fool it.",
-                  highlight=False)
-    console.print(f"[bold]2. active learning[/]: RF bootstrap on scribbles of 3 slices, then {rounds} rounds of {k} slice(s): "
-                  "distributed vs spaced_entropy, ResUNet retrained each round (CPU).", highlight=False)
+                  f"and porosity {otsu['porosity_pred']:.3f} (error {otsu['porosity_error']:+.3f}): the grey pores fool it.")
+    _say("2. active learning:", f"RF bootstrap on scribbles of 3 slices, then {rounds} rounds of {k} slice(s): "
+                  "distributed vs spaced_entropy, ResUNet retrained each round (CPU).")
     runs = study.demo_preset(rounds=rounds, k=k)
     with _progress() as progress:
         results = study.run_study(out_dir / "study", runs, image=image, truth=truth, depth=depth, config=cfg, progress=progress)
     failed = [r for r in results if r["status"] == "failed"]
     for r in failed:
-        err_console.print(f"[red]run {r['name']} failed:[/] {r['error']}", highlight=False)
+        err_console.print(Text.assemble((f"run {r['name']} failed:", "red"), f" {r['error']}"))
     if failed:
         raise typer.Exit(1)
     out = study.summarise(out_dir / "study", title="activeseg demo")
     rows = sorted(out["rows"], key=lambda r: (r["strategy"], r["n_labelled"]))
-    t = Table(title="3. results on the whole stack after each round (vs ground truth)", title_justify="left")
-    for c in ("strategy", "labelled slices", "accuracy", "solid IoU", "porosity error", "grey-pore error", "corrected px"):
-        t.add_column(c, justify="left" if c == "strategy" else "right")
-    for r in rows:
-        t.add_row(r["strategy"], str(r["n_labelled"]), f"{r['accuracy']:.3f}", f"{r['iou_solid']:.3f}",
-                  f"{r['porosity_error']:+.3f}", "n/a" if r["grey_pore_error"] is None else f"{r['grey_pore_error']:.3f}",
-                  "-" if r["correction_cost"] is None else str(r["correction_cost"]))
+    table_rows = [{
+        "strategy": r["strategy"], "slices": str(r["n_labelled"]), "accuracy": f"{r['accuracy']:.3f}",
+        "solid IoU": f"{r['iou_solid']:.3f}", "porosity err": f"{r['porosity_error']:+.3f}",
+        "grey-pore err": "n/a" if r["grey_pore_error"] is None else f"{r['grey_pore_error']:.3f}",
+        "corrected px": "-" if r["correction_cost"] is None else str(r["correction_cost"]),
+    } for r in rows]
+    t = _fitting_table(table_rows, title="3. results on the whole stack after each round (vs ground truth)",
+                       left=("strategy",), drop_order=("corrected px", "grey-pore err"))
     console.print(t)
     console.print(f"(Otsu for comparison: accuracy {otsu['accuracy']:.3f}, solid IoU {otsu['iou_solid']:.3f})", highlight=False)
     console.print(f"report: {out['report']}; plots in {out_dir / 'study' / 'plots'}; data in {out_dir / 'data'}", highlight=False)

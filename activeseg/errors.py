@@ -17,6 +17,7 @@ __all__ = [
     "SessionLockedError",
     "StrategyError",
     "ModelError",
+    "OutputError",
 ]
 
 
@@ -50,3 +51,7 @@ class StrategyError(ActiveSegError, LookupError):
 
 class ModelError(ActiveSegError, ValueError):
     """A model name, configuration or weight file is invalid."""
+
+
+class OutputError(ActiveSegError, OSError):
+    """An output cannot or must not be written (it is an input, a folder, read-only, or the disk is full)."""

@@ -18,13 +18,23 @@ with numpy semantics reads only the slices asked for:
 Supported sources: multipage TIFF, ImageJ hyperstack (singleton C/T axes are
 squeezed; a real channel axis is an error), OME-TIFF, and folders of slices.
 
+Axes: the file's one axis besides Y and X holds the slices, whatever tifffile calls it
+(Z, or Q/I/T for files without axis metadata). A file whose only such axis is C with
+more than 4 channels, grayscale, is read as a z-stack with a warning: that is what
+``tifffile.imwrite(path, zyx, imagej=True)`` without ``metadata={'axes': 'ZYX'}``
+writes. 2 to 4 channels are refused as multichannel unless
+``open_stack(..., axes="ZYX")`` (command line ``--axes ZYX``) says the single non-YX
+axis is z; the override never merges two axes (a Z x C file stays refused).
+
 Dtypes: uint8, uint16 and float32 are read as they are. Other dtypes are converted
 when the conversion is exact or harmless: bool -> uint8; int8, int16, float16 and
 float64 -> float32 (float64 loses precision beyond 7 significant digits, never
 relevant for image intensities). Anything else (int32, uint32, 64-bit integers,
 complex) raises :class:`~activeseg.errors.StackError`. Float data are checked for NaN
-on every read (the error names the slice); ``open_stack(..., validate=True)`` scans
-the whole stack once at open.
+and +-inf on every read (the error names the slice and counts the values);
+``open_stack(..., validate=True)`` scans the whole stack once at open.
+:func:`intensity_warning` tells when a stack is constant or nearly so (a wrong file
+or channel exported), from a sample of its slices.
 
 Voxel size
 ----------
@@ -53,11 +63,19 @@ Writing
 :func:`write_stack` writes an ImageJ-compatible TIFF (axes ZYX, ``spacing`` and
 resolution with unit ``nm``) so Fiji and napari open it with the right scale; labels
 carry a small lookup table so classes 0/1 (and 255 = unlabelled) are visible in Fiji.
-The write is atomic (temporary file in the same folder, fsync, ``os.replace``).
+The write is atomic, through :func:`activeseg.safety.atomic_path` (temporary file in
+the same folder, fsync, ``os.replace``; on any error the target is left as it was and
+the temporary file removed, and an ``OSError`` such as a full disk becomes an
+:class:`~activeseg.errors.OutputError` naming the file and the fix); an uncompressed
+write that cannot fit on the disk is refused before it starts
+(:func:`activeseg.safety.check_free_space`).
 :func:`create_stack` returns a writable memmap backed by a new ImageJ TIFF for
-streaming outputs larger than RAM; it is *not* atomic (the file exists, zero-filled,
-from the start): write it under a temporary name and ``os.replace`` it after
-``flush()`` when a crash must not leave a half-filled file behind.
+streaming outputs larger than RAM. Free space is checked first and the file's disk
+blocks are reserved right after it is created (:func:`activeseg.safety.reserve`), so
+a full disk raises an error at creation instead of killing the process with SIGBUS
+while slices are written. It is *not* atomic (the file exists, zero-filled, from the
+start): write it under a temporary name and ``os.replace`` it after ``flush()`` when a
+crash must not leave a half-filled file behind.
 
 Labels
 ------
@@ -73,7 +91,6 @@ import math
 import os
 import re
 import struct
-import uuid
 import xml.etree.ElementTree as ET
 import zlib
 from collections.abc import Callable, Iterator, Sequence
@@ -84,7 +101,8 @@ from typing import Any, Literal
 import numpy as np
 import tifffile
 
-from activeseg.errors import ConfigError, LabelError, StackError
+from activeseg import safety
+from activeseg.errors import ConfigError, LabelError, OutputError, StackError
 
 __all__ = [
     "Crop",
@@ -96,6 +114,7 @@ __all__ = [
     "read_labels",
     "normalize_labels",
     "detect_infobar",
+    "intensity_warning",
     "natural_sort_key",
     "slice_index_from_name",
     "LABEL_KINDS",
@@ -621,6 +640,7 @@ class Stack:
     format : "tiff", "imagej", "ome" or "folder".
     infobar_rows : rows of an instrument information bar that were cropped (0 if none).
     crop : the user :class:`Crop` applied (None if none).
+    axes_override : the ``axes`` given to :func:`open_stack` (None or "ZYX").
     source_shape : (Z, Y, X) of the stored data before any cropping.
     nbytes : bytes of the whole (cropped) stack in memory.
     file_size : bytes on disk (sum of the files for a folder).
@@ -645,6 +665,8 @@ class Stack:
         file_size: int,
         voxel_size_arg: VoxelSizeArg,
         purpose: str,
+        axes_override: str | None = None,
+        reopen_axes: str | None = None,
     ) -> None:
         self.path = path
         self._source = source
@@ -660,7 +682,11 @@ class Stack:
         self.file_size = int(file_size)
         self._voxel_size_arg = voxel_size_arg
         self._purpose = purpose
-        self._check_nan = dtype.kind == "f"
+        self.axes_override = axes_override
+        # what a pickled copy reopens with: the same as axes_override, or "ZYX" when the
+        # file's channels were read as z automatically (same slices, no repeated warning)
+        self._reopen_axes = reopen_axes if reopen_axes is not None else axes_override
+        self._check_finite = dtype.kind == "f"
         self._closed = False
 
     # -- properties ------------------------------------------------------------
@@ -725,14 +751,31 @@ class Stack:
                     f"{self._source.describe(rz)} of {self.path} could not be read: the file is "
                     f"truncated or corrupt ({type(exc).__name__}: {exc}); re-export or re-copy it"
                 ) from exc
-            if self._check_nan and np.isnan(out[i]).any():
-                n = int(np.isnan(out[i]).sum())
-                raise StackError(
-                    f"slice {int(z)} of {self.path} contains {n} NaN value(s); float images must "
-                    "be finite: replace NaN (e.g. numpy.nan_to_num, or Fiji Process > Math > "
-                    "Remove NaNs) and save the stack again"
-                )
+            if self._check_finite:
+                self._check_finite_slice(out[i], int(z))
         return out
+
+    def _check_finite_slice(self, arr: np.ndarray, z: int) -> None:
+        """StackError naming slice ``z`` when ``arr`` holds NaN or +-inf."""
+        finite = np.isfinite(arr)
+        if finite.all():
+            return
+        n_bad = int(finite.size - np.count_nonzero(finite))
+        n_nan = int(np.count_nonzero(np.isnan(arr)))
+        n_pos = int(np.count_nonzero(np.isposinf(arr)))
+        n_neg = n_bad - n_nan - n_pos
+        parts = [f"{n} {name}" for n, name in ((n_nan, "NaN"), (n_pos, "+inf"), (n_neg, "-inf")) if n]
+        fixes = []
+        if n_nan:
+            fixes.append("NaN: Fiji Process > Math > Remove NaNs")
+        if n_pos or n_neg:
+            fixes.append("infinities: Fiji Process > Math > Min... / Max... with the image's real range")
+        raise StackError(
+            f"slice {z} of {self.path} contains {n_bad} non-finite value(s) ({', '.join(parts)}); "
+            "float images must be finite: replace them with real intensities (numpy: "
+            "numpy.nan_to_num(a, nan=..., posinf=..., neginf=...) with values from the image's "
+            f"range; {'; '.join(fixes)}) and save the stack again"
+        )
 
     def __getitem__(self, key: Any) -> np.ndarray:
         key = _expand_key(key, self.ndim)
@@ -804,7 +847,7 @@ class Stack:
         return data if dtype is None else data.astype(dtype, copy=False)
 
     def validate(self, callback: Callable[[int, int], None] | None = None) -> None:
-        """Read every slice once: raises StackError on NaN or undecodable data.
+        """Read every slice once: raises StackError on NaN, +-inf or undecodable data.
 
         Parameters
         ----------
@@ -831,11 +874,13 @@ class Stack:
 
     def __reduce__(self) -> tuple:
         # lets multiprocessing workers (e.g. torch DataLoader) reopen the stack
-        return (_reopen, (str(self.path), self.crop, self._voxel_size_arg, self._purpose))
+        return (_reopen, (str(self.path), self.crop, self._voxel_size_arg, self._purpose, self._reopen_axes))
 
 
-def _reopen(path: str, crop: Crop | None, voxel_size: VoxelSizeArg, purpose: str) -> Stack:
-    return _open(Path(path), crop=crop, voxel_size=voxel_size, purpose=purpose)
+def _reopen(
+    path: str, crop: Crop | None, voxel_size: VoxelSizeArg, purpose: str, axes: str | None = None
+) -> Stack:
+    return _open(Path(path), crop=crop, voxel_size=voxel_size, purpose=purpose, axes=axes)
 
 
 def _expand_key(key: Any, ndim: int) -> tuple:
@@ -875,6 +920,7 @@ def open_stack(
     crop: Crop | str | None = None,
     voxel_size: VoxelSizeArg = None,
     validate: bool = False,
+    axes: str | None = None,
 ) -> Stack:
     """Open a 3D grayscale stack lazily.
 
@@ -886,7 +932,13 @@ def open_stack(
         information bar was removed.
     voxel_size : (z, y, x) in nm overriding the file's metadata; None entries keep
         what the file says (e.g. ``(10, None, None)`` to supply only z).
-    validate : read every slice once now (NaN and decode check) instead of lazily.
+    validate : read every slice once now (NaN/inf and decode check) instead of lazily.
+    axes : None (automatic) or "ZYX": the file's one axis besides Y and X holds the
+        z-slices, whatever its metadata call it (C, Q, I, T, Z). Use it for a z-stack
+        saved as 2 to 4 "channels" (refused as multichannel otherwise), or to silence
+        the warning when more than 4 channels are read as slices. A file with two
+        non-YX axes (e.g. Z and C) is still refused. Accepted and ignored for folders
+        of slices. The command line option is ``--axes ZYX``.
 
     Returns
     -------
@@ -896,15 +948,17 @@ def open_stack(
     Raises
     ------
     StackError : missing path, not an image, 2D image, RGB/multichannel, 4D+, empty,
-        truncated/corrupt file, unsupported dtype, NaN (with ``validate=True``), folder
-        of mixed slice shapes.
-    ConfigError : invalid ``crop`` or ``voxel_size``.
+        truncated/corrupt file, unsupported dtype, NaN/inf (with ``validate=True``),
+        folder of mixed slice shapes, axes stored in an order other than (.., Y, X).
+    ConfigError : invalid ``crop``, ``voxel_size`` or ``axes``.
     """
     if isinstance(crop, str):
         crop = Crop.parse(crop)
     elif crop is not None and not isinstance(crop, Crop):
         raise ConfigError(f"crop must be a Crop, text like '0:100,:,:' or None, got {crop!r}")
-    stack = _open(Path(os.path.expanduser(os.fspath(path))), crop=crop, voxel_size=voxel_size, purpose="image")
+    stack = _open(
+        Path(os.path.expanduser(os.fspath(path))), crop=crop, voxel_size=voxel_size, purpose="image", axes=axes
+    )
     if validate:
         try:
             stack.validate()
@@ -925,7 +979,103 @@ def read_stack(path: str | os.PathLike[str], **kwargs: Any) -> np.ndarray:
         return stack[:]
 
 
-def _open(path: Path, *, crop: Crop | None, voxel_size: VoxelSizeArg, purpose: str) -> Stack:
+def _format_value(v: float, integer: bool) -> str:
+    return str(int(round(v))) if integer else f"{v:.6g}"
+
+
+def intensity_warning(stack: Stack | np.ndarray, *, n_sample: int = 16) -> str | None:
+    """A one-line warning when a stack is constant or nearly so, else None.
+
+    Up to ``n_sample`` evenly spaced slices are read (each subsampled to about 512 x
+    512 pixels). The stack is *constant* when every sampled pixel has the same value,
+    and *nearly constant* when the robust range (0.1th to 99.9th percentile) of the
+    sampled pixels is below 2 grey levels (integer dtypes) or below a millionth of
+    the values' magnitude (float dtypes, i.e. a few float32 steps). Either usually
+    means the wrong file or channel was exported (an empty channel, a mask, a
+    saturated or blank acquisition).
+
+    Parameters
+    ----------
+    stack : a :class:`Stack` or a (Z, Y, X) array.
+    n_sample : number of slices to sample (at least 1).
+
+    Returns
+    -------
+    str or None : the warning text (one line, naming the stack) for the caller to log.
+
+    Raises
+    ------
+    ConfigError : ``n_sample`` is not a positive integer or ``stack`` is not 3D.
+    StackError : a sampled slice cannot be read (corrupt, NaN/inf).
+    """
+    if isinstance(n_sample, bool) or not isinstance(n_sample, (int, np.integer)) or n_sample < 1:
+        raise ConfigError(f"n_sample must be a positive integer (slices to sample), got {n_sample!r}")
+    shape = tuple(int(n) for n in stack.shape)
+    if len(shape) != 3 or 0 in shape:
+        raise ConfigError(f"intensity_warning needs a non-empty (Z, Y, X) stack, got shape {_shape_text(shape)}")
+    name = str(stack.path) if isinstance(stack, Stack) else "(in-memory array)"
+    nz, ny, nx = shape
+    zs = np.unique(np.linspace(0, nz - 1, min(int(n_sample), nz)).round().astype(np.intp))
+    step_y = max(1, ny // 512)
+    step_x = max(1, nx // 512)
+    sample = [np.asarray(stack[int(z), ::step_y, ::step_x]).ravel() for z in zs]
+    values = np.concatenate(sample)
+    integer = values.dtype.kind in "biu"
+    if not integer:
+        values = values[np.isfinite(values)]
+        if values.size == 0:
+            return (
+                f"stack {name} holds no finite values in {len(zs)} sampled slice(s): no classifier can "
+                "learn from it; check that the right file/channel was exported"
+            )
+    values = values.astype(np.float64, copy=False)
+    lo, hi = float(values.min()), float(values.max())
+    fix = "no classifier can learn from it; check that the right file/channel was exported"
+    if lo == hi:
+        return (
+            f"stack {name} is constant (every sampled pixel is {_format_value(lo, integer)}, "
+            f"{len(zs)} slice(s) sampled): {fix}"
+        )
+    p_lo, p_hi = (float(v) for v in np.percentile(values, [0.1, 99.9]))
+    spread = p_hi - p_lo
+    if integer:
+        flat = spread < 2
+        unit = " grey level(s)"
+    else:
+        flat = spread <= 1e-6 * max(abs(p_lo), abs(p_hi))
+        unit = ""
+    if not flat:
+        return None
+    if spread == 0:
+        where = f"at least 99.8 % of the sampled pixels are {_format_value(p_lo, integer)}"
+    else:
+        where = (
+            f"99.8 % of the sampled pixels lie in {_format_value(p_lo, integer)}.."
+            f"{_format_value(p_hi, integer)}, a range of {_format_value(spread, integer)}{unit}"
+        )
+    return (
+        f"stack {name} is nearly constant ({where}; all values in {_format_value(lo, integer)}.."
+        f"{_format_value(hi, integer)}; {len(zs)} slice(s) sampled): {fix}"
+    )
+
+
+def _check_axes_arg(axes: Any) -> str | None:
+    """The ``axes`` argument normalised to None or "ZYX"; ConfigError for anything else."""
+    if axes is None:
+        return None
+    if isinstance(axes, str) and axes.strip().upper() == "ZYX":
+        return "ZYX"
+    raise ConfigError(
+        f"axes must be None (use the file's own axes) or 'ZYX' (the file's one axis besides Y "
+        f"and X holds the z-slices, whatever its metadata call it: C, Q, I, T or Z), got {axes!r}; "
+        "other axis orders are not supported: re-save the stack as (Z, Y, X) slices"
+    )
+
+
+def _open(
+    path: Path, *, crop: Crop | None, voxel_size: VoxelSizeArg, purpose: str, axes: str | None = None
+) -> Stack:
+    axes = _check_axes_arg(axes)
     user_vs = _check_voxel_size_arg(voxel_size)
     if not path.exists():
         hint = ""
@@ -935,10 +1085,11 @@ def _open(path: Path, *, crop: Crop | None, voxel_size: VoxelSizeArg, purpose: s
             if near:
                 hint = f"; similar names there: {', '.join(near)}"
         raise StackError(f"no such file or folder: {path}{hint}")
+    channels_as_z = False
     if path.is_dir():
-        opened = _open_folder(path, purpose)
+        opened = _open_folder(path, purpose)  # one slice per file: "ZYX" is what it is anyway
     else:
-        opened = _open_file(path, purpose)
+        opened, channels_as_z = _open_file(path, purpose, axes)
     source, (nz, ny, nx), raw_dtype, fmt, meta_sources, fei, file_size = opened
     try:
         dtype = _target_dtype(raw_dtype, path, purpose)
@@ -972,6 +1123,8 @@ def _open(path: Path, *, crop: Crop | None, voxel_size: VoxelSizeArg, purpose: s
         file_size=file_size,
         voxel_size_arg=voxel_size,
         purpose=purpose,
+        axes_override=axes,
+        reopen_axes="ZYX" if channels_as_z else axes,
     )
 
 
@@ -1009,10 +1162,24 @@ def _sniff(path: Path) -> str:
     return "other"
 
 
+_MAX_CHANNELS = 4
+"""More channels than this, with nothing else besides Y and X, are read as z-slices."""
+
+
 def _classify_series(
-    axes: str, shape: tuple[int, ...], photometric: int | None, where: str, purpose: str
-) -> tuple[int, int, int]:
-    """(Z, Y, X) of a tifffile series, or a clear StackError for 2D / RGB / 4D+."""
+    axes: str,
+    shape: tuple[int, ...],
+    photometric: int | None,
+    where: str,
+    purpose: str,
+    override: str | None = None,
+) -> tuple[tuple[int, int, int], bool]:
+    """((Z, Y, X), channels_as_z) of a tifffile series, or a clear StackError.
+
+    ``override`` is None (automatic) or "ZYX" (the one non-YX axis of size > 1 is z,
+    whatever its name). ``channels_as_z`` is True when a C axis was read as z
+    automatically (more than :data:`_MAX_CHANNELS` grayscale channels and nothing else).
+    """
     dims = list(zip(axes, shape))
     if "Y" not in axes or "X" not in axes:
         raise StackError(f"{where} has an unsupported layout (axes {axes!r}, shape {_shape_text(shape)})")
@@ -1026,34 +1193,71 @@ def _classify_series(
             "(if these really are grayscale slices, the file was saved as colour samples: re-save "
             "it as a grayscale stack, e.g. tifffile.imwrite(..., photometric='minisblack'))"
         )
+    others = [(a, n) for a, n in dims if a not in "YXS" and n > 1]
+    desc = ", ".join(f"{a}={n}" for a, n in others)
     channels = dict(dims).get("C", 1)
-    if channels > 1:
-        raise StackError(
-            f"{where} has {channels} channels (shape {_shape_text(shape)}, axes {axes}): it is "
-            "multichannel; activeseg needs one grayscale channel: split the channels (Fiji: "
-            "Image > Color > Split Channels) and give one of them"
-        )
-    if photometric == 3 and purpose != "labels":
+    palette = photometric == 3 and purpose != "labels"
+    channels_as_z = False
+    if override == "ZYX":
+        if len(others) > 1:
+            raise StackError(
+                f"{where} has {len(others)} axes besides Y and X ({desc}; shape {_shape_text(shape)}, "
+                f"axes {axes}), so axes='ZYX' (--axes ZYX) cannot read it: it takes exactly one such "
+                "axis as the slices. Save one 3D (Z, Y, X) stack: one channel (Fiji: Image > Color > "
+                "Split Channels) or one time point / position"
+            )
+    elif channels > 1:
+        lone = len(others) == 1
+        if lone and channels > _MAX_CHANNELS and photometric not in (2, 3):
+            channels_as_z = True
+            logger.warning(
+                "%s: the file's metadata say %d channels (axes %s) and no z-slices; activeseg reads "
+                "them as %d z-slices (a z-stack saved without axis metadata, e.g. by "
+                "tifffile.imwrite(..., imagej=True), looks like this). If they really are channels, "
+                "split them (Fiji: Image > Color > Split Channels) and give one; pass axes='ZYX' "
+                "(command line --axes ZYX) to read the file as a z-stack without this warning",
+                where, channels, axes, channels,
+            )
+        else:
+            hint = (
+                "; if these 'channels' really are z-slices (a stack saved without axis metadata), "
+                "open it with axes='ZYX' (command line --axes ZYX)"
+                if lone
+                else ""
+            )
+            raise StackError(
+                f"{where} has {channels} channels (shape {_shape_text(shape)}, axes {axes}): it is "
+                "multichannel; activeseg needs one grayscale channel: split the channels (Fiji: "
+                f"Image > Color > Split Channels) and give one of them{hint}"
+            )
+    if palette:
         raise StackError(
             f"{where} is a palette (indexed colour) image; convert to grayscale (Fiji: Image > "
             "Type > 8-bit) and save again"
         )
-    others = [(a, n) for a, n in dims if a not in "YXSC" and n > 1]
     if not others:
         raise _Single2DError(
             f"{where}: got a single 2D image of shape ({ny}, {nx}) = (Y, X); give a stack of "
             "slices (a multipage TIFF) or a folder of slice images"
         )
     if len(others) > 1:
-        desc = ", ".join(f"{a}={n}" for a, n in others)
         raise StackError(
             f"{where} is {len(others) + 2}D (shape {_shape_text(shape)}, axes {axes}: {desc}); "
             "activeseg needs one 3D (Z, Y, X) stack: save a single time point / position"
         )
-    return (int(others[0][1]), int(ny), int(nx))
+    # slices are read as (Z, Y, X) blocks of the stored data: Y and X must come last
+    order = "".join(a for a, n in dims if a in "YX" or (n > 1 and a != "S"))
+    if not order.endswith("YX"):
+        raise StackError(
+            f"{where} stores its data in axis order {axes} (shape {_shape_text(shape)}); activeseg "
+            "reads stacks stored slice after slice, (Z, Y, X): re-save it in that order (numpy: "
+            "numpy.moveaxis; Fiji: Image > Stacks > Reslice)"
+        )
+    return (int(others[0][1]), int(ny), int(nx)), channels_as_z
 
 
-def _open_file(path: Path, purpose: str):
+def _open_file(path: Path, purpose: str, axes: str | None = None):
+    """(backend tuple, channels_as_z) for one file; see :func:`_open_tiff`."""
     kind = _sniff(path)
     suffix = "".join(path.suffixes[-2:]).lower() if path.suffixes else ""
     if kind == "empty":
@@ -1083,13 +1287,13 @@ def _open_file(path: Path, purpose: str):
             "truncated or corrupt: copy or export it again"
         ) from exc
     try:
-        return _open_tiff(tif, path, purpose, file_size)
+        return _open_tiff(tif, path, purpose, file_size, axes)
     except BaseException:
         tif.close()
         raise
 
 
-def _open_tiff(tif: tifffile.TiffFile, path: Path, purpose: str, file_size: int):
+def _open_tiff(tif: tifffile.TiffFile, path: Path, purpose: str, file_size: int, override: str | None = None):
     where = str(path)
     try:
         series_list = tif.series
@@ -1138,7 +1342,7 @@ def _open_tiff(tif: tifffile.TiffFile, path: Path, purpose: str, file_size: int)
             f"{path} holds {len(tif.pages)} pages of different shapes ({', '.join(shapes[:4])}); "
             "activeseg needs slices of one shape: crop or pad them to a common size"
         )
-    nz, ny, nx = _classify_series(axes, shape, photometric, where, purpose)
+    (nz, ny, nx), channels_as_z = _classify_series(axes, shape, photometric, where, purpose, override)
     if len(series_list) > 1:
         logger.warning(
             "%s holds %d image series; reading the first, %s, and ignoring the others",
@@ -1183,7 +1387,7 @@ def _open_tiff(tif: tifffile.TiffFile, path: Path, purpose: str, file_size: int)
                 f"has {file_size} bytes; the copy or acquisition was interrupted: copy it again"
             )
         source = _PageSource(tif, pages, (ny, nx))
-    return source, (nz, ny, nx), np.dtype(raw_dtype), fmt, meta_sources, fei, file_size
+    return (source, (nz, ny, nx), np.dtype(raw_dtype), fmt, meta_sources, fei, file_size), channels_as_z
 
 
 def _ifd_chain_broken(tif: tifffile.TiffFile) -> bool:
@@ -1443,18 +1647,6 @@ def _check_values(data: np.ndarray, kind: str, block: int = 64) -> None:
             )
 
 
-def _tmp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_stack(
     path: str | os.PathLike[str],
     data: Any,
@@ -1482,9 +1674,16 @@ def write_stack(
     -------
     Path of the written file.
 
+    Raises
+    ------
+    OutputError : the data do not fit on the disk (checked before writing when
+        uncompressed), or the write failed (disk full, read-only, no permission); the
+        previous ``path`` is then unchanged and no temporary file is left.
+
     Notes
     -----
-    Data beyond 4 GB are written as ImageJ does (only the first IFD; Fiji, napari and
+    The file is written through :func:`activeseg.safety.atomic_path`. Data beyond
+    4 GB are written as ImageJ does (only the first IFD; Fiji, napari and
     :func:`open_stack` read them) when uncompressed, and as a BigTIFF OME-TIFF with
     the voxel size in OME metadata when compressed.
     """
@@ -1513,15 +1712,10 @@ def write_stack(
         kwargs = _imagej_kwargs(kind, vs, arr.ndim)
     if compression is not None:
         kwargs["compression"] = compression
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_name(path)
-    try:
+    else:  # a compressed file's size is unknown in advance: the write itself decides
+        safety.check_free_space(path.parent, arr.nbytes, what=f"writing {path}")
+    with safety.atomic_path(path) as tmp:
         tifffile.imwrite(tmp, arr, photometric="minisblack", **kwargs)
-        _fsync(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 
@@ -1538,8 +1732,10 @@ def create_stack(
     For whole-stack outputs larger than RAM (predictions, probabilities): fill slices,
     then call ``flush()`` and drop the memmap. The file is zero-filled from the start
     and is *not* written atomically; create it under a temporary name and
-    ``os.replace`` it after ``flush()`` when needed. Files beyond 4 GB use ImageJ's
-    own large-file layout (first IFD only).
+    ``os.replace`` it after ``flush()`` when needed. Its disk blocks are reserved at
+    creation (:func:`activeseg.safety.reserve`), so a full disk raises here rather
+    than killing the process with SIGBUS while slices are written. Files beyond 4 GB
+    use ImageJ's own large-file layout (first IFD only).
 
     Parameters
     ----------
@@ -1552,6 +1748,11 @@ def create_stack(
     Returns
     -------
     numpy.memmap (Z, Y, X) of ``dtype``, mode "r+".
+
+    Raises
+    ------
+    OutputError : not enough free space for the data, or the file could not be
+        created or its blocks reserved (a half-made file is removed).
     """
     path = Path(os.path.expanduser(os.fspath(path)))
     vs = _validate_full_voxel_size(voxel_size)
@@ -1567,10 +1768,29 @@ def create_stack(
     dt = np.dtype(dtype)
     _check_kind_dtype(kind, dt, "create_stack dtype")
     kwargs = _imagej_kwargs(kind, vs, len(shape))
-    if int(np.prod(shape)) * dt.itemsize > _CLASSIC_TIFF_LIMIT:
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
+    if nbytes > _CLASSIC_TIFF_LIMIT:
         kwargs["truncate"] = True
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return tifffile.memmap(path, shape=shape, dtype=dt, photometric="minisblack", **kwargs)
+    safety.check_free_space(path.parent, nbytes, what=f"creating {path}")
+    mm: np.memmap | None = None
+    existed = path.exists()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        mm = tifffile.memmap(path, shape=shape, dtype=dt, photometric="minisblack", **kwargs)
+        # a memmap over a sparse file dies with SIGBUS when the disk fills: claim the blocks now
+        safety.reserve(path, os.path.getsize(path))
+        return mm
+    except BaseException as exc:
+        made = mm is not None or not existed  # never remove a file this call did not touch
+        mm = None  # drop the map before removing the file (Windows cannot remove a mapped file)
+        if made:
+            try:
+                path.unlink()
+            except OSError:
+                pass
+        if isinstance(exc, OSError) and not isinstance(exc, OutputError):
+            raise OutputError(safety.os_error_message(exc, path)) from exc
+        raise
 
 
 # ----------------------------------------------------------------------------- labels

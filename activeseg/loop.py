@@ -20,14 +20,16 @@ import json
 import logging
 import math
 import os
+import shlex
 import shutil
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
 
-from activeseg.errors import ConfigError, LabelError, SessionError
+from activeseg.config import SessionConfig, load_config, model_kwargs, validate_config
+from activeseg.errors import ConfigError, LabelError, OutputError, SessionError
+from activeseg.safety import atomic_write_bytes, check_free_space, check_output, os_error_message, reserve
 from activeseg.geometry import Geometry
 from activeseg.session import Session, _stat_key, file_fingerprint, sha256_file
 
@@ -60,117 +62,6 @@ def _noop(stage: str, done: int, total: int) -> None:
     return None
 
 
-# --- configuration ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SessionConfig:
-    """Everything a session needs to run its steps, stored in the manifest.
-
-    ``rf``, ``model`` and ``train`` are keyword arguments for
-    :func:`activeseg.bootstrap.fit_rf`, :class:`activeseg.model.ModelConfig` and
-    :class:`activeseg.train.TrainConfig` (checked when the session is created).
-    """
-
-    geometry: Geometry = field(default_factory=Geometry)
-    n_classes: int = 2
-    seed: int = 0
-    export_radius: int = 3
-    score_max_slices: int = 256
-    score_reduction: str = "mean"
-    bald_samples: int = 8
-    pseudo_threshold: float = 0.9
-    train_on_scribbles: bool = True
-    rf: dict = field(default_factory=dict)
-    model: dict = field(default_factory=dict)
-    train: dict = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        d = {f.name: getattr(self, f.name) for f in fields(self)}
-        d["geometry"] = self.geometry.to_dict()
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> SessionConfig:
-        d = dict(d)
-        geo = d.pop("geometry", None)
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ConfigError(
-                f"unknown session setting(s) {sorted(unknown)}; valid: {sorted(known - {'geometry'})} "
-                "and the tables [geometry], [rf], [model], [train]"
-            )
-        return cls(geometry=Geometry.from_dict(geo or {}), **d)
-
-
-def _check_section(name: str, values: dict, valid: set[str]) -> None:
-    unknown = set(values) - valid
-    if unknown:
-        raise ConfigError(f"[{name}] has unknown key(s) {sorted(unknown)}; valid keys: {sorted(valid)}")
-
-
-def validate_config(cfg: SessionConfig) -> SessionConfig:
-    """Check the nested settings against the functions that will receive them."""
-    import inspect
-
-    from activeseg import bootstrap as bs
-
-    rf_valid = {p for p in inspect.signature(bs.fit_rf).parameters if p not in ("image", "labels", "rng", "geometry")}
-    _check_section("rf", cfg.rf, rf_valid)
-    if cfg.model or cfg.train:
-        from activeseg.model import ModelConfig
-        from activeseg.train import TrainConfig
-
-        _check_section("model", cfg.model, {f.name for f in fields(ModelConfig)})
-        _check_section("train", cfg.train, {f.name for f in fields(TrainConfig)})
-        ModelConfig(**_model_kwargs(cfg))
-        TrainConfig(**cfg.train)
-    if cfg.n_classes < 2:
-        raise ConfigError(f"n_classes must be >= 2, got {cfg.n_classes}")
-    if cfg.score_max_slices < 1:
-        raise ConfigError(f"score_max_slices must be >= 1, got {cfg.score_max_slices}")
-    return cfg
-
-
-def _model_kwargs(cfg: SessionConfig) -> dict:
-    kw = dict(cfg.model)
-    if "offsets" in kw:
-        kw["offsets"] = tuple(kw["offsets"])
-    if "decoder_channels" in kw and kw["decoder_channels"] is not None:
-        kw["decoder_channels"] = tuple(kw["decoder_channels"])
-    kw.setdefault("n_classes", cfg.n_classes)
-    return kw
-
-
-def load_config(path: Path) -> dict:
-    """Read a TOML config file into a dict for :class:`SessionConfig`.
-
-    Tables: ``[geometry]`` (voxel_size, alpha_deg, beam_sign), ``[session]`` (n_classes,
-    seed, export_radius, score_max_slices, score_reduction, bald_samples,
-    pseudo_threshold, train_on_scribbles), ``[rf]``, ``[model]``, ``[train]``.
-    """
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} not found")
-    try:
-        data = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
-    unknown = set(data) - {"geometry", "session", "rf", "model", "train"}
-    if unknown:
-        raise ConfigError(f"config file {path}: unknown table(s) {sorted(unknown)}; use [geometry], [session], [rf], [model], [train]")
-    out = dict(data.get("session", {}))
-    for key in ("geometry", "rf", "model", "train"):
-        if key in data:
-            out[key] = data[key]
-    return out
-
-
 # --- opening inputs ------------------------------------------------------------------------
 
 
@@ -179,7 +70,7 @@ def _image(session: Session):
 
     m = session.manifest
     st = m["stack"]
-    return io.open_stack(st["path"], crop=st.get("crop"), voxel_size=st.get("voxel_size_arg"))
+    return io.open_stack(st["path"], crop=st.get("crop"), voxel_size=st.get("voxel_size_arg"), axes=st.get("axes"))
 
 
 def _truth(session: Session):
@@ -257,7 +148,7 @@ def relink(session: Session, new_path: Path) -> None:
     with session.writing("relink"):
         m = session.manifest
         st = m["stack"]
-        with io.open_stack(new_path, crop=st.get("crop"), voxel_size=st.get("voxel_size_arg")) as img:
+        with io.open_stack(new_path, crop=st.get("crop"), voxel_size=st.get("voxel_size_arg"), axes=st.get("axes")) as img:
             if list(img.shape) != st["shape"] or str(img.dtype) != st["dtype"]:
                 raise SessionError(
                     f"cannot relink to {new_path}: shape {tuple(img.shape)} / {img.dtype} differs from the "
@@ -281,6 +172,7 @@ def init_session(
     voxel_size: Sequence[float] | None = None,
     crop: str | None = None,
     seed: int | None = None,
+    axes: str | None = None,
 ) -> Session:
     """Create a session for one stack.
 
@@ -302,8 +194,11 @@ def init_session(
         synth_meta = json.loads((beside / "synth.json").read_text())
         truth = truth or (beside / "truth.tif")
         depth = depth or (beside / "depth.tif" if (beside / "depth.tif").exists() else None)
-    with io.open_stack(image, crop=crop, voxel_size=voxel_size) as img:
+    with io.open_stack(image, crop=crop, voxel_size=voxel_size, axes=axes) as img:
         shape, dtype, vs = tuple(img.shape), str(img.dtype), img.voxel_size
+        flat = io.intensity_warning(img)  # also reads sample slices: NaN/inf fail here, before anything is written
+        if flat:
+            log.warning("%s", flat)
     geo = dict(cfg_dict.get("geometry") or {})
     if synth_meta and "geometry" in synth_meta:
         for k, v in synth_meta["geometry"].items():
@@ -319,6 +214,7 @@ def init_session(
             "dtype": dtype,
             "crop": crop,
             "voxel_size_arg": None if voxel_size is None else list(voxel_size),
+            "axes": axes,
         },
         "truth": None,
         "depth": None,
@@ -366,39 +262,54 @@ LABEL_KINDS = ("full", "partial", "pseudo")
 """Kinds of label files: corrected/true whole slices, scribbles, confident pseudo-labels."""
 
 
+def _reverted(m: dict) -> set[tuple[int, int]]:
+    """``(round, z)`` pairs whose labels a tombstone withdrew (:func:`revert`)."""
+    return {(int(t["round"]), int(z)) for t in m.get("tombstones", []) for z in t["slices"]}
+
+
 def labels_dict(session: Session, *, kinds: Sequence[str] = LABEL_KINDS, manifest: dict | None = None) -> dict[int, np.ndarray]:
     """Committed labels of the given kinds as ``{z: uint8 (Y, X)}`` (255 = unlabelled).
 
     A whole-slice label replaces what was there; partial labels (scribbles,
-    pseudo-labels) only fill their drawn pixels. ``manifest``: read the label files of
-    this (not yet committed) manifest instead of the committed one.
+    pseudo-labels) only fill their drawn pixels. Labels withdrawn by :func:`revert`
+    are left out. ``manifest``: read the label files of this (not yet committed)
+    manifest instead of the committed one.
     """
+    m = session.manifest if manifest is None else manifest
+    gone = _reverted(m)
     out: dict[int, np.ndarray] = {}
-    for rel in _label_files(session.manifest if manifest is None else manifest):
-        data = session.load_npz(rel)
-        if str(data["kind"]) not in kinds:
-            continue
-        for z, mask in zip(data["slices"], data["masks"]):
-            z = int(z)
-            if z in out and str(data["kind"]) != "full":
-                merged = out[z].copy()
-                keep = mask != 255
-                merged[keep] = mask[keep]
-                out[z] = merged
-            else:
-                out[z] = mask
+    for r in m["rounds"]:
+        for rel in r.get("label_files", []):
+            data = session.load_npz(rel)
+            if str(data["kind"]) not in kinds:
+                continue
+            for z, mask in zip(data["slices"], data["masks"]):
+                z = int(z)
+                if (int(r["index"]), z) in gone:
+                    continue
+                if z in out and str(data["kind"]) != "full":
+                    merged = out[z].copy()
+                    keep = mask != 255
+                    merged[keep] = mask[keep]
+                    out[z] = merged
+                else:
+                    out[z] = mask
     return out
 
 
 def _full_slices(m: dict) -> list[int]:
+    """The labelled slices: whole slices corrected by a person or taken from ground truth
+    (the one definition used by ``status``, ``run``, studies and the strategies)."""
+    gone = _reverted(m)
     zs = []
     for r in m["rounds"]:
-        zs += r.get("full_slices", [])
+        zs += [z for z in r.get("full_slices", []) if (int(r["index"]), int(z)) not in gone]
     return sorted(set(zs))
 
 
 def _labels_version(m: dict) -> str:
-    return hashlib.sha256("|".join(_label_files(m)).encode()).hexdigest()[:12]
+    gone = ",".join(f"{r}:{z}" for r, z in sorted(_reverted(m)))
+    return hashlib.sha256(("|".join(_label_files(m)) + ("#" + gone if gone else "")).encode()).hexdigest()[:12]
 
 
 def _write_labels(session: Session, m: dict, rnd: dict, corrections, *, kind: str) -> str:
@@ -437,7 +348,7 @@ def _fit_rf(session: Session, image, *, progress: Progress = _noop, manifest: di
     cfg = _config(session)
     labels = labels_dict(session, manifest=m)
     if not labels:
-        raise SessionError(f"session {session.root} has no labels yet; run `activeseg bootstrap {session.root}` first")
+        raise SessionError(f"session {session.root} has no labels yet; run `activeseg bootstrap {_q(session.root)}` first")
     seed = int(m["bootstrap"]["rf_seed"])
     progress("fit RF", 0, 1)
     rf = fit_rf(image, labels, rng=np.random.default_rng(seed), geometry=cfg.geometry, n_classes=cfg.n_classes, **cfg.rf)
@@ -465,7 +376,7 @@ def _last_round(m: dict) -> dict | None:
 
 
 def _pending(rnd: dict) -> list[int]:
-    done = set(rnd.get("imported", [])) | set(rnd.get("skipped", []))
+    done = set(rnd.get("imported", [])) | set(rnd.get("skipped", [])) | set(rnd.get("carried_out", {}).get("slices", []))
     return [z for z in rnd.get("queried", []) if z not in done]
 
 
@@ -649,14 +560,11 @@ def query(
         last = _last_round(m)
         if last is None:
             raise SessionError(f"session {session.root} is not bootstrapped; run `activeseg bootstrap {session.root} ...` first")
-        if _pending(last):
+        carried = _pending(last) if last["index"] > 0 else []
+        if last["index"] > 0 and last.get("status") != "trained" and set(last.get("imported", [])) - _reverted_in(m, last):
             raise SessionError(
-                f"round {last['index']} still waits for slices {_pending(last)}; import their corrections "
-                f"(activeseg import {session.root}) or skip them (--skip) before querying again"
-            )
-        if last["index"] > 0 and last.get("status") != "trained" and last.get("imported"):
-            raise SessionError(
-                f"round {last['index']}'s corrections are not in a model yet; run `activeseg train {session.root}` first"
+                f"round {last['index']}'s corrections are not in a model yet; run `activeseg train {_q(session.root)}` first"
+                + (f" (slices {carried} still pending are carried over into the next round)" if carried else "")
             )
         cfg = _config(session)
         rng = _rng(m)
@@ -668,6 +576,7 @@ def query(
             labelled[_full_slices(m)] = True
             for r in m["rounds"]:  # slices skipped by the user are not asked again
                 labelled[r.get("skipped", [])] = True
+            labelled[carried] = True  # asked already: they move into this round as they are
             ctx = registry.QueryContext(
                 n_slices=nz,
                 labelled=labelled,
@@ -683,9 +592,12 @@ def query(
                 pool = pool[~np.isin(pool, picked)]
                 if pool.size:
                     audit_z = int(rng.choice(pool))
-            queried = picked + ([audit_z] if audit_z is not None else [])
+            queried = picked + ([audit_z] if audit_z is not None else []) + carried
             if not queried:
-                raise SessionError("the strategy picked no slices: every slice is labelled (or skipped)")
+                raise SessionError(
+                    f"the strategy picked no slices: all {nz} slices are labelled or skipped "
+                    f"({int(labelled.sum())} of {nz}); export the segmentation (activeseg export {_q(session.root)} OUT.tif)"
+                )
             idx = len(m["rounds"])
             rnd = {
                 "index": idx,
@@ -702,20 +614,58 @@ def query(
             }
             if len(picked) < n:
                 log.info("strategy %s picked %d of %d slices (spacing or pool size)", strategy, len(picked), n)
+            # a killed or failed earlier try of this round left files that no manifest names: start clean
+            out = session.path(f"rounds/r{idx:03d}")
+            if out.exists():
+                shutil.rmtree(out)
             # pre-filled masks: the current model's prediction of the queried slices
             probs = model.predict_proba(image, queried)
             prefill = {z: np.argmax(p, axis=0).astype(np.uint8) for z, p in zip(queried, probs)}
+            edited = _edited_masks(session, last, carried)
+            if carried:  # a mask someone started correcting keeps its starting point, so its cost stays honest
+                old_prefill = _prefill(session, last["index"])
+                prefill.update({z: old_prefill[z] for z in edited})
+                rnd["carried"] = {"from_round": last["index"], "slices": carried, "edited": sorted(edited)}
+                last["carried_out"] = {"to_round": idx, "slices": carried}
+                last["status"] = "trained" if last.get("status") == "trained" else "skipped"
+                m["rounds"][-1] = last
             session.save_npz(f"rounds/r{idx:03d}/prefill.npz", slices=np.array(queried), masks=np.stack([prefill[z] for z in queried]))
             if export:
-                from activeseg.oracle import export_for_correction
+                from activeseg.oracle import export_for_correction, mask_name
 
-                out = session.path(f"rounds/r{idx:03d}")
                 export_for_correction(out, image, queried, prefill, radius=cfg.export_radius, voxel_size=cfg.geometry.voxel_size)
-                rnd["exported"] = {str(z): os.stat(out / f"z{z:04d}_mask.tif").st_mtime_ns for z in queried}
+                for z, src in edited.items():  # the person's work so far, in the new folder
+                    shutil.copyfile(src, out / mask_name(z))
+                rnd["exported"] = {str(z): (None if z in edited else os.stat(out / mask_name(z)).st_mtime_ns) for z in queried}
         m["rounds"].append(rnd)
         _store_rng(m, rng)
         session.commit(m)
     return rnd
+
+
+def _edited_masks(session: Session, rnd: dict, slices: Sequence[int]) -> dict[int, Path]:
+    """Mask files of ``rnd`` that were edited since export (a person started correcting them)."""
+    if not slices or not rnd.get("exported"):
+        return {}
+    from activeseg.oracle import mask_name
+
+    folder = session.path(f"rounds/r{rnd['index']:03d}")
+    out = {}
+    for z in slices:
+        p = folder / mask_name(z)
+        if p.exists() and os.stat(p).st_mtime_ns != rnd["exported"].get(str(z)):
+            out[int(z)] = p
+    return out
+
+
+def _reverted_in(m: dict, rnd: dict) -> set[int]:
+    gone = _reverted(m)
+    return {z for (r, z) in gone if r == rnd["index"]}
+
+
+def _q(path) -> str:
+    """A path as a shell word (quoted when it holds spaces or special characters)."""
+    return shlex.quote(str(path))
 
 
 def _prefill(session: Session, idx: int) -> dict[int, np.ndarray]:
@@ -806,6 +756,70 @@ def import_corrections(
             "cost": {z: c.cost for z, c in ((c.z, c) for c in corr)}}
 
 
+def revert(session: Session, *, slices: Sequence[int] | None = None, round_index: int | None = None,
+           reason: str | None = None) -> dict:
+    """Take labels back: append a tombstone, so the next ``train`` (and the RF) no longer use them.
+
+    ``slices``: the labels of these slices, whichever round gave them; ``round_index``:
+    every label of that round (a round still waiting for corrections is closed: its
+    pending slices can be queried again). Nothing is deleted: label files stay, the
+    tombstone in the manifest says which ``(round, slice)`` labels no longer count, and
+    a slice reverted can be queried and labelled again later.
+    """
+    if (slices is None) == (round_index is None):
+        raise ConfigError("revert needs exactly one of --slice Z[,Z...] or --round N")
+    with session.writing("revert"):
+        m = session.manifest
+        rounds = m["rounds"]
+        gone = _reverted(m)
+        hits: dict[int, list[int]] = {}
+        if round_index is not None:
+            r = next((r for r in rounds if r["index"] == int(round_index)), None)
+            if r is None:
+                raise ConfigError(f"session {session.root} has no round {round_index} (rounds: 0..{len(rounds) - 1})")
+            labelled = sorted({int(z) for rel in r.get("label_files", []) for z in session.load_npz(rel)["slices"]})
+            todo = [z for z in labelled if (r["index"], z) not in gone]
+            if not todo and not _pending(r):
+                raise SessionError(f"round {round_index} has no labels left to revert")
+            if todo:
+                hits[r["index"]] = todo
+            if _pending(r):  # an open round is closed: its slices are free to be queried again
+                r["reverted_pending"] = _pending(r)
+                r["status"] = "skipped" if not r.get("imported") else r.get("status")
+        else:
+            zs = sorted({int(z) for z in slices})
+            if not zs:
+                raise ConfigError("--slice needs at least one slice number, e.g. --slice 40")
+            for r in rounds:
+                for rel in r.get("label_files", []):
+                    for z in session.load_npz(rel)["slices"]:
+                        if int(z) in zs and (r["index"], int(z)) not in gone:
+                            hits.setdefault(r["index"], [])
+                            if int(z) not in hits[r["index"]]:
+                                hits[r["index"]].append(int(z))
+            found = sorted({z for v in hits.values() for z in v})
+            missing = [z for z in zs if z not in found]
+            if missing:
+                raise LabelError(
+                    f"slice(s) {missing} have no labels to revert (labelled slices: {_full_slices(m) or 'none'}); "
+                    "see activeseg status"
+                )
+        tomb = m.setdefault("tombstones", [])
+        for r_idx, zs_r in sorted(hits.items()):
+            tomb.append({"round": r_idx, "slices": sorted(zs_r), "at": _now(), "reason": reason,
+                         "by": "round" if round_index is not None else "slice"})
+        if not labels_dict(session, manifest=m):
+            log.warning("no labels are left after this revert; bootstrap labels are needed before the next train")
+        session.commit(m)
+    return {"reverted": {int(k): v for k, v in hits.items()}, "labelled_slices": _full_slices(session.manifest)}
+
+
+def _now() -> str:
+    import datetime as _dt
+
+    return _dt.datetime.now().isoformat(timespec="seconds")
+
+
 def oracle_correct(session: Session, *, effort: int | None = None) -> dict:
     """Simulation: ground truth corrects every pending slice of the open round."""
     from activeseg.oracle import truth_correction
@@ -873,9 +887,10 @@ def evaluate_model(session: Session, model, image, *, progress: Progress = _noop
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir()
     try:
-        prob = np.lib.format.open_memmap(scratch / "prob.npy", mode="w+", dtype=np.float32, shape=(nz, ny, nx))
+        check_free_space(scratch, nz * ny * nx * 5, what="the whole-stack evaluation's scratch arrays")
+        prob = _scratch_array(scratch / "prob.npy", np.float32, (nz, ny, nx))
         _predict_pore_prob(model, image, prob, progress=progress)
-        pred = np.lib.format.open_memmap(scratch / "pred.npy", mode="w+", dtype=np.uint8, shape=(nz, ny, nx))
+        pred = _scratch_array(scratch / "pred.npy", np.uint8, (nz, ny, nx))
         for z0 in range(0, nz, 16):
             pred[z0 : z0 + 16] = prob[z0 : z0 + 16] >= 0.5
         with truth:
@@ -890,6 +905,13 @@ def evaluate_model(session: Session, model, image, *, progress: Progress = _noop
 
     d["named_indices"] = {str(z): ev.at(z) for z in sorted(set(paper_indices(nz)))}
     return d
+
+
+def _scratch_array(path: Path, dtype, shape) -> np.memmap:
+    """A memory-mapped ``.npy`` whose disk blocks are reserved (a full disk raises, no SIGBUS)."""
+    arr = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+    reserve(path, os.path.getsize(path))
+    return arr
 
 
 def _predict_pore_prob(model, image, out, *, progress: Progress = _noop) -> None:
@@ -926,7 +948,7 @@ def train(
         m = session.manifest
         rnd = _last_round(m)
         if rnd is None:
-            raise SessionError(f"session {session.root} has no labels; run `activeseg bootstrap {session.root}` first")
+            raise SessionError(f"session {session.root} has no labels; run `activeseg bootstrap {_q(session.root)}` first")
         cfg = _config(session)
         labels = labels_dict(session, kinds=LABEL_KINDS if cfg.train_on_scribbles else ("full", "pseudo"))
         if not labels:
@@ -937,12 +959,12 @@ def train(
         if rnd.get("status") == "skipped":
             raise SessionError(
                 f"round {rnd['index']} was skipped entirely (no slice imported), so there is nothing new to "
-                f"train on; query other slices: activeseg query {session.root}"
+                f"train on; query other slices: activeseg query {_q(session.root)}"
             )
         if rnd["index"] > 0 and not rnd.get("imported") and not rnd.get("pseudo"):
             raise SessionError(
                 f"round {rnd['index']} has no imported corrections yet (pending: {_pending(rnd)}); "
-                f"import them first (activeseg import {session.root})"
+                f"import them first (activeseg import {_q(session.root)})"
             )
         if _pending(rnd):
             log.warning("round %d still waits for slices %s; training on what is imported so far", rnd["index"], _pending(rnd))
@@ -963,7 +985,7 @@ def train(
 
                 init = load_model(session.path(m["model"]["path"]))
             model, history = train_model(
-                image, labels, config=tcfg, model_config=None if init is not None else ModelConfig(**_model_kwargs(cfg)),
+                image, labels, config=tcfg, model_config=None if init is not None else ModelConfig(**model_kwargs(cfg)),
                 rng=np.random.default_rng(seed), init=init,
                 callback=lambda s, t, info: progress("train", s, t),
             )
@@ -994,16 +1016,17 @@ def train(
         m["model"] = {"path": model_rel, "version": version, "round": rnd["index"]}
         _store_rng(m, rng)
         session.commit(m)
-    return {"round": rnd["index"], "model": model_rel, "history": rnd["train"], "metrics": rnd.get("metrics")}
+    return {"round": rnd["index"], "model": model_rel, "history": rnd["train"], "metrics": rnd.get("metrics"),
+            "n_labelled": len(_full_slices(m))}
 
 
 # --- reading the state ------------------------------------------------------------------------
 
 
 def next_step(session: Session) -> str:
-    """What to do next, as a command line."""
+    """What to do next, as a command line (paths shell-quoted, ready to paste)."""
     m = session.manifest
-    root = session.root
+    root = _q(session.root)
     last = _last_round(m)
     if last is None:
         nz = int(m["stack"]["shape"][0])
@@ -1011,7 +1034,7 @@ def next_step(session: Session) -> str:
         how = f"--slices {spread}" if m.get("truth") else "--scribbles FILE | --labels FILE"
         return f"activeseg bootstrap {root} {how}"
     if _pending(last):
-        folder = session.path(f"rounds/r{last['index']:03d}")
+        folder = _q(session.path(f"rounds/r{last['index']:03d}"))
         return f"correct the masks in {folder}, then: activeseg import {root}"
     if last["index"] > 0 and last.get("status") not in ("trained", "skipped"):
         return f"activeseg train {root}"
@@ -1037,11 +1060,12 @@ def status(session: Session) -> dict:
             "queried": r.get("queried", []),
             "imported": r.get("imported", []),
             "pending": _pending(r),
-            "full_slices": full,
+            "full_slices": [z for z in full if (r["index"], z) not in _reverted(m)],
             "scribble_pixels": r.get("scribble_pixels", 0),
             "correction_cost_px": int(sum(costs.get(str(z), 0) for z in full)) if r["index"] > 0 else None,
             "correction_cost_frac": (float(np.mean([costs[str(z)] / px for z in full if str(z) in costs])) if r["index"] > 0 and full else None),
             "metrics": r.get("metrics"),
+            "reverted": sorted(_reverted_in(m, r)),
         }
         if r.get("audit") is not None and str(r["audit"]) in costs:
             row["audit_error"] = costs[str(r["audit"])] / px
@@ -1072,6 +1096,7 @@ def status(session: Session) -> dict:
         "n_labelled": len(_full_slices(m)),
         "n_slices": nz,
         "model": m.get("model"),
+        "tombstones": m.get("tombstones", []),
         "uncertainty": uncertainty,
         "next_step": next_step(session),
     }
@@ -1110,6 +1135,8 @@ def _segment_to_file(model, image, out: Path, *, voxel_size, probabilities: bool
     lo, hi = values
     fixed = fixed or {}
     nz, ny, nx = (int(s) for s in image.shape)
+    n_vox = nz * ny * nx
+    check_free_space(out.parent, n_vox * (4 if probabilities else 5), what=f"writing {out}")
     tmp_prob = out.with_name(f".{out.name}.prob.tmp")
     tmp_seg = out.with_name(f".{out.name}.tmp")
     porosity: list[float] = []
@@ -1122,7 +1149,7 @@ def _segment_to_file(model, image, out: Path, *, voxel_size, probabilities: bool
             porosity = [float(np.mean(np.asarray(prob[z]) >= 0.5)) for z in range(nz)]
             prob.flush()
             del prob
-            os.replace(tmp_prob, out)
+            _replace(tmp_prob, out)
         else:
             seg = io.create_stack(tmp_seg, (nz, ny, nx), np.uint8, voxel_size=voxel_size, kind="labels")
             for z in range(nz):
@@ -1131,11 +1158,26 @@ def _segment_to_file(model, image, out: Path, *, voxel_size, probabilities: bool
                 seg[z] = np.where(lab == 1, hi, lo).astype(np.uint8)
             seg.flush()
             del seg, prob
-            os.replace(tmp_seg, out)
+            _replace(tmp_seg, out)
     finally:
         for tmp in (tmp_prob, tmp_seg):
             tmp.unlink(missing_ok=True)
     return porosity
+
+
+def _replace(tmp: Path, out: Path) -> None:
+    """Move a finished temporary output into place (an OSError becomes one clear line)."""
+    try:
+        os.replace(tmp, out)
+    except OSError as exc:
+        raise OutputError(os_error_message(exc, out)) from exc
+
+
+def session_inputs(session: Session) -> list[tuple[str, str | None]]:
+    """``(what, path)`` of every file a session reads: stack, truth, depth."""
+    m = session.manifest
+    return [(what, (m.get(key) or {}).get("path")) for key, what in
+            (("stack", "session's image stack"), ("truth", "session's ground truth"), ("depth", "session's depth map"))]
 
 
 def export_segmentation(
@@ -1148,17 +1190,17 @@ def export_segmentation(
 ) -> dict:
     """Whole-stack segmentation from the latest model, with labelled slices taken from
     their labels; plus porosity per slice as CSV beside it (``OUT.porosity.csv``)."""
-    from activeseg.session import atomic_write_bytes
-
     out = Path(out)
     values = check_output_values(values)
+    csv = out.with_suffix(".porosity.csv")
+    for path, option in ((out, "OUT"), (csv, "the porosity table")):
+        check_output(path, inputs=session_inputs(session), sessions=[session.root], option=option)
     cfg = _config(session)
     full = labels_dict(session, kinds=("full",))
     with _image(session) as image:
         kind, version, model = current_model(session, image, progress=progress)
         porosity = _segment_to_file(model, image, out, voxel_size=cfg.geometry.voxel_size, probabilities=probabilities,
                                     values=values, fixed=full, progress=progress)
-    csv = out.with_suffix(".porosity.csv")
     atomic_write_bytes(csv, ("z,porosity,labelled\n" + "".join(
         f"{z},{p:.6f},{int(z in full)}\n" for z, p in enumerate(porosity))).encode())
     return {"out": str(out), "porosity_csv": str(csv), "model": version, "kind": kind, "porosity": float(np.mean(porosity))}
@@ -1171,13 +1213,19 @@ def predict_to_file(model_path: Path, stack: Path, out: Path, *, values: tuple[i
 
     values = check_output_values(values)
     model_path = Path(model_path)
+    inputs: list[tuple[str, str | None]] = [("stack to segment", str(stack)), ("model", str(model_path))]
+    sessions = []
     if (model_path / "activeseg.json").exists():
         s = Session.open(model_path)
         if not s.manifest.get("model"):
-            raise SessionError(f"session {model_path} has no trained network yet; run `activeseg train {model_path}`")
+            raise SessionError(f"session {model_path} has no trained network yet; run `activeseg train {_q(model_path)}`")
         model_dir = s.path(s.manifest["model"]["path"])
+        inputs += session_inputs(s)
+        sessions.append(s.root)
     else:
         model_dir = model_path
+        sessions.append(model_path)  # nothing is written into a model folder
+    check_output(out, inputs=inputs, sessions=sessions, option="OUT")
     model = load_model(model_dir)
     with io.open_stack(stack) as image:
         _segment_to_file(model, image, Path(out), voxel_size=image.voxel_size, probabilities=probabilities,

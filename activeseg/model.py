@@ -25,7 +25,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,6 +35,7 @@ import torch
 from torch import nn
 
 from activeseg.errors import ConfigError, ModelError, StackError
+from activeseg.safety import atomic_write_bytes
 
 __all__ = [
     "ModelConfig",
@@ -580,25 +580,12 @@ class SegModel:
 # ----------------------------------------------------------------------------- save / load
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def save_model(model: SegModel, directory: str | os.PathLike) -> Path:
     """Write ``model.json`` and ``model.safetensors`` into ``directory`` (created if needed).
 
-    Each file is written to a temporary name, fsynced and renamed; the JSON last.
-    Returns the directory path.
+    Each file is written atomically (:func:`activeseg.safety.atomic_write_bytes`: a
+    temporary name, fsynced and renamed), the JSON last. Returns the directory path.
+    A write that fails (disk full, read-only) raises :class:`activeseg.errors.OutputError`.
     """
     from safetensors.torch import save as st_save
 
@@ -619,8 +606,8 @@ def save_model(model: SegModel, directory: str | os.PathLike) -> Path:
         text = json.dumps(meta, indent=2, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise ModelError(f"model metadata is not JSON-serialisable: {exc}") from exc
-    _atomic_write_bytes(d / _WEIGHTS_FILE, st_save(state, metadata={"format": "pt"}))
-    _atomic_write_bytes(d / _CONFIG_FILE, text.encode("utf-8"))
+    atomic_write_bytes(d / _WEIGHTS_FILE, st_save(state, metadata={"format": "pt"}))
+    atomic_write_bytes(d / _CONFIG_FILE, text.encode("utf-8"))
     return d
 
 

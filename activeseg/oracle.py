@@ -20,6 +20,7 @@ import numpy as np
 from scipy import ndimage
 
 from activeseg.errors import LabelError
+from activeseg.safety import atomic_write_text
 
 __all__ = [
     "Correction",
@@ -168,7 +169,8 @@ def export_for_correction(
         if preview:
             files["preview"] = _overlay_png(out_dir / f"z{z:04d}_preview.png", np.asarray(image[z]), prefill[z], z)
         written[z] = files
-    (out_dir / "INSTRUCTIONS.txt").write_text(
+    atomic_write_text(
+        out_dir / "INSTRUCTIONS.txt",
         "Correct the pre-filled masks, one per queried slice:\n\n"
         "  zNNNN_mask.tif   edit this: 0 = solid, 1 = pore (a 0/255 mask is fine too)\n"
         "  zNNNN_image.tif  the slice to correct is the MIDDLE plane of this small stack;\n"
@@ -177,13 +179,13 @@ def export_for_correction(
         "  zNNNN_preview.png a quick look: the image with the current mask outline\n\n"
         "Open both TIFFs in Fiji or napari, fix the mask, save it under the same name,\n"
         "then run `activeseg import SESSION`. Import a few now and the rest later if you like;\n"
-        "skip a slice with `activeseg import SESSION --skip NNNN`.\n"
+        "skip a slice with `activeseg import SESSION --skip NNNN`.\n",
     )
     return written
 
 
 def _overlay_png(path: Path, image_slice, mask, z: int) -> Path:
-    from activeseg.report import _mpl
+    from activeseg.report import _mpl, _savefig
 
     plt = _mpl()
     mask = np.asarray(mask)
@@ -198,9 +200,10 @@ def _overlay_png(path: Path, image_slice, mask, z: int) -> Path:
         ax.set_xticks([])
         ax.set_yticks([])
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    try:
+        return _savefig(fig, path, dpi=100)
+    finally:
+        plt.close(fig)
 
 
 def find_mask_files(directory: Path) -> dict[int, Path]:

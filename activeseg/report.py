@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from activeseg.errors import ConfigError
+from activeseg.safety import atomic_path, atomic_write_text
 
 __all__ = [
     "preview_png",
@@ -70,6 +71,28 @@ def _mpl():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _savefig(fig, path: str | os.PathLike, **kwargs) -> Path:
+    """``fig.savefig(path, **kwargs)``, written atomically (:func:`activeseg.safety.atomic_path`).
+
+    matplotlib picks the format from the file suffix, and the temporary file is named
+    ``.NAME.*.tmp``, so the format is passed explicitly: the suffix of ``path``, or, for a
+    name without one, matplotlib's default (``savefig.format``), whose suffix is then
+    appended to the name exactly as ``fig.savefig`` would. Returns the path written.
+    """
+    import matplotlib
+
+    path = Path(path)
+    fmt = kwargs.pop("format", None)
+    if fmt is None:
+        fmt = path.suffix[1:]
+        if not fmt:
+            fmt = matplotlib.rcParams["savefig.format"]
+            path = path.with_name(path.name.rstrip(".") + "." + fmt)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=fmt.lower(), **kwargs)
+    return path
 
 
 def _display_range(a: np.ndarray) -> tuple[float, float]:
@@ -129,8 +152,10 @@ def preview_png(
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        path = _savefig(fig, path, dpi=110)
+    finally:
+        plt.close(fig)
     return path
 
 
@@ -421,8 +446,7 @@ def _figure(figsize: tuple[float, float], dpi: float):
 def _save(fig, path: str | Path, dpi: float) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
-    return path
+    return _savefig(fig, path, dpi=dpi)
 
 
 def _legend_outside(fig, axes, loc: str = "outside right upper") -> None:
@@ -1136,15 +1160,12 @@ def table_csv(rows: Sequence[Mapping], path: str | Path, *, columns: Sequence[st
     cols = list(columns) if columns is not None else _columns(rows)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
-        w.writeheader()
-        for r in rows:
-            w.writerow({c: _csv_value(r.get(c)) for c in cols})
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
+            w.writeheader()
+            for r in rows:
+                w.writerow({c: _csv_value(r.get(c)) for c in cols})
     return path
 
 
@@ -1338,7 +1359,5 @@ def write_report_md(
         if caption:
             parts.append(f"*{str(caption).strip()}*\n")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("\n".join(parts), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, "\n".join(parts))
     return path

@@ -1,6 +1,6 @@
 """The session directory: manifest, append-only label files, atomic writes, one writer.
 
-A session is everything one labelling campaign on one stack produces (DESIGN.md §5)::
+A session is everything one labelling campaign on one stack produces ::
 
     mysession/
       activeseg.json        manifest (the commit point; written last, atomically)
@@ -14,7 +14,9 @@ committed state readable, and files the manifest does not reference are ignored.
 
 The lock is an ``fcntl.flock`` on ``lock``: the kernel releases it when the holder dies,
 so a lock left by a killed process is taken over safely, and the file records the PID so
-a live holder can be named in the error.
+a live holder can be named in the error. The next holder removes what a killed step left
+(``tmp/`` scratch, temporary files). Sessions are written on POSIX systems (Linux, macOS);
+on Windows every writing command refuses with one line (reading works).
 """
 
 from __future__ import annotations
@@ -25,8 +27,8 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import socket
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from activeseg.errors import SessionError, SessionLockedError
+from activeseg.safety import atomic_save_npz, atomic_write_bytes, atomic_write_json
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -52,86 +55,8 @@ LOCK = "lock"
 log = logging.getLogger("activeseg")
 
 
-# --- atomic file writes ---------------------------------------------------------------
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # e.g. Windows: directories cannot be opened
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-@contextmanager
-def _atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success fsync it and move it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; session files follow the umask like any other
-    try:
-        yield tmp
-        with open(tmp, "rb+") as fh:
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> Path:
-    """Write ``data`` to ``path`` atomically (temp file + fsync + os.replace)."""
-    with _atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-    return Path(path)
-
-
-def atomic_write_json(path: Path, obj) -> Path:
-    """Write JSON atomically (NaN becomes null)."""
-    text = json.dumps(_jsonable(obj), indent=2, allow_nan=False)
-    return atomic_write_bytes(path, text.encode())
-
-
-def atomic_save_npz(path: Path, **arrays) -> Path:
-    """Save arrays to a compressed ``.npz`` atomically (no pickled objects allowed)."""
-    with _atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, **{k: np.asarray(v) for k, v in arrays.items()})
-    return Path(path)
-
-
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (np.floating, float)):
-        return float(obj) if np.isfinite(obj) else None
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
+# Atomic writes live in activeseg.safety (one helper for the whole project); the
+# session's own names stay importable from here.
 
 
 # --- fingerprints of input files --------------------------------------------------------
@@ -178,18 +103,6 @@ def file_fingerprint(path: Path) -> dict:
 # --- the lock -------------------------------------------------------------------------------
 
 
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
-
-
 class _Lock:
     """An exclusive advisory lock on ``session/lock`` naming its holder."""
 
@@ -208,35 +121,29 @@ class _Lock:
         try:
             import fcntl
         except ImportError:  # pragma: no cover - Windows
-            fcntl = None
+            raise SessionError(
+                "activeseg writes sessions on Linux and macOS only: it needs POSIX file locks to keep two "
+                "processes from writing one session; on Windows run it under WSL"
+            ) from None
         fh = open(self.path, "a+")
-        if fcntl is not None:
-            try:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                fh.close()
-                h = self._holder()
-                raise SessionLockedError(
-                    f"session {self.path.parent} is in use by process {h.get('pid', '?')} "
-                    f"({h.get('command', 'another activeseg command')}, since {h.get('since', '?')}); "
-                    "wait for it to finish, or stop it, then run this command again"
-                ) from None
-            previous = self._holder()
-            if previous.get("pid") and previous.get("pid") != os.getpid():
-                log.warning(
-                    "took over a stale session lock left by process %s (%s), which is no longer running; "
-                    "its uncommitted work is discarded, committed work is kept",
-                    previous.get("pid"),
-                    previous.get("command", "?"),
-                )
-        else:  # pragma: no cover - Windows fallback: PID check only
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.close()
             h = self._holder()
-            if h.get("pid") and h.get("pid") != os.getpid() and _pid_alive(int(h["pid"])):
-                fh.close()
-                raise SessionLockedError(
-                    f"session {self.path.parent} is in use by process {h['pid']} ({h.get('command', '?')}); "
-                    "wait for it to finish, then run this command again"
-                )
+            raise SessionLockedError(
+                f"session {self.path.parent} is in use by process {h.get('pid', '?')} "
+                f"({h.get('command', 'another activeseg command')}, since {h.get('since', '?')}); "
+                "wait for it to finish, or stop it, then run this command again"
+            ) from None
+        previous = self._holder()
+        if previous.get("pid") and previous.get("pid") != os.getpid():
+            log.warning(
+                "took over a stale session lock left by process %s (%s), which is no longer running; "
+                "its uncommitted work is discarded, committed work is kept",
+                previous.get("pid"),
+                previous.get("command", "?"),
+            )
         fh.seek(0)
         fh.truncate()
         fh.write(
@@ -285,6 +192,8 @@ class Session:
     def create(cls, root: Path, manifest: dict) -> Session:
         """Create a new session directory with an initial manifest (refuses to overwrite)."""
         root = Path(root)
+        if root.exists() and not root.is_dir():
+            raise SessionError(f"{root} is a file; give a new or empty folder for the session")
         if (root / MANIFEST).exists():
             raise SessionError(
                 f"{root} already holds a session; choose another directory or continue it "
@@ -355,12 +264,25 @@ class Session:
         lock.acquire()
         self._lock = lock
         try:
+            self._sweep()
             if self.path(MANIFEST).exists():
                 self.reload()
             yield self
         finally:
             self._lock = None
             lock.release()
+
+    def _sweep(self) -> None:
+        """Remove what a killed or failed step left behind: the ``tmp/`` scratch folder and
+        temporary files of interrupted atomic writes (only the lock holder may do this)."""
+        shutil.rmtree(self.path("tmp"), ignore_errors=True)
+        for folder, _dirs, files in os.walk(self.root):
+            for name in files:
+                if name.startswith(".") and name.endswith(".tmp"):
+                    try:
+                        os.unlink(os.path.join(folder, name))
+                    except OSError:
+                        pass
 
     def _require_lock(self) -> None:
         if self._lock is None:

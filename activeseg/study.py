@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from activeseg.errors import ConfigError, SessionError
-from activeseg.session import atomic_write_bytes, atomic_write_json
+from activeseg.safety import atomic_write_bytes, atomic_write_json
 
 __all__ = [
     "RunSpec",

@@ -72,6 +72,7 @@ from scipy import ndimage
 
 from activeseg.errors import ConfigError
 from activeseg.geometry import Geometry
+from activeseg.safety import atomic_write_text
 
 __all__ = [
     "STRUCTURES",
@@ -1304,9 +1305,9 @@ def save_synth(out_dir: str | Path, vol: SynthVolume) -> dict[str, Path]:
     write_stack(paths["image"], vol.image, voxel_size=vs, kind="image")
     write_stack(paths["truth"], vol.truth, voxel_size=vs, kind="labels")
     write_stack(paths["depth"], vol.depth.astype(np.float32), voxel_size=vs, kind="image")
-    tmp = paths["params"].with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(vol.params, indent=2, sort_keys=True))
-    tmp.replace(paths["params"])
+    # not atomic_write_json: its jsonable() turns NaN/inf into null; synth.json keeps exactly
+    # json.dumps's text, byte for byte what earlier versions wrote
+    atomic_write_text(paths["params"], json.dumps(vol.params, indent=2, sort_keys=True))
     return paths
 
 

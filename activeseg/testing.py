@@ -19,6 +19,7 @@ import dataclasses
 import importlib
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable, Mapping
@@ -26,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from activeseg.errors import ActiveSegError
+from activeseg.errors import ActiveSegError, StrategyError
 from activeseg.registry import (
     EMBEDDINGS,
     KNOWN_SCORES,
@@ -154,12 +155,15 @@ except ImportError as exc:
 if out["import"]:
     from activeseg.testing import random_context
     ctx = random_context(24, seed=0, labelled=0.25, nan_fraction=0.1, score_names=spec["scores"])
+    from activeseg.errors import StrategyError
     try:
         obj(ctx, 3, **spec["params"])
         out["run"] = True
     except ImportError as exc:
         out["run"] = False
         out["error"] = f"{type(exc).__name__}: {exc}"
+    except StrategyError:  # a refusal (see check_strategy): it ran, without torch
+        out["run"] = True
 print("RESULT" + json.dumps(out))
 """
 
@@ -212,6 +216,15 @@ def check_strategy(
     - equal seeds give equal results;
     - n = 0, n > number of unlabelled slices, everything labelled (must return an empty
       array, not raise), NaN scores (some and all), no embeddings, a 1-slice stack;
+    - refusals: a strategy whose own parameters rule out every unlabelled slice (e.g.
+      ``spaced_entropy``'s ``min_gap`` when every unlabelled slice is that close to a
+      labelled one) may raise :class:`~activeseg.errors.StrategyError` instead of
+      returning an empty array, which the query step would report as "every slice is
+      labelled". This is accepted only when ``n`` > 0 and the context has both labelled
+      and unlabelled slices (never on a fresh stack, for n = 0 or when all is labelled),
+      only if the message names one of the strategy's parameters (so the user knows
+      what to change), and it must be deterministic (the same message for equal seeds);
+      any other exception fails the battery;
     - it does not modify ``ctx``;
     - torch: with ``isolated`` (default), a subprocess with torch blocked imports the
       strategy's module (must work) and runs it once (must work unless
@@ -274,6 +287,10 @@ def check_strategy(
             snap = _snapshot(ctx)
             try:
                 out = fn(ctx, n, **full)
+            except StrategyError as exc:
+                _check_refusal(name, case, exc, ctx, n, full)
+                outs.append(str(exc))
+                continue
             except Exception as exc:
                 raise _fail(name, case, f"raised {type(exc).__name__}: {exc} (n={n})") from exc
             if not isinstance(out, np.ndarray):
@@ -294,14 +311,16 @@ def check_strategy(
             if case == "fresh stack" and ids.size == 0:
                 raise _fail(name, case, f"returned no slice for n={n} on a stack with nothing labelled")
             outs.append(ids)
-        if not np.array_equal(outs[0], outs[1]):
-            raise _fail(name, case, f"not deterministic for equal seeds: {outs[0].tolist()} vs {outs[1].tolist()}")
+        if not _same_outcome(outs[0], outs[1]):
+            raise _fail(name, case, f"not deterministic for equal seeds: {_outcome(outs[0])} vs {_outcome(outs[1])}")
         ran.append(case)
     # Different seeds must still give valid results (random strategies use ctx.rng).
     for s in (seed + 1, seed + 2):
         ctx = random_context(z, seed=s, labelled=0.3, nan_fraction=0.2, score_names=all_scores)
         try:
             _validate_output(name, fn(ctx, 5, **full), ctx, 5)
+        except StrategyError as exc:
+            _check_refusal(name, f"seed {s}", exc, ctx, 5, full)
         except Exception as exc:
             raise _fail(name, f"seed {s}", f"{type(exc).__name__}: {exc}") from exc
 
@@ -323,6 +342,30 @@ def check_strategy(
             if not runs_ok and not allow_torch_at_runtime:
                 raise _fail(name, "torch blocked", f"running it needs torch: {result['error']}")
     return CheckReport(name, tuple(ran), import_ok, runs_ok)
+
+
+def _check_refusal(name: str, case: str, exc: StrategyError, ctx: QueryContext, n: int,
+                   params: Mapping[str, Any]) -> None:
+    """Accept a StrategyError as a legitimate refusal (see :func:`check_strategy`) or fail."""
+    labelled = np.asarray(ctx.labelled, dtype=bool)
+    if n <= 0 or not labelled.any() or labelled.all():
+        why = "n = 0" if n <= 0 else ("nothing is labelled" if not labelled.any() else "every slice is labelled")
+        raise _fail(name, case, f"raised StrategyError: {exc} (n={n}); a strategy may refuse only when its "
+                    f"parameters rule out every unlabelled slice, not when {why}") from exc
+    msg = str(exc)
+    if not any(re.search(rf"(?<![A-Za-z0-9_]){re.escape(k)}(?![A-Za-z0-9_])", msg) for k in params):
+        raise _fail(name, case, f"raised StrategyError: {exc} (n={n}); a refusal must name the parameter "
+                    f"to change (one of: {', '.join(params) or 'none: a strategy without parameters may not refuse'})") from exc
+
+
+def _outcome(out: np.ndarray | str) -> str:
+    return f"refused ({out})" if isinstance(out, str) else str(out.tolist())
+
+
+def _same_outcome(a: np.ndarray | str, b: np.ndarray | str) -> bool:
+    if isinstance(a, str) or isinstance(b, str):
+        return a == b
+    return np.array_equal(a, b)
 
 
 def _nan_rows(ctx: QueryContext) -> QueryContext:

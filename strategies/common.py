@@ -16,11 +16,12 @@ import numbers
 
 import numpy as np
 
-from activeseg.errors import ConfigError
+from activeseg.errors import ConfigError, StrategyError
 
 __all__ = [
     "as_ids",
     "check_min_gap",
+    "gap_refusal",
     "spread",
     "fill_spread",
     "top_by_score",
@@ -44,6 +45,34 @@ def check_min_gap(min_gap) -> int:
             f"labelled slices), got {min_gap!r}"
         )
     return int(min_gap)
+
+
+def gap_refusal(name: str, labelled, min_gap: int) -> StrategyError | None:
+    """The error for a ``min_gap`` that rules out every unlabelled slice, or None.
+
+    A strategy that keeps ``min_gap`` slices from labelled ones and so picks nothing
+    while unlabelled slices remain raises this instead of returning an empty array (an
+    empty result reads as "everything is labelled"). The message names the strategy,
+    the gap, how many slices remain and the largest ``min_gap`` that would leave one.
+
+    Returns None when there is no such refusal to make: ``min_gap`` <= 1 (no
+    constraint), no slice unlabelled, or some unlabelled slice at least ``min_gap``
+    from every labelled one (then the empty result has another cause).
+    """
+    occupied = np.asarray(labelled, dtype=bool)
+    free = np.flatnonzero(~occupied)
+    if min_gap <= 1 or free.size == 0 or not occupied.any():
+        return None
+    dist = _distance_to(np.flatnonzero(occupied), free)
+    farthest = int(dist.max())
+    if farthest >= min_gap:
+        return None
+    remain = f"{free.size} unlabelled slice{'s' if free.size != 1 else ''} remain{'s' if free.size == 1 else ''}"
+    return StrategyError(
+        f"{name}: min_gap={min_gap} leaves no unlabelled slice at least {min_gap} slices from every "
+        f"labelled one ({remain}, the farthest {farthest} slice{'s' if farthest != 1 else ''} away); "
+        f"lower it, e.g. --param min_gap={farthest}"
+    )
 
 
 # ----------------------------------------------------------------------------- spread

@@ -13,7 +13,7 @@ import numpy as np
 
 from activeseg.errors import ConfigError
 from activeseg.registry import QueryContext, strategy
-from activeseg.strategies.common import check_min_gap, select_by_score, spread
+from activeseg.strategies.common import check_min_gap, gap_refusal, select_by_score, spread
 
 __all__ = ["entropy", "margin", "bald", "disagreement", "spaced_entropy", "hybrid"]
 
@@ -52,10 +52,23 @@ def spaced_entropy(ctx: QueryContext, n: int, /, *, min_gap: int = 5) -> np.ndar
 
     Adjacent FIB-SEM slices are near duplicates, so plain top-n spends the budget on
     one uncertain region. No two chosen slices, and no chosen and labelled slice, are
-    closer than ``min_gap`` slices. When the gap leaves no room the result is shorter
-    than ``n`` (logged at INFO level) rather than breaking the rule.
+    closer than ``min_gap`` slices. When the gap leaves room for fewer than ``n`` the
+    result is shorter (logged at INFO level) rather than breaking the rule.
+
+    Raises
+    ------
+    StrategyError
+        When ``n`` > 0 and unlabelled slices remain but ``min_gap`` excludes every one
+        of them (each lies closer than ``min_gap`` to a labelled slice); the message
+        says how far the farthest one is, i.e. the ``min_gap`` to use instead.
     """
-    return select_by_score(ctx, "entropy", n, min_gap=min_gap)
+    min_gap = check_min_gap(min_gap)
+    picks = select_by_score(ctx, "entropy", n, min_gap=min_gap)
+    if n > 0 and picks.size == 0:
+        refusal = gap_refusal("spaced_entropy", ctx.labelled, min_gap)
+        if refusal is not None:
+            raise refusal
+    return picks
 
 
 def _hybrid_requires(*, score: str = "entropy", **_) -> tuple[str, ...]:

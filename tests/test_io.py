@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import errno
 import logging
 import os
 
@@ -11,8 +12,8 @@ import pytest
 import tifffile
 from PIL import Image
 
-from activeseg import io
-from activeseg.errors import ActiveSegError, ConfigError, LabelError, StackError
+from activeseg import io, safety
+from activeseg.errors import ActiveSegError, ConfigError, LabelError, OutputError, StackError
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -546,6 +547,64 @@ def test_nan_lazy_and_validate(tmp_path):
     assert calls[-1] == (6, 6)
 
 
+def test_inf_lazy_and_validate(tmp_path):
+    vol = _volume(np.float32, shape=(6, 8, 8))
+    vol[2, 1, 1] = np.inf
+    vol[2, 5, 5] = np.inf
+    vol[2, 0, 7] = -np.inf
+    path = tmp_path / "inf.tif"
+    tifffile.imwrite(path, vol, photometric="minisblack")
+    with io.open_stack(path) as stack:
+        np.testing.assert_array_equal(stack[:2], vol[:2])  # clean slices read fine
+        np.testing.assert_array_equal(stack[3:], vol[3:])
+        with pytest.raises(StackError) as info:
+            stack[2]
+    msg = str(info.value)
+    for words in ("slice 2 ", "inf.tif", "3 non-finite", "2 +inf", "1 -inf", "nan_to_num", "save the stack again"):
+        assert words in msg
+    assert "NaN" not in msg
+    with pytest.raises(StackError, match=r"slice 2 .*non-finite"):
+        io.open_stack(path, validate=True)
+    vol[2, 3, 3] = np.nan  # NaN and inf together: both counted, NaN named
+    tifffile.imwrite(path, vol, photometric="minisblack")
+    with pytest.raises(StackError, match=r"slice 2 .*4 non-finite value\(s\) \(1 NaN, 2 \+inf, 1 -inf\).*Remove NaNs"):
+        io.open_stack(path)[2]
+
+
+def test_intensity_warning_constant_near_constant_and_normal(tmp_path):
+    path = io.write_stack(tmp_path / "flat.tif", np.full((5, 8, 8), 300, np.uint16))
+    with io.open_stack(path) as st:
+        msg = io.intensity_warning(st)
+    assert msg is not None and "\n" not in msg
+    for words in ("flat.tif", "is constant", "every sampled pixel is 300", "no classifier", "right file/channel"):
+        assert words in msg
+    nearly = np.full((5, 40, 40), 7, np.uint8)
+    nearly[:, ::2] = 8  # two grey levels only
+    nearly[0, 0, 0] = 250  # one outlier does not make it an image
+    msg = io.intensity_warning(nearly)
+    assert msg is not None and "nearly constant" in msg and "7..8" in msg and "7..250" in msg
+    flat_float = np.full((4, 8, 8), 1000.0, np.float32)
+    flat_float[:, :4] += np.float32(0.0001)  # float32 steps apart
+    assert "nearly constant" in (io.intensity_warning(flat_float) or "")
+    # normal data
+    assert io.intensity_warning(_volume(np.uint8, shape=(6, 16, 16))) is None
+    assert io.intensity_warning(_volume(np.float32, shape=(6, 16, 16))) is None
+    with io.open_stack(io.write_stack(tmp_path / "rand.tif", _volume(np.uint16))) as st:
+        assert io.intensity_warning(st) is None
+
+
+def test_intensity_warning_samples_evenly_spaced_slices():
+    vol = np.zeros((40, 8, 8), np.uint8)
+    vol[39] = _volume(np.uint8, shape=(8, 8))  # the last slice is always sampled
+    assert io.intensity_warning(vol, n_sample=2) is None
+    vol = np.zeros((40, 8, 8), np.uint8)
+    vol[20] = _volume(np.uint8, shape=(8, 8))  # not among slices 0 and 39
+    assert "constant" in io.intensity_warning(vol, n_sample=2)
+    assert io.intensity_warning(vol, n_sample=40) is None
+    with pytest.raises(ConfigError, match="n_sample"):
+        io.intensity_warning(vol, n_sample=0)
+
+
 def test_folder_mixed_shapes_names_file(tmp_path):
     folder = tmp_path / "mixed"
     folder.mkdir()
@@ -649,6 +708,76 @@ def test_create_stack_streaming(tmp_path):
         io.create_stack(tmp_path / "l.tif", (2, 3, 3), np.uint16, kind="labels")
     with pytest.raises(ConfigError, match="shape"):
         io.create_stack(tmp_path / "l.tif", (2, 3), np.uint8)
+
+
+def _leftovers(folder):
+    return sorted(n for n in os.listdir(folder) if n.endswith(".tmp"))
+
+
+def _full_disk(target, *args, **kwargs):
+    """Stands in for tifffile.imwrite on a full disk: a few bytes, then ENOSPC."""
+    with open(target, "wb") as fh:
+        fh.write(b"II*\x00partial")
+    raise OSError(errno.ENOSPC, "No space left on device", str(target))
+
+
+def test_write_stack_disk_full_keeps_previous_file(tmp_path, monkeypatch):
+    path = io.write_stack(tmp_path / "seg.tif", _volume(np.uint8, shape=(3, 8, 8)))
+    before = path.read_bytes()
+    monkeypatch.setattr(io.tifffile, "imwrite", _full_disk)
+    with pytest.raises(OutputError) as info:
+        io.write_stack(path, _volume(np.uint8, shape=(3, 8, 8), seed=1))
+    assert info.value.errno == errno.ENOSPC
+    assert "seg.tif" in info.value.args[0] and "disk is full" in info.value.args[0]
+    assert path.read_bytes() == before
+    assert _leftovers(tmp_path) == []
+    with pytest.raises(OutputError):
+        io.write_stack(tmp_path / "new.tif", _volume(np.uint8, shape=(3, 8, 8)))
+    assert sorted(os.listdir(tmp_path)) == ["seg.tif"]
+
+
+def test_write_stack_disk_full_message_is_readable(tmp_path, monkeypatch):
+    # str() is what the command line prints: it must be the message, not "[Errno 28] None: path"
+    monkeypatch.setattr(io.tifffile, "imwrite", _full_disk)
+    with pytest.raises(OutputError, match=r"cannot write .*seg\.tif: the disk is full"):
+        io.write_stack(tmp_path / "seg.tif", _volume(np.uint8, shape=(3, 8, 8)))
+
+
+def test_write_stack_refuses_when_it_cannot_fit(tmp_path, monkeypatch):
+    usage = type(safety.shutil.disk_usage(tmp_path))
+    monkeypatch.setattr(safety.shutil, "disk_usage", lambda p: usage(10**9, 10**9 - 1000, 1000))
+    with pytest.raises(OutputError, match=r"writing .*big\.tif needs .* only 1000 B is free"):
+        io.write_stack(tmp_path / "big.tif", np.zeros((4, 64, 64), np.uint8))
+    with pytest.raises(OutputError, match=r"creating .*mm\.tif needs"):
+        io.create_stack(tmp_path / "mm.tif", (4, 64, 64), np.uint8)
+    assert os.listdir(tmp_path) == []
+
+
+def test_create_stack_reserves_blocks_and_cleans_up(tmp_path, monkeypatch):
+    calls = []
+    real_reserve = safety.reserve
+
+    def spy(p, n):
+        calls.append((str(p), n))
+        real_reserve(p, n)
+
+    monkeypatch.setattr(safety, "reserve", spy)
+    path = tmp_path / "p.tif"
+    mm = io.create_stack(path, (3, 8, 8), np.float32, kind="probabilities")
+    mm[:] = 0.5
+    mm.flush()
+    del mm
+    assert calls == [(str(path), path.stat().st_size)]
+    assert path.stat().st_size >= 3 * 8 * 8 * 4
+
+    def no_room(p, n):
+        raise OutputError(f"cannot write {p}: the disk is full")
+
+    monkeypatch.setattr(safety, "reserve", no_room)
+    with pytest.raises(OutputError, match="disk is full"):
+        io.create_stack(tmp_path / "q.tif", (3, 8, 8), np.float32, kind="probabilities")
+    assert not (tmp_path / "q.tif").exists()
+    assert sorted(os.listdir(tmp_path)) == ["p.tif"]
 
 
 # ------------------------------------------------------------------------------- labels

@@ -408,6 +408,58 @@ def test_battery_catches_contract_violations():
             check_strategy(fn, isolated=False)
 
 
+def test_battery_accepts_a_parameter_refusal_but_not_other_strategy_errors():
+    # a refusal (StrategyError naming the parameter) is fine where labelled slices rule
+    # out every unlabelled one; it must not stand in for "nothing to pick" elsewhere
+    def refuses_near_labelled(ctx, n, /, *, reach: int = 3):
+        lab = np.flatnonzero(ctx.labelled)
+        free = ctx.unlabelled_ids
+        if lab.size:
+            free = free[np.abs(free[:, None] - lab[None, :]).min(axis=1) >= reach]
+        if n > 0 and free.size == 0 and ctx.unlabelled_ids.size:
+            raise StrategyError(f"reach={reach} rules out every unlabelled slice")
+        return free[:n].astype(np.intp)
+
+    report = check_strategy(refuses_near_labelled, params={"reach": 30}, isolated=False)
+    assert "two slices, one labelled" in report.cases
+
+    def refuses_on_a_fresh_stack(ctx, n, /, *, k: int = 1):
+        if n > 0:
+            raise StrategyError(f"k={k} is never enough")
+        return np.empty(0, dtype=np.intp)
+
+    def refuses_without_saying_why(ctx, n, /):
+        if n > 0 and ctx.labelled.any() and not ctx.labelled.all():
+            raise StrategyError("cannot pick")
+        return ctx.unlabelled_ids[:n]
+
+    def refuses_naming_no_parameter(ctx, n, /, *, gap: int = 1):
+        if n > 0 and ctx.labelled.any() and not ctx.labelled.all():
+            raise StrategyError("too many gaps")  # "gaps" is not the parameter "gap"
+        return ctx.unlabelled_ids[:n]
+
+    def refuses_when_all_labelled(ctx, n, /, *, k: int = 1):
+        if n > 0 and ctx.labelled.all():
+            raise StrategyError(f"k={k}: nothing left")
+        return ctx.unlabelled_ids[:n]
+
+    def refuses_at_random(ctx, n, /, *, k: int = 1):
+        if n > 0 and ctx.labelled.any() and not ctx.labelled.all():
+            raise StrategyError(f"k={k}, draw {np.random.default_rng().integers(1 << 30)}")
+        return ctx.unlabelled_ids[:n]
+
+    cases = [
+        (refuses_on_a_fresh_stack, "fresh stack.*may refuse only when.*not when nothing is labelled"),
+        (refuses_without_saying_why, "must name the parameter.*may not refuse"),
+        (refuses_naming_no_parameter, "must name the parameter to change \\(one of: gap\\)"),
+        (refuses_when_all_labelled, "all labelled.*not when every slice is labelled"),
+        (refuses_at_random, "not deterministic.*refused"),
+    ]
+    for fn, match in cases:
+        with pytest.raises(AssertionError, match=match):
+            check_strategy(fn, isolated=False)
+
+
 def test_battery_detects_torch_needed_at_import(tmp_path, monkeypatch):
     pkg = tmp_path / "needs_torch_plugin.py"
     pkg.write_text(textwrap.dedent(

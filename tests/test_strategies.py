@@ -181,6 +181,26 @@ def test_spaced_entropy_returns_fewer_rather_than_break_the_gap():
     np.testing.assert_array_equal(ids, [4])  # 4 and 5 are >= 4 from 0 and 9, but 1 apart
 
 
+def test_spaced_entropy_refuses_when_the_gap_rules_out_every_unlabelled_slice():
+    # labelled every 6th slice: no unlabelled slice is 10 away from all of them; the
+    # farthest (29, after the last labelled 24) is 5 away, so min_gap=5 is suggested
+    ctx = ctx_of(30, range(0, 30, 6), entropy=np.ones(30, dtype=np.float32))
+    with pytest.raises(StrategyError) as err:
+        run_strategy("spaced_entropy", ctx, 3, {"min_gap": 10})
+    assert str(err.value) == (
+        "spaced_entropy: min_gap=10 leaves no unlabelled slice at least 10 slices from every labelled one "
+        "(25 unlabelled slices remain, the farthest 5 slices away); lower it, e.g. --param min_gap=5"
+    )
+    np.testing.assert_array_equal(run_strategy("spaced_entropy", ctx, 3, {"min_gap": 5}), [29])
+    # n = 0 (the dry run of prepare_query) and nothing left to label are no refusal
+    assert run_strategy("spaced_entropy", ctx, 0, {"min_gap": 10}).size == 0
+    assert run_strategy("spaced_entropy", ctx_of(4, range(4), entropy=np.ones(4)), 2, {"min_gap": 10}).size == 0
+    # unscored slices count too: all-NaN entropy is ruled out the same way
+    one_left = ctx_of(3, [0, 2], entropy=np.full(3, np.nan, dtype=np.float32))
+    with pytest.raises(StrategyError, match=r"\(1 unlabelled slice remains, the farthest 1 slice away\).*min_gap=1$"):
+        run_strategy("spaced_entropy", one_left, 1)
+
+
 def test_hybrid_splits_the_budget():
     ctx = random_context(200, seed=1, labelled=np.zeros(200, dtype=bool))
     ids = run_strategy("hybrid", ctx, 10, {"fraction": 0.3, "min_gap": 3})
