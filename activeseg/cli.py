@@ -90,6 +90,9 @@ def _setup_logging(debug: bool) -> None:
     logger.handlers[:] = [RichHandler(console=err_console, show_time=False, show_path=False)]
     logger.setLevel(logging.DEBUG if debug else logging.INFO)
     logger.propagate = False
+    # tifffile logs its parser's complaints ("invalid page offset ...", at level ERROR) as
+    # bare lines; activeseg says what is wrong with a file itself, in one line (--debug shows them)
+    logging.getLogger("tifffile").setLevel(logging.WARNING if debug else logging.CRITICAL)
 
 
 def _version(value: bool) -> None:
@@ -407,6 +410,13 @@ def _parse_ints(text: Optional[str], what: str) -> Optional[list[int]]:
         raise ConfigError(f"{what} must be comma-separated slice numbers like 0,120,240; got {text!r}") from None
 
 
+def _parse_values(text: str) -> tuple[int, int]:
+    """``--values solid,pore``, checked (two different numbers 0..255), with that message."""
+    from activeseg.loop import check_output_values
+
+    return check_output_values([t for t in text.replace(" ", "").split(",") if t])
+
+
 def _parse_params(items: list[str]) -> dict:
     from activeseg.errors import ConfigError
 
@@ -711,7 +721,7 @@ def export_cmd(
     """
     from activeseg import loop
 
-    vals = tuple(_parse_ints(values, "--values") or ())  # checked by the library before any work
+    vals = _parse_values(values)  # before --relink changes anything
     sess = _open(session, relink)
     existed = out.exists()
     with _progress() as progress:
@@ -735,7 +745,7 @@ def predict_cmd(
     """
     from activeseg import loop
 
-    vals = tuple(_parse_ints(values, "--values") or ())
+    vals = _parse_values(values)
     existed = out.exists()
     with _progress() as progress:
         res = loop.predict_to_file(model, stack, out, values=vals, probabilities=probabilities, progress=progress)

@@ -15,6 +15,7 @@ labels and seed).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -467,9 +468,9 @@ def bootstrap(
                     part.append(Correction(z, mask, drawn, "scribble"))
                 else:
                     full.append(Correction(z, mask, drawn, "corrected"))
-            if labels and part:
-                log.info("%d slice(s) of %s are only partly labelled; they train as scribbles", len(part), path)
         _check_two_classes(full + part, cfg.n_classes, labels)
+        if labels and part:  # said only for labels that are taken
+            log.info("%d slice(s) of %s are only partly labelled; they train as scribbles", len(part), labels)
         if part:
             _write_labels(session, m, rnd, part, kind="partial")
         if full:
@@ -492,8 +493,10 @@ def _score_slices_for(session: Session, n_slices: int) -> np.ndarray:
     return np.arange(0, n_slices, every)
 
 
-def _compute_scores(session: Session, image, names: Sequence[str], kind: str, version: str, model, rng, progress) -> dict:
-    """Scores (and embeddings) for the current model, cached per model version."""
+def _compute_scores(session: Session, image, names: Sequence[str], kind: str, version: str, model, rng, progress,
+                    *, save: bool = True) -> dict:
+    """Scores (and embeddings) for the current model, cached per model version
+    (``save=False``: the caller writes ``scores/VERSION.npz`` with what it commits)."""
     from activeseg import uncertainty
 
     cfg = _config(session)
@@ -527,7 +530,8 @@ def _compute_scores(session: Session, image, names: Sequence[str], kind: str, ve
         emb[zs] = e
         cached["embeddings"] = emb
         progress("embeddings", 1, 1)
-    session.save_npz(rel, **cached)
+    if save:
+        session.save_npz(rel, **cached)
     return cached
 
 
@@ -571,7 +575,10 @@ def query(
         with _image(session) as image:
             nz = int(image.shape[0])
             kind, version, model = current_model(session, image, progress=progress)
-            scores = _compute_scores(session, image, [*needs, "porosity"], kind, version, model, rng, progress)
+            # the score cache is written with the round: a refused or failed query leaves no file
+            scores_rel = f"scores/{version}.npz"
+            scores_before = set(session.load_npz(scores_rel)) if session.path(scores_rel).exists() else None
+            scores = _compute_scores(session, image, [*needs, "porosity"], kind, version, model, rng, progress, save=False)
             labelled = np.zeros(nz, bool)
             labelled[_full_slices(m)] = True
             for r in m["rounds"]:  # slices skipped by the user are not asked again
@@ -610,7 +617,7 @@ def query(
                 "status": "queried",
                 "model_version": version,
                 "model_kind": kind,
-                "scores_file": f"scores/{version}.npz",
+                "scores_file": scores_rel,
             }
             if len(picked) < n:
                 log.info("strategy %s picked %d of %d slices (spacing or pool size)", strategy, len(picked), n)
@@ -629,18 +636,54 @@ def query(
                 last["carried_out"] = {"to_round": idx, "slices": carried}
                 last["status"] = "trained" if last.get("status") == "trained" else "skipped"
                 m["rounds"][-1] = last
-            session.save_npz(f"rounds/r{idx:03d}/prefill.npz", slices=np.array(queried), masks=np.stack([prefill[z] for z in queried]))
-            if export:
-                from activeseg.oracle import export_for_correction, mask_name
+            try:
+                session.save_npz(f"rounds/r{idx:03d}/prefill.npz", slices=np.array(queried),
+                                 masks=np.stack([prefill[z] for z in queried]))
+                if export:
+                    from activeseg.oracle import export_for_correction, mask_name
 
-                export_for_correction(out, image, queried, prefill, radius=cfg.export_radius, voxel_size=cfg.geometry.voxel_size)
-                for z, src in edited.items():  # the person's work so far, in the new folder
-                    shutil.copyfile(src, out / mask_name(z))
-                rnd["exported"] = {str(z): (None if z in edited else os.stat(out / mask_name(z)).st_mtime_ns) for z in queried}
-        m["rounds"].append(rnd)
-        _store_rng(m, rng)
-        session.commit(m)
+                    export_for_correction(out, image, queried, prefill, radius=cfg.export_radius,
+                                          voxel_size=cfg.geometry.voxel_size)
+                    for z, src in edited.items():  # the person's work so far, in the new folder
+                        shutil.copyfile(src, out / mask_name(z))
+                    rnd["exported"] = {str(z): (None if z in edited else os.stat(out / mask_name(z)).st_mtime_ns)
+                                       for z in queried}
+                if scores_before is None or set(scores) - scores_before:
+                    session.save_npz(scores_rel, **scores)
+                m["rounds"].append(rnd)
+                _store_rng(m, rng)
+                session.commit(m)
+            except BaseException:
+                # nothing of an uncommitted round stays (a disk that filled mid-export, ...)
+                if not _on_disk(session, lambda d: len(d["rounds"]) > idx, unreadable=True):
+                    _discard(session, [f"rounds/r{idx:03d}", None if scores_before is not None else scores_rel])
+                raise
     return rnd
+
+
+def _on_disk(session: Session, get, unreadable=None):
+    """``get(manifest)`` of the manifest on disk (``unreadable`` when it cannot be read)."""
+    try:
+        return get(json.loads(session.path("activeseg.json").read_text()))
+    except (OSError, ValueError, KeyError, TypeError):
+        return unreadable
+
+
+def _discard(session: Session, rels) -> None:
+    """Remove files or folders of an uncommitted step (and ``rounds/rNNN``, ``rounds/`` left empty)."""
+    for rel in rels:
+        if rel is None:
+            continue
+        p = session.path(rel)
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                p.unlink()
+        for folder in (p.parent, p.parent.parent):
+            if folder != session.root and session.root in folder.parents:
+                with contextlib.suppress(OSError):
+                    folder.rmdir()  # only when empty
 
 
 def _edited_masks(session: Session, rnd: dict, slices: Sequence[int]) -> dict[int, Path]:
@@ -993,13 +1036,17 @@ def train(
             # the seed makes a retrained round's model a new directory: the committed one stays intact
             version = f"r{rnd['index']:03d}-{_labels_version(m)}-{seed:08x}"
             model_rel = f"{rdir}/model-{version}"
-            save_model(model, session.path(model_rel))
             metrics_rel = None
-            if evaluate and m.get("truth"):
-                ev = evaluate_model(session, model, image, progress=progress)
-                metrics_rel = session.write_json(f"{rdir}/metrics-{version}.json", ev)
-                rnd["metrics"] = ev["overall"]
-                rnd["metrics_named"] = ev["named_indices"]
+            try:
+                save_model(model, session.path(model_rel))
+                if evaluate and m.get("truth"):
+                    ev = evaluate_model(session, model, image, progress=progress)
+                    metrics_rel = session.write_json(f"{rdir}/metrics-{version}.json", ev)
+                    rnd["metrics"] = ev["overall"]
+                    rnd["metrics_named"] = ev["named_indices"]
+            except BaseException:  # a full disk, ...: the uncommitted network and its folders go
+                _discard(session, [model_rel, f"{rdir}/metrics-{version}.json"])
+                raise
         rnd["status"] = "trained"
         rnd["train"] = {
             "seed": seed,
@@ -1015,7 +1062,12 @@ def train(
         m["rounds"][-1] = rnd
         m["model"] = {"path": model_rel, "version": version, "round": rnd["index"]}
         _store_rng(m, rng)
-        session.commit(m)
+        try:
+            session.commit(m)
+        except BaseException:
+            if _on_disk(session, lambda d: (d.get("model") or {}).get("path"), unreadable=model_rel) != model_rel:
+                _discard(session, [model_rel, metrics_rel])
+            raise
     return {"round": rnd["index"], "model": model_rel, "history": rnd["train"], "metrics": rnd.get("metrics"),
             "n_labelled": len(_full_slices(m))}
 
@@ -1120,7 +1172,8 @@ def check_output_values(values: Sequence[int]) -> tuple[int, int]:
 
 
 def _segment_to_file(model, image, out: Path, *, voxel_size, probabilities: bool, values: tuple[int, int],
-                     fixed: dict[int, np.ndarray] | None = None, progress: Progress = _noop) -> list[float]:
+                     fixed: dict[int, np.ndarray] | None = None, progress: Progress = _noop,
+                     before_replace: Callable[[list[float]], None] | None = None) -> list[float]:
     """Segment every slice of ``image`` into the TIFF ``out``; returns the porosity per slice.
 
     ``values`` must already be checked (:func:`check_output_values`).
@@ -1128,7 +1181,10 @@ def _segment_to_file(model, image, out: Path, *, voxel_size, probabilities: bool
     Writes the float32 pore probability (``probabilities``) or uint8 ``values`` for
     solid/pore; slices in ``fixed`` (z -> 0/1 mask) are taken from their labels. The
     stacks are written beside ``out`` under temporary names and moved into place at the
-    end; a failure or a kill leaves ``out`` as it was and removes the temporary files.
+    end; a failure or a kill leaves ``out`` as it was and removes the temporary files
+    (and the folders made for ``out``). ``before_replace(porosity)`` writes what goes with
+    ``out`` (its porosity table) before it is moved into place, so that a failure there
+    also leaves ``out`` as it was.
     """
     from activeseg import io
 
@@ -1139,7 +1195,9 @@ def _segment_to_file(model, image, out: Path, *, voxel_size, probabilities: bool
     check_free_space(out.parent, n_vox * (4 if probabilities else 5), what=f"writing {out}")
     tmp_prob = out.with_name(f".{out.name}.prob.tmp")
     tmp_seg = out.with_name(f".{out.name}.tmp")
+    made = [p for p in (out.parent, *out.parent.parents) if not p.exists()]
     porosity: list[float] = []
+    done = False
     try:
         prob = io.create_stack(tmp_prob, (nz, ny, nx), np.float32, voxel_size=voxel_size, kind="probabilities")
         _predict_pore_prob(model, image, prob, progress=progress)
@@ -1149,6 +1207,8 @@ def _segment_to_file(model, image, out: Path, *, voxel_size, probabilities: bool
             porosity = [float(np.mean(np.asarray(prob[z]) >= 0.5)) for z in range(nz)]
             prob.flush()
             del prob
+            if before_replace is not None:
+                before_replace(porosity)
             _replace(tmp_prob, out)
         else:
             seg = io.create_stack(tmp_seg, (nz, ny, nx), np.uint8, voxel_size=voxel_size, kind="labels")
@@ -1158,10 +1218,27 @@ def _segment_to_file(model, image, out: Path, *, voxel_size, probabilities: bool
                 seg[z] = np.where(lab == 1, hi, lo).astype(np.uint8)
             seg.flush()
             del seg, prob
+            if before_replace is not None:
+                before_replace(porosity)
             _replace(tmp_seg, out)
+        done = True
+    except OutputError as exc:  # name the output the user gave, not our hidden temporary file
+        msg = str(exc)
+        for tmp in (tmp_prob, tmp_seg):
+            msg = msg.replace(str(tmp), str(out))
+        raise OutputError(msg) from exc
     finally:
         for tmp in (tmp_prob, tmp_seg):
-            tmp.unlink(missing_ok=True)
+            try:
+                tmp.unlink(missing_ok=True)
+            except OSError:  # e.g. EROFS: nothing was made there; never hide the real error
+                pass
+        if not done:
+            for folder in made:  # only empty folders go
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
     return porosity
 
 
@@ -1197,12 +1274,15 @@ def export_segmentation(
         check_output(path, inputs=session_inputs(session), sessions=[session.root], option=option)
     cfg = _config(session)
     full = labels_dict(session, kinds=("full",))
+
+    def write_table(porosity: list[float]) -> None:
+        atomic_write_bytes(csv, ("z,porosity,labelled\n" + "".join(
+            f"{z},{p:.6f},{int(z in full)}\n" for z, p in enumerate(porosity))).encode())
+
     with _image(session) as image:
         kind, version, model = current_model(session, image, progress=progress)
         porosity = _segment_to_file(model, image, out, voxel_size=cfg.geometry.voxel_size, probabilities=probabilities,
-                                    values=values, fixed=full, progress=progress)
-    atomic_write_bytes(csv, ("z,porosity,labelled\n" + "".join(
-        f"{z},{p:.6f},{int(z in full)}\n" for z, p in enumerate(porosity))).encode())
+                                    values=values, fixed=full, progress=progress, before_replace=write_table)
     return {"out": str(out), "porosity_csv": str(csv), "model": version, "kind": kind, "porosity": float(np.mean(porosity))}
 
 
@@ -1213,18 +1293,18 @@ def predict_to_file(model_path: Path, stack: Path, out: Path, *, values: tuple[i
 
     values = check_output_values(values)
     model_path = Path(model_path)
-    inputs: list[tuple[str, str | None]] = [("stack to segment", str(stack)), ("model", str(model_path))]
+    inputs: list[tuple[str, str | None]] = [("stack to segment", str(stack))]
     sessions = []
     if (model_path / "activeseg.json").exists():
         s = Session.open(model_path)
         if not s.manifest.get("model"):
             raise SessionError(f"session {model_path} has no trained network yet; run `activeseg train {_q(model_path)}`")
         model_dir = s.path(s.manifest["model"]["path"])
-        inputs += session_inputs(s)
-        sessions.append(s.root)
+        inputs += [("session's network", str(model_dir)), *session_inputs(s)]
+        sessions.append(s.root)  # named as a session (OUT may go to its exports/ folder)
     else:
         model_dir = model_path
-        sessions.append(model_path)  # nothing is written into a model folder
+        inputs.append(("model", str(model_path)))  # nothing is written into a model folder
     check_output(out, inputs=inputs, sessions=sessions, option="OUT")
     model = load_model(model_dir)
     with io.open_stack(stack) as image:

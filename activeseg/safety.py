@@ -113,6 +113,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """
     path = Path(path)
     tmp: Path | None = None
+    made = [p for p in (path.parent, *path.parent.parents) if not p.exists()]  # folders this write creates
+    done = False
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -124,6 +126,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
         tmp = None
+        done = True
         _fsync_dir(path.parent)
     except OutputError:
         raise
@@ -135,6 +138,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
                 tmp.unlink()
             except OSError:
                 pass
+        if not done:  # a failed write leaves no folder behind either (only empty ones it made go)
+            for folder in made:
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:

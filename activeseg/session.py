@@ -125,7 +125,15 @@ class _Lock:
                 "activeseg writes sessions on Linux and macOS only: it needs POSIX file locks to keep two "
                 "processes from writing one session; on Windows run it under WSL"
             ) from None
-        fh = open(self.path, "a+")
+        try:
+            fh = open(self.path, "a+")
+        except OSError as exc:
+            why = (exc.strerror or str(exc)).lower()  # "read-only file system", "permission denied"
+            raise SessionError(
+                f"session {self.path.parent} cannot be written ({why}: {self.path.name}); to change it, make the "
+                "folder writable, or copy the session folder to a writable place and use the copy (reading "
+                "commands such as `activeseg status` work as it is)"
+            ) from None
         try:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
