@@ -1,6 +1,6 @@
 """Random Forest bootstrap stage: fit on a few labelled slices or scribbles, predict lazily.
 
-The paper's first stage (DESIGN.md §1): a Random Forest on pixel features
+The paper's first stage (docs/architecture.md §1): a Random Forest on pixel features
 (:mod:`activeseg.features`) turns scribbles or a few fully labelled slices into a
 pre-segmentation of any slice, and its uncertainty seeds the first query before any
 network exists.
@@ -25,25 +25,24 @@ from __future__ import annotations
 
 import logging
 import mmap
-import queue
-import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
+from joblib import effective_n_jobs
 
 from activeseg.errors import ConfigError, LabelError, ModelError
 from activeseg.features import (
     FeatureConfig,
-    check_image,
-    check_slices,
     feature_names,
     iter_feature_blocks,
     resolve_geometry,
 )
 from activeseg.geometry import Geometry
+from activeseg.prefetch import prefetch
 from activeseg.uncertainty import entropy, margin, reduce_slices
+from activeseg.validation import check_slices, check_stack
 
 __all__ = [
     "UNLABELLED",
@@ -59,7 +58,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 UNLABELLED = 255
-"""Label value of unlabelled pixels (in-memory convention, DESIGN.md §3)."""
+"""Label value of unlabelled pixels (in-memory convention, docs/architecture.md §3)."""
 
 MAX_PIXELS = 100_000
 """Default cap on training pixels (stratified sample over labelled slices and classes)."""
@@ -298,9 +297,9 @@ def fit_rf(
 
 
 def _fit(image, labels, *, params: RFParams, features: FeatureConfig, geometry, seed: int, n_jobs: int) -> RFModel:
-    from sklearn.ensemble import RandomForestClassifier
+    from sklearn.ensemble import RandomForestClassifier  # heavy (about 2 s): only when a forest is fitted
 
-    shape = check_image(image)
+    shape = check_stack(image)
     masks = _label_slices(labels, shape)
     n_classes, class_counts = _check_values(masks, params.n_classes)
     params = replace(params, n_classes=n_classes)
@@ -399,8 +398,6 @@ def refit_rf(image, labels, spec: Mapping, *, n_jobs: int = -1) -> RFModel:
 
 
 def _n_workers(n_jobs: int, n_tasks: int) -> int:
-    from joblib import effective_n_jobs
-
     return max(1, min(int(effective_n_jobs(n_jobs)), n_tasks))
 
 
@@ -494,7 +491,7 @@ class RFModel:
     def _features(self, image, slices, block: int):
         """Feature blocks of sorted unique ``slices``, computed one block ahead in a thread."""
         blocks = iter_feature_blocks(image, slices, config=self.features, geometry=self.geometry, block=block, buffers=2)
-        return _prefetch(blocks, n_buffers=2)
+        return prefetch(blocks, depth=1, name="activeseg-features")  # 2 buffers: the one in use + the next
 
     def _stream(self, image, slices, block: int):
         """Yield (z, probs float32 (C, Y, X)) for sorted unique ``slices``."""
@@ -504,7 +501,7 @@ class RFModel:
                 yield int(z), self._group_proba(feats[i : i + 1], all_trees)[0, 0]
 
     def _check(self, image, slices) -> tuple[tuple[int, int, int], np.ndarray]:
-        shape = check_image(image)
+        shape = check_stack(image)
         return shape, check_slices(slices, shape[0])
 
     # -- public API --------------------------------------------------------------------
@@ -662,58 +659,6 @@ def _release_pages(out, z: int) -> None:
             mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
     except (ValueError, OSError, TypeError, BufferError):
         return
-
-
-class _Failed:
-    def __init__(self, exc: BaseException) -> None:
-        self.exc = exc
-
-
-_DONE = object()
-
-
-def _prefetch(items: Iterator, n_buffers: int = 2) -> Iterator:
-    """Produce ``items`` in a background thread, one item ahead of the consumer.
-
-    The feature filters (scipy.ndimage, numpy) release the GIL, so the next slice's
-    features are computed while the forest (its own threads) predicts this one. The
-    producer only starts an item when fewer than ``n_buffers`` items are alive (the one
-    the consumer holds counts until it asks for the next), so an ``items`` iterator that
-    writes into a ring of ``n_buffers`` buffers never overwrites one in use.
-    """
-    q: queue.Queue = queue.Queue()
-    free = threading.Semaphore(n_buffers)
-    stop = threading.Event()
-
-    def produce() -> None:
-        try:
-            while True:
-                while not free.acquire(timeout=0.05):
-                    if stop.is_set():
-                        return
-                if stop.is_set():
-                    return
-                item = next(items, _DONE)
-                q.put(item)
-                if item is _DONE:
-                    return
-        except BaseException as exc:  # re-raised in the consumer
-            q.put(_Failed(exc))
-
-    worker = threading.Thread(target=produce, name="activeseg-features", daemon=True)
-    worker.start()
-    try:
-        while True:
-            item = q.get()
-            if item is _DONE:
-                return
-            if isinstance(item, _Failed):
-                raise item.exc
-            yield item
-            free.release()  # the consumer is done with ``item``
-    finally:
-        stop.set()
-        worker.join()
 
 
 def _positions(req: np.ndarray) -> dict[int, list[int]]:

@@ -1,11 +1,11 @@
-"""Pixel features for the Random Forest bootstrap stage (DESIGN.md §1, §7).
+"""Pixel features for the Random Forest bootstrap stage (docs/architecture.md §1, §7).
 
 An ilastik-style bank of 2D multi-scale filters per slice (Gaussian smoothing, gradient
 magnitude, Laplacian of Gaussian, difference of Gaussians, Hessian and structure-tensor
 eigenvalues) plus **z-context** features for pore-back: differences to smoothed
 neighbouring slices, and **parallax** features that compare slice ``k`` with slice
 ``k + j`` shifted in y by ``j * shift_per_slice`` (a back wall seen as a ghost in slice
-``k`` is cut ``j`` slices later, displaced by ``s * j * dz * cot(alpha)``; DESIGN.md §7).
+``k`` is cut ``j`` slices later, displaced by ``s * j * dz * cot(alpha)``; docs/architecture.md §7).
 
 Features are float32 and computed per block of slices: only the requested slices and
 their z-context neighbours are read, so memory does not grow with the stack depth.
@@ -28,7 +28,8 @@ import numpy as np
 from scipy import ndimage
 
 from activeseg.errors import ConfigError, StackError
-from activeseg.geometry import Geometry
+from activeseg.geometry import Geometry, shift_rows
+from activeseg.validation import check_slices, check_stack
 
 __all__ = [
     "FeatureConfig",
@@ -41,8 +42,6 @@ __all__ = [
     "all_scales",
     "FAMILIES",
     "feature_embeddings",
-    "check_image",
-    "check_slices",
 ]
 
 log = logging.getLogger(__name__)
@@ -242,45 +241,6 @@ def feature_names(config: FeatureConfig) -> list[str]:
     return names
 
 
-# --- input checks ---------------------------------------------------------------------
-
-
-def check_image(image) -> tuple[int, int, int]:
-    """Validate a ``(Z, Y, X)`` image array-like and return its shape."""
-    shape = getattr(image, "shape", None)
-    if shape is None:
-        raise StackError(f"image must be a (Z, Y, X) array or stack, got {type(image).__name__}")
-    shape = tuple(int(s) for s in shape)
-    if len(shape) == 4 and shape[-1] in (3, 4):
-        raise StackError(f"image has shape {shape}: looks like RGB(A); convert it to grayscale (Z, Y, X)")
-    if len(shape) != 3:
-        raise StackError(f"image must be (Z, Y, X), got shape {shape}; a single slice needs a leading axis: image[None]")
-    if min(shape) < 1:
-        raise StackError(f"image is empty, shape {shape}")
-    dtype = np.dtype(getattr(image, "dtype", np.float32))
-    if dtype.kind not in "uif" and dtype != np.bool_:
-        raise StackError(f"image dtype must be integer or float, got {dtype}")
-    return shape  # type: ignore[return-value]
-
-
-def check_slices(slices, n_slices: int) -> np.ndarray:
-    """Validate global slice ids against a stack of ``n_slices``; returns int64 (n,)."""
-    if slices is None:
-        return np.arange(n_slices, dtype=np.int64)
-    arr = np.asarray(slices)
-    if arr.ndim == 0:
-        arr = arr[None]
-    if arr.ndim != 1 or (arr.size and arr.dtype.kind not in "iu"):
-        raise ConfigError(f"slices must be a 1D sequence of integer slice ids, got {slices!r}")
-    arr = arr.astype(np.int64)
-    if arr.size and (arr.min() < 0 or arr.max() >= n_slices):
-        raise ConfigError(
-            f"slice ids must lie in 0..{n_slices - 1} (global z indices; negative indices are not allowed), "
-            f"got {arr.min()}..{arr.max()}"
-        )
-    return arr
-
-
 # --- low-level filters ------------------------------------------------------------------
 
 
@@ -377,22 +337,6 @@ def _eig2(a: np.ndarray, b: np.ndarray, c: np.ndarray, out1: np.ndarray, out2: n
     np.subtract(out1, out2, out=tmp)
     out1 += out2
     out2[...] = tmp
-
-
-def _shift_rows(img: np.ndarray, t: float) -> np.ndarray:
-    """``out[y] = img(y + t)`` with linear interpolation in y and clamped edges."""
-    y = img.shape[0]
-    fl = math.floor(t)
-    f = np.float32(t - fl)
-    base = np.arange(y) + fl
-    i0 = np.clip(base, 0, y - 1)
-    if f == 0:
-        return img[i0]
-    i1 = np.clip(base + 1, 0, y - 1)
-    out = img[i0]
-    out *= np.float32(1.0) - f
-    out += f * img[i1]
-    return out
 
 
 def _bank_2d(img: np.ndarray, config: FeatureConfig, out: np.ndarray) -> int:
@@ -494,7 +438,7 @@ def estimate_beam_sign(
     -------
     int, +1 or -1 (and the evidence, a float, when ``return_evidence``).
     """
-    z, y, _ = check_image(image)
+    z, y, _ = check_stack(image)
     if z < 2:
         raise StackError(
             f"cannot estimate the beam sign from {z} slice(s); give geometry.beam_sign (+1 or -1) "
@@ -541,7 +485,7 @@ def resolve_geometry(image, geometry: Geometry | None, config: FeatureConfig | N
     """
     geometry = geometry or Geometry()
     if geometry.beam_sign is None and (config is None or config.needs_beam_sign):
-        if check_image(image)[0] < 2:
+        if check_stack(image)[0] < 2:
             return geometry.with_sign(1)
         sign = estimate_beam_sign(image, geometry=geometry)
         log.info("estimated beam sign %+d", sign)
@@ -583,7 +527,7 @@ def iter_feature_blocks(
     ------
     (ids, feats): int64 (b,) sorted slice ids and float32 (b, F, Y', X') features.
     """
-    z, _, _ = check_image(image)
+    z, _, _ = check_stack(image)
     ids = np.unique(check_slices(slices, z))
     if block < 1:
         raise ConfigError(f"block must be >= 1, got {block}")
@@ -649,7 +593,7 @@ def iter_feature_blocks(
             p0 = f
             for j in config.parallax_offsets:
                 other = cache[min(max(k + j, 0), z - 1)][1]
-                np.subtract(ctx, _shift_rows(other, j * step), out=feats[i, f])
+                np.subtract(ctx, shift_rows(other, j * step), out=feats[i, f])
                 f += 1
             if config.parallax_min:
                 np.min(np.abs(feats[i, p0 : p0 + n_pz]), axis=0, out=feats[i, f])
@@ -674,7 +618,7 @@ def compute_features(
     ``geometry.beam_sign`` is None and parallax features are on, the sign is estimated
     from the stack on every call; resolve it once with :func:`resolve_geometry` instead.
     """
-    z, y, x = check_image(image)
+    z, y, x = check_stack(image)
     req = check_slices(slices, z)
     out = np.empty((req.size, config.n_features, y, x), dtype=np.float32)
     if req.size == 0:
@@ -705,7 +649,7 @@ def feature_embeddings(
     for diversity before any network exists. Rows follow ``slices`` order. Columns have
     different units; standardise them across the pool before using Euclidean distances.
     """
-    z, _, _ = check_image(image)
+    z, _, _ = check_stack(image)
     req = check_slices(slices, z)
     if downsample < 1:
         raise ConfigError(f"downsample must be >= 1, got {downsample}")

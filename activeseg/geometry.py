@@ -1,4 +1,4 @@
-"""Acquisition geometry of a FIB-SEM stack (DESIGN.md §3, §7).
+"""Acquisition geometry of a FIB-SEM stack (docs/architecture.md §3, §7).
 
 Frame: z = milling direction (slice 0 milled first), y = image vertical (in-face
 direction along the ion beam), x = image horizontal. The electron beam makes angle
@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from typing import Literal
+
+import numpy as np
 
 from activeseg.errors import ConfigError
 
-__all__ = ["Geometry", "VoxelSize"]
+__all__ = ["Geometry", "VoxelSize", "shift_rows"]
 
 VoxelSize = tuple[float, float, float]
 """Voxel size ``(z, y, x)`` in nanometres."""
@@ -92,3 +95,57 @@ class Geometry:
             alpha_deg=float(d.get("alpha_deg", 52.0)),
             beam_sign=d.get("beam_sign"),
         )
+
+
+def shift_rows(img: np.ndarray, t: float, *, edges: Literal["clamp", "copy"] = "clamp") -> np.ndarray:
+    """Shift along y (axis -2) by ``t`` rows: ``out[..., y, :] = img(y + t)``, linear interpolation.
+
+    This is the parallax shift: a back wall seen as a ghost moves by
+    ``Geometry.shift_per_slice`` rows per slice of depth (§7), so the RF's parallax
+    features compare slice ``k`` with slice ``k + j`` shifted by ``j * shift_per_slice``,
+    and the simulator moves ghost signal by its sub-pixel shear residual.
+
+    Parameters
+    ----------
+    img : float32 ``(..., Y, X)``; not modified.
+    t : shift in rows (any real for ``edges="clamp"``; meant for ``|t| <= 1`` with
+        ``edges="copy"``, beyond which it extrapolates).
+    edges : how rows whose source lies beyond the first / last row are filled.
+
+        - "clamp": source rows are clamped to ``[0, Y - 1]``, so such a row interpolates
+          between copies of the edge row. Weights come from the fractional part
+          ``t - floor(t)`` (the RF's parallax features).
+        - "copy": for ``0 < |t|``, the one row whose neighbour lies outside is a copy of
+          the edge row. Weights are ``1 - |t|`` on the row itself and ``|t|`` on its
+          neighbour towards ``sign(t)`` (the simulator).
+
+        The two agree up to float32 rounding in the interior; each reproduces its
+        caller's numbers bit for bit.
+
+    Returns
+    -------
+    A new array, same shape and dtype as ``img``.
+    """
+    n = img.shape[-2]
+    rows = np.arange(n)
+    if edges == "clamp":
+        base = math.floor(t)
+        w_far = np.float32(t - base)
+        w_near = np.float32(1.0) - w_far
+        near, far = rows + base, rows + base + 1
+    elif edges == "copy":
+        w_far = np.float32(abs(t))
+        w_near = np.float32(1.0 - abs(t))
+        near, far = rows, rows + (1 if t >= 0 else -1)
+    else:
+        raise ConfigError(f"edges must be 'clamp' or 'copy', got {edges!r}")
+    near = np.clip(near, 0, n - 1)
+    out = img[..., near, :]
+    if w_far == 0:
+        return out
+    out *= w_near
+    out += w_far * img[..., np.clip(far, 0, n - 1), :]
+    if edges == "copy":
+        outside = (far < 0) | (far >= n)
+        out[..., outside, :] = img[..., near[outside], :]
+    return out

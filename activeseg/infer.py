@@ -1,4 +1,9 @@
-"""Whole-stack inference with a :class:`~activeseg.model.SegModel` (DESIGN.md §3, §6).
+"""Whole-stack inference with a trained network (docs/architecture.md §3, §6).
+
+The functions work on any :class:`InferenceModel`: an object with ``net``, ``config``,
+``norm``, ``device`` and ``make_input`` (:class:`activeseg.network.SegModel` is one).
+They share one :class:`InferenceOptions` (device, batch size, tiling, autocast, memory
+format, batch-norm folding).
 
 - :func:`predict_stack` gives float32 ``(n, C, Y, X)`` class probabilities for chosen
   slices, or streams the pore probability into a ``(Z, Y, X)`` ``out`` array (e.g. a
@@ -24,20 +29,25 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
-from dataclasses import dataclass
-from typing import Any
+from contextlib import closing, nullcontext
+from dataclasses import dataclass, replace
+from typing import Any, Protocol, runtime_checkable
+from weakref import WeakKeyDictionary
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from activeseg.errors import ConfigError, ModelError
-from activeseg.model import SegModel, check_stack, check_slices, resolve_device
+from activeseg.model import ModelConfig, network_multiple, resolve_device
+from activeseg.prefetch import prefetch
+from activeseg.validation import check_slices, check_stack
 
 __all__ = [
+    "InferenceModel",
+    "InferenceOptions",
     "predict_stack",
     "mc_dropout_proba",
     "tta_proba",
@@ -47,6 +57,8 @@ __all__ = [
     "fuse_batchnorm",
     "tile_plan",
     "pad_to_multiple",
+    "resolve_autocast",
+    "weights_fingerprint",
 ]
 
 CPU_CHANNELS_LAST = True
@@ -56,6 +68,96 @@ DEFAULT_TILE = 1024
 DEFAULT_OVERLAP = 64
 
 ProgressCallback = Callable[[int, int], None]
+
+_AUTOCAST = ("auto", "bf16", "off", "none", None)
+
+
+@runtime_checkable
+class InferenceModel(Protocol):
+    """What inference needs of a model (:class:`activeseg.network.SegModel` has it).
+
+    Attributes
+    ----------
+    net : the torch module (smp-style: ``encoder``, ``decoder``, ``segmentation_head``
+        for MC dropout and embeddings); never modified, inference runs on a prepared copy.
+    config : the :class:`~activeseg.model.ModelConfig` it was built from (classes,
+        context offsets, encoder depth).
+    norm : (lo, hi) raw intensities mapped to -1 / +1.
+    device : the model's default device (the functions here use ``options.device``).
+    """
+
+    net: nn.Module
+    config: ModelConfig
+    norm: tuple[float, float]
+    device: str
+
+    def make_input(self, image: Any, slices: Sequence[int]) -> np.ndarray:
+        """Normalised 2.5D input float32 ``(n, K, Y, X)`` of global slice ids."""
+        ...
+
+
+@dataclass(frozen=True)
+class InferenceOptions:
+    """How the network is run; shared by :func:`predict_stack`, :func:`mc_dropout_proba`,
+    :func:`tta_proba` and :func:`encoder_embeddings`.
+
+    None of these changes what is computed, only how (results agree to float rounding;
+    bf16 autocast to bf16 rounding).
+
+    Parameters
+    ----------
+    device : "auto" (CUDA -> MPS -> CPU), "cpu", "cuda", "cuda:N", "mps" or a
+        ``torch.device``.
+    batch_size : slices (or tiles) per forward pass; None = 4 on CPU, 16 on CUDA.
+    tile, overlap : slices larger than ``tile`` pixels in y or x are predicted in tiles
+        of ``tile`` pixels overlapping by at least ``overlap``, blended with a smooth
+        window; ``tile >= 16``, ``0 <= overlap <= tile / 2`` (checked by the functions
+        that blend tiles: the default overlap needs ``tile >= 128``).
+    autocast : "auto" (bf16 on a CUDA GPU with native bf16), "bf16" (also on CPU), "off".
+    channels_last : None = on CUDA and on CPU (faster there, see BENCHMARKS.md).
+    fuse : fold batch norm into the preceding convolutions of the prepared copy
+        (:func:`fuse_batchnorm`); False runs the layers as built (for ablations).
+
+    Raises
+    ------
+    ConfigError
+        A value of the wrong type or out of range.
+    """
+
+    device: str | torch.device = "auto"
+    batch_size: int | None = None
+    tile: int = DEFAULT_TILE
+    overlap: int = DEFAULT_OVERLAP
+    autocast: str = "auto"
+    channels_last: bool | None = None
+    fuse: bool = True
+
+    def __post_init__(self) -> None:
+        b, tile, overlap = self.batch_size, self.tile, self.overlap
+        if b is not None and (not isinstance(b, (int, np.integer)) or b < 1):
+            raise ConfigError(f"batch_size must be a positive integer, got {b!r}")
+        if not isinstance(tile, (int, np.integer)) or tile < 16:
+            raise ConfigError(f"tile must be an integer >= 16 pixels, got {tile!r}")
+        if not isinstance(overlap, (int, np.integer)) or overlap < 0:
+            raise ConfigError(f"overlap must be an integer in [0, tile/2], got {overlap!r} for tile {tile}")
+        if self.autocast not in _AUTOCAST:
+            raise ConfigError(f"autocast must be 'auto', 'bf16' or 'off', got {self.autocast!r}")
+        if self.channels_last not in (None, True, False):
+            raise ConfigError(f"channels_last must be None, True or False, got {self.channels_last!r}")
+        if self.fuse not in (True, False):
+            raise ConfigError(f"fuse must be True or False, got {self.fuse!r}")
+
+
+def _options(options: InferenceOptions | None, *, tiles_overlap: bool = True) -> InferenceOptions:
+    """The options to use (None = defaults); with ``tiles_overlap``, check ``overlap <= tile / 2``
+    (only where overlapping tiles are blended, so embeddings accept any ``tile >= 16``)."""
+    if options is None:
+        options = InferenceOptions()
+    elif not isinstance(options, InferenceOptions):
+        raise ConfigError(f"options must be an InferenceOptions, got {type(options).__name__}")
+    if tiles_overlap and not options.overlap < options.tile // 2 + 1:
+        raise ConfigError(f"overlap must be an integer in [0, tile/2], got {options.overlap!r} for tile {options.tile}")
+    return options
 
 
 @dataclass(frozen=True)
@@ -82,8 +184,6 @@ DEFAULT_TTA: tuple[TTATransform, ...] = (
 
 
 def _fuse_pair(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
-    from torch.nn.utils.fusion import fuse_conv_bn_eval
-
     return fuse_conv_bn_eval(conv, bn)
 
 
@@ -95,6 +195,7 @@ def fuse_batchnorm(net: nn.Module) -> int:
     and ``convN``/``bnN`` of torchvision ResNet stems and blocks. Call on a copy in
     eval mode. Returns the number of fused pairs.
     """
+    # torchvision: heavy (about 2 s); smp has imported it anyway once a network exists
     from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
     fused = 0
@@ -214,42 +315,49 @@ def resolve_autocast(autocast: str, device: torch.device) -> torch.dtype | None:
     raise ConfigError(f"autocast must be 'auto', 'bf16' or 'off', got {autocast!r}")
 
 
-def _prepare(
-    model: SegModel,
-    *,
-    device: str | torch.device,
-    autocast: str,
-    channels_last: bool | None,
-    mc_dropout: bool = False,
-    fuse: bool = True,
-) -> _Runner:
-    if not isinstance(model, SegModel):
-        raise ModelError(f"expected a SegModel, got {type(model).__name__}")
-    dev = resolve_device(device)
+def weights_fingerprint(net: nn.Module) -> tuple:
+    """Changes whenever ``net`` is replaced or any parameter/buffer is modified in place
+    (keys the cache of prepared inference copies)."""
+    return (id(net),) + tuple((id(t), t._version) for t in net.state_dict(keep_vars=True).values())
+
+
+_PREPARED: WeakKeyDictionary = WeakKeyDictionary()
+"""net -> {(device, channels_last, mc_dropout, fuse): (fingerprint, prepared copy)}; an
+entry goes with its network."""
+
+
+def _prepare(model: InferenceModel, options: InferenceOptions, *, mc_dropout: bool = False) -> _Runner:
+    if not isinstance(model, InferenceModel):
+        raise ModelError(
+            f"expected a model with net, config, norm, device and make_input (a SegModel), got {type(model).__name__}"
+        )
+    dev = resolve_device(options.device)
+    channels_last, fuse = options.channels_last, options.fuse
     if channels_last is None:
         channels_last = dev.type == "cuda" or (dev.type == "cpu" and CPU_CHANNELS_LAST)
-    # a prepared (copied, folded, moved) network is cached on the model until its weights change
+    # a prepared (copied, folded, moved) network is cached for the model's network until its weights change
     key = (str(dev), bool(channels_last), bool(mc_dropout), bool(fuse))
-    fp = model.weights_fingerprint()
-    hit = model._cache.get(key)
+    fp = weights_fingerprint(model.net)
+    cache = _PREPARED.setdefault(model.net, {})
+    hit = cache.get(key)
     if hit is not None and hit[0] == fp:
         net = hit[1]
     else:
         net = _prepared_net(model, dev, bool(channels_last), mc_dropout, fuse)
-        if len(model._cache) >= 3:
-            model._cache.clear()
-        model._cache[key] = (fp, net)
+        if len(cache) >= 3:
+            cache.clear()
+        cache[key] = (fp, net)
     return _Runner(
         net=net,
         device=dev,
-        amp_dtype=resolve_autocast(autocast, dev),
+        amp_dtype=resolve_autocast(options.autocast, dev),
         channels_last=bool(channels_last),
-        multiple=model.multiple,
-        n_classes=model.n_classes,
+        multiple=network_multiple(model.net, model.config),
+        n_classes=model.config.n_classes,
     )
 
 
-def _prepared_net(model: SegModel, dev: torch.device, channels_last: bool, mc_dropout: bool, fuse: bool) -> nn.Module:
+def _prepared_net(model: InferenceModel, dev: torch.device, channels_last: bool, mc_dropout: bool, fuse: bool) -> nn.Module:
     net = copy.deepcopy(model.net).to("cpu")
     net.eval()
     if fuse:
@@ -309,7 +417,7 @@ def _forward(runner: _Runner, x: np.ndarray, mode: str, n_samples: int, transfor
 
 def _run_blocks(
     runner: _Runner,
-    model: SegModel,
+    model: InferenceModel,
     image: Any,
     slices: np.ndarray,
     *,
@@ -335,16 +443,13 @@ def _run_blocks(
         for y0, y1, x0, x1, win in plan:
             wsum[y0:y1, x0:x1] += win
 
-    def load(s0: int) -> np.ndarray:
-        return model.make_input(image, slices[s0 : s0 + per_chunk])
+    def load(s0: int) -> tuple[int, np.ndarray]:
+        return s0, model.make_input(image, slices[s0 : s0 + per_chunk])
 
     # read the next block's context slices while the current one is computed
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        future = pool.submit(load, starts[0]) if starts else None
-        for k, s0 in enumerate(starts):
-            x = future.result()
-            if k + 1 < len(starts):
-                future = pool.submit(load, starts[k + 1])
+    blocks = prefetch(starts, load, depth=1, name="activeseg-infer-read")
+    with closing(blocks):  # an early exit joins the reader thread now, not at garbage collection
+        for s0, x in blocks:
             b = x.shape[0]
             if not tiled:
                 probs = np.concatenate(
@@ -366,15 +471,6 @@ def _run_blocks(
                 callback(s0 + b, n)
 
 
-def _check_common(batch_size: int, tile: int, overlap: int) -> None:
-    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
-    if not isinstance(tile, (int, np.integer)) or tile < 16:
-        raise ConfigError(f"tile must be an integer >= 16 pixels, got {tile!r}")
-    if not isinstance(overlap, (int, np.integer)) or not 0 <= overlap < tile // 2 + 1:
-        raise ConfigError(f"overlap must be an integer in [0, tile/2], got {overlap!r} for tile {tile}")
-
-
 def _default_batch(batch_size: int | None, device: torch.device) -> int:
     if batch_size is not None:
         return batch_size
@@ -385,48 +481,39 @@ def _default_batch(batch_size: int | None, device: torch.device) -> int:
 
 
 def predict_stack(
-    model: SegModel,
+    model: InferenceModel,
     image: Any,
     *,
     slices: Sequence[int] | None = None,
     out: np.ndarray | None = None,
-    batch_size: int | None = None,
-    tile: int = DEFAULT_TILE,
-    overlap: int = DEFAULT_OVERLAP,
+    options: InferenceOptions | None = None,
     callback: ProgressCallback | None = None,
-    device: str = "auto",
-    autocast: str = "auto",
-    channels_last: bool | None = None,
 ) -> np.ndarray:
     """Class probabilities of the requested slices.
 
     Parameters
     ----------
-    model : the :class:`~activeseg.model.SegModel`.
+    model : an :class:`InferenceModel` (e.g. :class:`activeseg.network.SegModel`).
     image : (Z, Y, X) stack (ndarray, memmap, or lazy :class:`activeseg.io.Stack`); any
         Y, X. Only the context slices of the current block are read.
     slices : global slice ids (None = all).
     out : None to return the probabilities, or an array to write into: ``(Z, Y, X)``
         (binary models: the pore probability, class 1) or ``(Z, C, Y, X)``; rows not in
         ``slices`` are left untouched; ``out.flush()`` is called at the end if present.
-    batch_size : slices (or tiles) per forward pass; None = 4 on CPU, 16 on CUDA.
-    tile, overlap : slices larger than ``tile`` in y or x are predicted in tiles of
-        ``tile`` pixels overlapping by at least ``overlap``, blended with a smooth window.
+    options : device, batch size, tiling, autocast, memory format, batch-norm folding
+        (:class:`InferenceOptions`; None = the defaults).
     callback : ``callback(done, total)`` after each block of slices.
-    device : "auto" (CUDA -> MPS -> CPU), "cpu", "cuda", "mps".
-    autocast : "auto" (bf16 on CUDA), "bf16" (also on CPU), "off".
-    channels_last : None = on CUDA and on CPU (faster there, see BENCHMARKS.md).
 
     Returns
     -------
     float32 (n, C, Y, X) when ``out`` is None, else ``out``.
     """
+    opts = _options(options)
     nz, ny, nx = check_stack(image)
     ids = check_slices(slices, nz)
-    runner = _prepare(model, device=device, autocast=autocast, channels_last=channels_last)
-    batch_size = _default_batch(batch_size, runner.device)
-    _check_common(batch_size, tile, overlap)
-    C = model.n_classes
+    runner = _prepare(model, opts)
+    batch_size = _default_batch(opts.batch_size, runner.device)
+    C = model.config.n_classes
     if out is not None:
         shape = tuple(out.shape)
         if shape == (nz, ny, nx):
@@ -445,7 +532,7 @@ def predict_stack(
     with torch.inference_mode():
         for pos, probs in _run_blocks(
             runner, model, image, ids, mode="single", n_samples=1, transforms=(),
-            batch_size=batch_size, tile=tile, overlap=overlap, callback=callback,
+            batch_size=batch_size, tile=opts.tile, overlap=opts.overlap, callback=callback,
         ):
             p = probs[0]
             if result is not None:
@@ -473,25 +560,26 @@ def _fork_rng(device: torch.device):
 
 
 def mc_dropout_proba(
-    model: SegModel,
+    model: InferenceModel,
     image: Any,
     *,
     slices: Sequence[int] | None = None,
     n_samples: int = 8,
     rng: np.random.Generator,
-    batch_size: int | None = None,
-    tile: int = DEFAULT_TILE,
-    overlap: int = DEFAULT_OVERLAP,
+    options: InferenceOptions | None = None,
     callback: ProgressCallback | None = None,
-    device: str = "auto",
-    autocast: str = "auto",
-    channels_last: bool | None = None,
 ) -> np.ndarray:
     """MC-dropout samples: ``T`` stochastic passes with dropout on and batch norm in eval mode.
 
     The encoder (which has no dropout) runs once per batch; the decoder and head run
     ``n_samples`` times. Deterministic for a given ``rng``; the global torch RNG is
     left untouched.
+
+    Parameters
+    ----------
+    model, image, slices, options, callback : as for :func:`predict_stack`.
+    n_samples : T, the number of stochastic passes.
+    rng : seeds the dropout masks.
 
     Returns
     -------
@@ -501,48 +589,46 @@ def mc_dropout_proba(
     if not isinstance(n_samples, (int, np.integer)) or n_samples < 1:
         raise ConfigError(f"n_samples must be a positive integer, got {n_samples!r}")
     return _samples(model, image, slices, mode="mc", n_samples=int(n_samples), transforms=(), seed=_seed_from(rng),
-                    batch_size=batch_size, tile=tile, overlap=overlap, callback=callback, device=device,
-                    autocast=autocast, channels_last=channels_last)
+                    options=_options(options), callback=callback)
 
 
-def _samples(model: SegModel, image: Any, slices, *, mode: str, n_samples: int, transforms: Sequence[TTATransform],
-             seed: int | None, batch_size, tile, overlap, callback, device, autocast, channels_last) -> np.ndarray:
+def _samples(model: InferenceModel, image: Any, slices, *, mode: str, n_samples: int, transforms: Sequence[TTATransform],
+             seed: int | None, options: InferenceOptions, callback: ProgressCallback | None) -> np.ndarray:
     """``(T, n, C, Y, X)`` probabilities of T stochastic ("mc", seeded) or augmented ("tta") passes."""
     nz, ny, nx = check_stack(image)
     ids = check_slices(slices, nz)
-    runner = _prepare(model, device=device, autocast=autocast, channels_last=channels_last, mc_dropout=mode == "mc")
-    batch_size = _default_batch(batch_size, runner.device)
-    _check_common(batch_size, tile, overlap)
+    runner = _prepare(model, options, mc_dropout=mode == "mc")
+    batch_size = _default_batch(options.batch_size, runner.device)
     n_out = n_samples if mode == "mc" else len(transforms)
-    result = np.empty((n_out, len(ids), model.n_classes, ny, nx), dtype=np.float32)
+    result = np.empty((n_out, len(ids), model.config.n_classes, ny, nx), dtype=np.float32)
     rng_scope = _fork_rng(runner.device) if seed is not None else nullcontext()
     with rng_scope, torch.inference_mode():
         if seed is not None:
             torch.manual_seed(seed)
         for pos, probs in _run_blocks(
             runner, model, image, ids, mode=mode, n_samples=n_samples, transforms=transforms,
-            batch_size=batch_size, tile=tile, overlap=overlap, callback=callback,
+            batch_size=batch_size, tile=options.tile, overlap=options.overlap, callback=callback,
         ):
             result[:, pos] = probs
     return result
 
 
 def tta_proba(
-    model: SegModel,
+    model: InferenceModel,
     image: Any,
     *,
     slices: Sequence[int] | None = None,
     transforms: Sequence[TTATransform] = DEFAULT_TTA,
-    batch_size: int | None = None,
-    tile: int = DEFAULT_TILE,
-    overlap: int = DEFAULT_OVERLAP,
+    options: InferenceOptions | None = None,
     callback: ProgressCallback | None = None,
-    device: str = "auto",
-    autocast: str = "auto",
-    channels_last: bool | None = None,
 ) -> np.ndarray:
     """Predictions under test-time augmentations valid for FIB-SEM (x-flip, small
     contrast/brightness changes; see :data:`DEFAULT_TTA`), mapped back to the original frame.
+
+    Parameters
+    ----------
+    model, image, slices, options, callback : as for :func:`predict_stack`.
+    transforms : the augmentations, one prediction each.
 
     Returns
     -------
@@ -552,36 +638,38 @@ def tta_proba(
     if not transforms or not all(isinstance(t, TTATransform) for t in transforms):
         raise ConfigError("transforms must be a non-empty sequence of TTATransform")
     return _samples(model, image, slices, mode="tta", n_samples=1, transforms=transforms, seed=None,
-                    batch_size=batch_size, tile=tile, overlap=overlap, callback=callback, device=device,
-                    autocast=autocast, channels_last=channels_last)
+                    options=_options(options), callback=callback)
 
 
 def encoder_embeddings(
-    model: SegModel,
+    model: InferenceModel,
     image: Any,
     *,
     slices: Sequence[int] | None = None,
-    batch_size: int | None = None,
-    tile: int = DEFAULT_TILE,
+    options: InferenceOptions | None = None,
     callback: ProgressCallback | None = None,
-    device: str = "auto",
-    channels_last: bool | None = None,
 ) -> np.ndarray:
     """Per-slice embedding: global-average-pooled deepest encoder features.
 
-    Slices larger than ``tile`` are cut into tiles (no overlap needed) whose pooled
-    features are averaged, weighted by tile area.
+    Slices larger than ``options.tile`` are cut into tiles (no overlap needed) whose
+    pooled features are averaged, weighted by tile area.
+
+    Parameters
+    ----------
+    model, image, slices, callback : as for :func:`predict_stack`.
+    options : as for :func:`predict_stack`, except that ``overlap`` is not used (tiles
+        do not overlap) and the encoder always runs in float32 (``autocast`` is not used).
 
     Returns
     -------
     float32 (n, D), D = channels of the deepest encoder stage (256 for resnet18 at depth 4, 512 at depth 5).
     """
+    opts = replace(_options(options, tiles_overlap=False), autocast="off", overlap=0)
     nz, ny, nx = check_stack(image)
     ids = check_slices(slices, nz)
-    runner = _prepare(model, device=device, autocast="off", channels_last=channels_last)
-    batch_size = _default_batch(batch_size, runner.device)
-    _check_common(batch_size, tile, 0)
-    plan = tile_plan(ny, nx, tile, 0)
+    runner = _prepare(model, opts)
+    batch_size = _default_batch(opts.batch_size, runner.device)
+    plan = tile_plan(ny, nx, opts.tile, 0)
     total_area = float(sum((y1 - y0) * (x1 - x0) for y0, y1, x0, x1, _ in plan))
     per_chunk = max(1, batch_size // len(plan))
     dim = int(runner.net.encoder.out_channels[-1])

@@ -1,7 +1,7 @@
-"""Segmentation network: model factory, 2.5D input, the :class:`SegModel` wrapper.
+"""Segmentation network: configuration, model factory, devices and the 2.5D input.
 
 The default "resunet" is segmentation-models-pytorch's ``Unet`` with a ResNet encoder
-(residual units in the encoder, skip connections to the decoder; DESIGN.md §6), with
+(residual units in the encoder, skip connections to the decoder; docs/architecture.md §6), with
 ``encoder_weights=None`` so nothing is downloaded. Any smp architecture and encoder can be
 chosen by name.
 
@@ -15,19 +15,17 @@ segmentation head and (for ``Unet``) after each decoder block, so MC-dropout
 uncertainty (:func:`activeseg.infer.mc_dropout_proba`) has something to sample. The
 dropout is active during training as well.
 
-A trained model is saved as ``model.json`` (config, intensity normalisation, metadata)
-plus ``model.safetensors`` (weights); no pickle is involved.
+The network together with its normalisation, :class:`activeseg.network.SegModel`, and
+its saving and loading live in :mod:`activeseg.network`; this module never imports
+:mod:`activeseg.infer` (the layering is model <- infer <- network <- train).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -35,33 +33,23 @@ import torch
 from torch import nn
 
 from activeseg.errors import ConfigError, ModelError, StackError
-from activeseg.safety import atomic_write_bytes
+from activeseg.validation import check_slices, check_stack
 
 __all__ = [
     "ModelConfig",
-    "SegModel",
     "build_model",
     "available_architectures",
     "available_encoders",
     "context_indices",
-    "check_slices",
-    "check_stack",
     "network_multiple",
     "make_input",
     "intensity_range",
     "normalise",
     "resolve_device",
-    "save_model",
-    "load_model",
-    "MODEL_FORMAT",
 ]
 
 log = logging.getLogger(__name__)
 
-MODEL_FORMAT = "activeseg.segmodel"
-_FORMAT_VERSION = 1
-_WEIGHTS_FILE = "model.safetensors"
-_CONFIG_FILE = "model.json"
 
 # Decoder widths for the Unet family, deepest block first; sliced to the encoder depth.
 _UNET_DECODER = (128, 64, 32, 16, 16)
@@ -200,14 +188,14 @@ class ModelConfig:
 
 def available_architectures() -> tuple[str, ...]:
     """smp architecture names accepted by :class:`ModelConfig` (plus the alias "resunet")."""
-    import segmentation_models_pytorch as smp
+    import segmentation_models_pytorch as smp  # heavy (imports timm, torchvision): only when a network is named
 
     return tuple(cls.__name__ for cls in smp.MODEL_ARCHITECTURES_MAPPING.values())
 
 
 def available_encoders() -> tuple[str, ...]:
     """smp's own encoder names; any timm model is also accepted as ``"tu-<name>"``."""
-    import segmentation_models_pytorch as smp
+    import segmentation_models_pytorch as smp  # heavy (imports timm, torchvision): only when a network is named
 
     return tuple(smp.encoders.get_encoder_names())
 
@@ -233,7 +221,7 @@ def build_model(config: ModelConfig) -> nn.Module:
         For an unknown architecture or encoder (the message lists the valid names) or
         an incompatible combination.
     """
-    import segmentation_models_pytorch as smp
+    import segmentation_models_pytorch as smp  # heavy (imports timm, torchvision): only when a network is built
 
     mapping = smp.MODEL_ARCHITECTURES_MAPPING
     if config.arch_key not in mapping:
@@ -243,7 +231,7 @@ def build_model(config: ModelConfig) -> nn.Module:
         )
     encoders = available_encoders()
     if config.encoder.startswith("tu-"):
-        import timm
+        import timm  # heavy: only for "tu-" encoders
 
         if not timm.is_model(config.encoder[3:]):
             raise ModelError(
@@ -384,37 +372,6 @@ def context_indices(z: int | Sequence[int] | np.ndarray, offsets: Sequence[int],
     return np.clip(zz[..., None] + offs, 0, n_slices - 1)
 
 
-def check_stack(image: Any) -> tuple[int, int, int]:
-    """Validate a (Z, Y, X) stack-like (anything with a 3D ``shape``); return its shape."""
-    shape = getattr(image, "shape", None)
-    if shape is None or len(shape) != 3:
-        hint = ""
-        if shape is not None and len(shape) == 4 and shape[-1] in (3, 4):
-            hint = ": looks like RGB(A); convert to grayscale"
-        elif shape is not None and len(shape) == 2:
-            hint = ": a single 2D slice; add a z axis (image[None])"
-        raise StackError(f"image must be a (Z, Y, X) stack, got shape {shape}{hint}")
-    return int(shape[0]), int(shape[1]), int(shape[2])
-
-
-def check_slices(slices: Any, n_slices: int) -> np.ndarray:
-    """Validate global slice ids; None means all. Returns int64 ``(n,)``."""
-    if slices is None:
-        return np.arange(n_slices, dtype=np.int64)
-    arr = np.asarray(slices)
-    if arr.ndim == 0:
-        arr = arr[None]
-    if arr.ndim != 1 or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
-        raise ConfigError(f"slices must be a 1D sequence of integer slice ids, got {slices!r}")
-    arr = arr.astype(np.int64)
-    bad = arr[(arr < 0) | (arr >= n_slices)]
-    if bad.size:
-        raise ConfigError(
-            f"slice ids {bad[:5].tolist()} are outside the stack [0, {n_slices - 1}]; slice ids are global z indices"
-        )
-    return arr
-
-
 def normalise(raw: np.ndarray, norm: tuple[float, float]) -> np.ndarray:
     """Map raw intensities to the network's range: ``lo -> -1``, ``hi -> +1`` (float32, not clipped)."""
     lo, hi = float(norm[0]), float(norm[1])
@@ -492,157 +449,3 @@ def intensity_range(
         if hi <= lo:
             hi = lo + 1.0
     return lo, hi
-
-
-# ----------------------------------------------------------------------------- SegModel
-
-
-@dataclass(eq=False)
-class SegModel:
-    """A trained (or initialised) network with everything needed to apply it.
-
-    Satisfies :class:`activeseg.uncertainty.ProbabilityModel` and
-    :class:`~activeseg.uncertainty.EnsembleModel` (MC dropout).
-
-    Attributes
-    ----------
-    net : the torch module (kept on the CPU between uses).
-    config : the :class:`ModelConfig` it was built from.
-    norm : (lo, hi) raw intensities mapped to -1 / +1 (from the training stack).
-    metadata : JSON-serialisable training metadata (steps, labelled slices, ...).
-    device : where inference runs by default ("auto": CUDA -> MPS -> CPU).
-    """
-
-    net: nn.Module
-    config: ModelConfig
-    norm: tuple[float, float]
-    metadata: dict = field(default_factory=dict)
-    device: str = "auto"
-    _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        lo, hi = (float(v) for v in self.norm)
-        if not (math.isfinite(lo) and math.isfinite(hi) and hi > lo):
-            raise ModelError(f"norm must be finite (lo, hi) with hi > lo, got {self.norm!r}")
-        self.norm = (lo, hi)
-
-    def weights_fingerprint(self) -> tuple:
-        """Changes whenever ``net`` is replaced or any parameter/buffer is modified in place
-        (used to cache prepared inference copies)."""
-        return (id(self.net),) + tuple((id(t), t._version) for t in self.net.state_dict(keep_vars=True).values())
-
-    @property
-    def n_classes(self) -> int:
-        """Number of classes C."""
-        return self.config.n_classes
-
-    @property
-    def offsets(self) -> tuple[int, ...]:
-        """z offsets of the context slices."""
-        return self.config.offsets
-
-    @property
-    def multiple(self) -> int:
-        """Input height and width are padded to a multiple of this."""
-        return network_multiple(self.net, self.config)
-
-    def make_input(self, image: Any, slices: Sequence[int]) -> np.ndarray:
-        """Normalised 2.5D input float32 (n, K, Y, X) (see :func:`make_input`)."""
-        return make_input(image, slices, self.config.offsets, self.norm)
-
-    def predict_proba(self, image: Any, slices: Sequence[int] | None = None) -> np.ndarray:
-        """Class probabilities float32 (n, C, Y, X) for global slice ids (all when None)."""
-        from activeseg.infer import predict_stack
-
-        return predict_stack(self, image, slices=slices, device=self.device)
-
-    def sample_proba(
-        self, image: Any, slices: Sequence[int] | None, *, n_samples: int, rng: np.random.Generator
-    ) -> np.ndarray:
-        """MC-dropout samples float32 (T, n, C, Y, X) (dropout on, batch norm in eval mode)."""
-        from activeseg.infer import mc_dropout_proba
-
-        return mc_dropout_proba(self, image, slices=slices, n_samples=n_samples, rng=rng, device=self.device)
-
-    def tta_proba(self, image: Any, slices: Sequence[int] | None = None) -> np.ndarray:
-        """Test-time-augmentation predictions float32 (T, n, C, Y, X) (x-flip, intensity)."""
-        from activeseg.infer import tta_proba
-
-        return tta_proba(self, image, slices=slices, device=self.device)
-
-    def embeddings(self, image: Any, slices: Sequence[int] | None = None) -> np.ndarray:
-        """Per-slice encoder embeddings float32 (n, D) (see :func:`activeseg.infer.encoder_embeddings`)."""
-        from activeseg.infer import encoder_embeddings
-
-        return encoder_embeddings(self, image, slices=slices, device=self.device)
-
-
-# ----------------------------------------------------------------------------- save / load
-
-
-def save_model(model: SegModel, directory: str | os.PathLike) -> Path:
-    """Write ``model.json`` and ``model.safetensors`` into ``directory`` (created if needed).
-
-    Each file is written atomically (:func:`activeseg.safety.atomic_write_bytes`: a
-    temporary name, fsynced and renamed), the JSON last. Returns the directory path.
-    A write that fails (disk full, read-only) raises :class:`activeseg.errors.OutputError`.
-    """
-    from safetensors.torch import save as st_save
-
-    if not isinstance(model, SegModel):
-        raise ModelError(f"save_model expects a SegModel, got {type(model).__name__}")
-    d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.net.state_dict().items()}
-    meta = {
-        "format": MODEL_FORMAT,
-        "version": _FORMAT_VERSION,
-        "config": model.config.to_dict(),
-        "norm": [model.norm[0], model.norm[1]],
-        "metadata": model.metadata,
-        "torch_version": torch.__version__,
-    }
-    try:
-        text = json.dumps(meta, indent=2, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise ModelError(f"model metadata is not JSON-serialisable: {exc}") from exc
-    atomic_write_bytes(d / _WEIGHTS_FILE, st_save(state, metadata={"format": "pt"}))
-    atomic_write_bytes(d / _CONFIG_FILE, text.encode("utf-8"))
-    return d
-
-
-def load_model(directory: str | os.PathLike, *, device: str = "auto") -> SegModel:
-    """Load a model written by :func:`save_model` (weights via safetensors, no pickle)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    d = Path(directory)
-    cfg_path, w_path = d / _CONFIG_FILE, d / _WEIGHTS_FILE
-    if not cfg_path.is_file() or not w_path.is_file():
-        raise ModelError(
-            f"{d} is not a saved model: expected {_CONFIG_FILE} and {_WEIGHTS_FILE} in it "
-            "(written by activeseg.model.save_model)"
-        )
-    try:
-        meta = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelError(f"cannot read {cfg_path}: {exc}") from exc
-    if not isinstance(meta, dict) or meta.get("format") != MODEL_FORMAT:
-        raise ModelError(f"{cfg_path} is not an activeseg model file (format {meta.get('format')!r})")
-    if int(meta.get("version", 0)) > _FORMAT_VERSION:
-        raise ModelError(
-            f"{cfg_path} has model format version {meta['version']}, newer than this activeseg "
-            f"supports ({_FORMAT_VERSION}); upgrade activeseg"
-        )
-    config = ModelConfig.from_dict(meta["config"])
-    net = build_model(config)
-    try:
-        state = load_file(str(w_path), device="cpu")
-    except (OSError, SafetensorError) as exc:
-        raise ModelError(f"cannot read weights {w_path}: {exc}") from exc
-    try:
-        net.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise ModelError(f"weights in {w_path} do not match the model config in {cfg_path}: {exc}") from exc
-    net.eval()
-    return SegModel(net=net, config=config, norm=tuple(meta["norm"]), metadata=meta.get("metadata", {}), device=device)

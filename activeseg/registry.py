@@ -1,4 +1,4 @@
-"""Query-strategy contract, registration and entry-point discovery (DESIGN.md §4).
+"""Query-strategy contract, registration and entry-point discovery (docs/architecture.md §4).
 
 A query strategy is a plain function::
 
@@ -22,8 +22,9 @@ Discovery is lazy and failure-tolerant:
   and report a plugin that fails to import (or is not a valid strategy) with its error,
   without affecting the others.
 
-This module imports only the standard library and numpy: importing it, listing
-strategies, or importing a built-in never imports torch.
+This module imports only the standard library, numpy and :mod:`activeseg.uncertainty`
+(numpy and scipy; its scorer registry names the scores a strategy may require):
+importing it, listing strategies, or importing a built-in never imports torch.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from activeseg.errors import ActiveSegError, ConfigError, StrategyError
+from activeseg.uncertainty import SCORERS
 
 __all__ = [
     "ENTRY_POINT_GROUP",
@@ -63,6 +65,7 @@ __all__ = [
     "required_scores",
     "strategy_parameters",
     "validate_params",
+    "validate_output",
     "run_strategy",
 ]
 
@@ -71,16 +74,30 @@ log = logging.getLogger(__name__)
 ENTRY_POINT_GROUP = "activeseg.strategies"
 """Entry-point group in which strategies are declared."""
 
-KNOWN_SCORES: Mapping[str, str] = types.MappingProxyType(
-    {
-        "entropy": "mean normalised predictive entropy of the slice (0 certain .. 1 uniform)",
-        "margin": "1 - (p1 - p2) of the two most likely classes, averaged over the slice",
-        "bald": "mutual information between prediction and model (MC dropout / tree groups)",
-        "rf_disagreement": "fraction of pixels where the Random Forest and the network disagree",
-        "porosity": "predicted pore fraction of the slice (not an uncertainty)",
-    }
-)
+class _ScoreDescriptions(Mapping[str, str]):
+    """Read-only, live view of the scorer registry of :mod:`activeseg.uncertainty`:
+    name -> one-line description, in registration order (built-ins first)."""
+
+    def __getitem__(self, name: str) -> str:
+        return SCORERS[name].description
+
+    def __iter__(self):
+        return iter(tuple(SCORERS))
+
+    def __len__(self) -> int:
+        return len(SCORERS)
+
+    def __repr__(self) -> str:
+        return f"KNOWN_SCORES({dict(self)!r})"
+
+
+KNOWN_SCORES: Mapping[str, str] = _ScoreDescriptions()
 """Per-slice score names the query step knows how to compute, with their meaning.
+
+The scorer registry of :mod:`activeseg.uncertainty` is the one source: every scorer
+there, built in (entropy, margin, bald, tta_variance, rf_disagreement, porosity) or
+added with :func:`activeseg.uncertainty.register_scorer`, is listed here as soon as it
+is registered, and a strategy may require it.
 
 Besides these, a strategy may list :data:`EMBEDDINGS` in ``requires`` to ask the query
 step to fill ``ctx.embeddings``; it is not a score, and a strategy that asks for it must
@@ -809,7 +826,8 @@ def prepare_query(fn_or_name: Callable | str, params: Mapping[str, Any] | None =
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise StrategyError(
                 f"strategy {name!r} with parameters {full} needs score {r!r}, which the query step cannot "
-                f"compute{hint} Known scores: {', '.join(KNOWN_SCORES)}"
+                f"compute{hint} Known scores: {', '.join(KNOWN_SCORES)} (add one with "
+                "activeseg.uncertainty.register_scorer)"
             )
     z = 8
     dry = QueryContext(
@@ -825,7 +843,15 @@ def prepare_query(fn_or_name: Callable | str, params: Mapping[str, Any] | None =
     return PreparedQuery(fn, name, full, requires)
 
 
-def _validate_output(name: str, out: Any, ctx: QueryContext, n: int) -> np.ndarray:
+def validate_output(name: str, out: Any, ctx: QueryContext, n: int) -> np.ndarray:
+    """Check what strategy ``name`` returned for budget ``n`` and return it as intp ``(k,)``.
+
+    Raises
+    ------
+    StrategyError
+        A modAL-style tuple, not 1-D integer ids, more than ``n`` ids, ids out of range,
+        duplicates, or already labelled slices (the message names the strategy and the fault).
+    """
     if isinstance(out, tuple) and len(out) == 2 and not np.isscalar(out[0]):
         raise StrategyError(
             f"strategy {name!r} returned a tuple of 2 arrays (modAL style); return only the "
@@ -907,6 +933,6 @@ def run_strategy(
         raise
     except Exception as exc:  # foreign plugin code: report it as a strategy fault
         raise StrategyError(f"strategy {name!r} failed: {type(exc).__name__}: {exc}") from exc
-    ids = _validate_output(name, out, ctx, n)
+    ids = validate_output(name, out, ctx, n)
     log.debug("strategy %s picked %d of %d slices: %s", name, ids.size, n, ids.tolist())
     return ids

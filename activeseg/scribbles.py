@@ -1,4 +1,4 @@
-"""Simulated scribbles and ilastik label-file conversion (DESIGN.md §1, §3).
+"""Simulated scribbles and ilastik label-file conversion (docs/architecture.md §1, §3).
 
 A simulated study can start from "a person scribbled on 3 slices" instead of perfect
 full slices: :func:`simulate_scribbles` draws short strokes along the medial ridge
@@ -125,7 +125,7 @@ def simulate_scribbles(
     r = int(width) // 2
     per_class = int(budget) // len(classes)
     disk = ndimage.generate_binary_structure(2, 1) if r else None
-    from skimage.morphology import skeletonize
+    from skimage.morphology import skeletonize  # heavy (about 0.5 s): only when scribbles are simulated
 
     for c in classes:
         if not 0 <= c < UNLABELLED:

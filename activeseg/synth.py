@@ -1,6 +1,6 @@
 """Synthetic FIB-SEM volumes with pore-back (shine-through) artifacts and ground truth.
 
-The simulator follows the physics of DESIGN.md §7. The frame is ``z`` = milling direction
+The simulator follows the physics of docs/architecture.md §7. The frame is ``z`` = milling direction
 (slice 0 milled first), ``y`` = image vertical, ``x`` = image horizontal; the electron
 beam makes angle ``alpha`` with the cut face, direction ``b = (sin a, s cos a, 0)``.
 
@@ -46,7 +46,7 @@ Pipeline
    per-slice gain/offset drift (random walks), Gaussian read noise, then quantisation:
    ``value = round(clip(I, 0, 1) * (2**bit_depth - 1))``.
 
-The depth map (DESIGN.md §8) holds 0 on solid, the back-wall depth in slices on pores
+The depth map (docs/architecture.md §8) holds 0 on solid, the back-wall depth in slices on pores
 (integer, ``1 .. march_limit``), and -1 where no wall was hit within the march limit (or
 the ray left the volume, for user volumes rendered without margins).
 
@@ -69,9 +69,13 @@ from typing import Any
 import numpy as np
 from scipy import fft as sfft
 from scipy import ndimage
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import minimum_spanning_tree
+from scipy.spatial import Delaunay, QhullError, cKDTree
 
 from activeseg.errors import ConfigError
-from activeseg.geometry import Geometry
+from activeseg.geometry import Geometry, shift_rows
+from activeseg.io import read_stack, write_stack
 from activeseg.safety import atomic_write_text
 
 __all__ = [
@@ -539,10 +543,6 @@ def _neck_edges(centres: np.ndarray, radii: np.ndarray, ext: np.ndarray, contact
     (from the Delaunay graph, so it is connected), necks between touching particles
     (Delaunay neighbours closer than ``contact * (r_i + r_j)``), and, for each centre outside the
     block, an edge to its nearest inside centre. All in-block paths stay in the block."""
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import minimum_spanning_tree
-    from scipy.spatial import Delaunay, QhullError, cKDTree
-
     inside = np.nonzero(np.all((centres >= 0) & (centres < ext), axis=1))[0]
     outside = np.nonzero(~np.all((centres >= 0) & (centres < ext), axis=1))[0]
     ni = len(inside)
@@ -968,21 +968,6 @@ def _depth_law(d: np.ndarray, params: SynthParams) -> np.ndarray:
     return lam * lam / (lam * lam + d * d)
 
 
-def _shift_rows(a: np.ndarray, delta: float) -> np.ndarray:
-    """b(y) = a(y + delta) along axis -2 by linear interpolation, |delta| <= 1, edges replicated."""
-    if delta == 0:
-        return a
-    out = np.empty_like(a)
-    f = abs(delta)
-    if delta > 0:
-        out[..., :-1, :] = (1 - f) * a[..., :-1, :] + f * a[..., 1:, :]
-        out[..., -1, :] = a[..., -1, :]
-    else:
-        out[..., 1:, :] = (1 - f) * a[..., 1:, :] + f * a[..., :-1, :]
-        out[..., 0, :] = a[..., 0, :]
-    return out
-
-
 def _blur2d(a: np.ndarray, sigma: float) -> np.ndarray:
     if sigma <= 0:
         return a
@@ -1062,7 +1047,7 @@ def _render_signal(solid_win: np.ndarray, ghost: np.ndarray, params: SynthParams
                     blurred += w * _blur2d(ghost_sig, lv)
             ghost_sig = blurred
         for i in range(k1 - k0):
-            ghost_sig[i] = _shift_rows(ghost_sig[i], float(delta[k0 + i]))
+            ghost_sig[i] = shift_rows(ghost_sig[i], float(delta[k0 + i]), edges="copy")
         sig_img = np.where(sol, face, ghost_sig).astype(np.float32)
         del face, ghost_sig, rim
         # instrument
@@ -1291,8 +1276,6 @@ def save_synth(out_dir: str | Path, vol: SynthVolume) -> dict[str, Path]:
     dict
         Name ("image", "truth", "depth", "params") -> path written.
     """
-    from activeseg.io import write_stack
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     vs = vol.geometry.voxel_size
@@ -1313,8 +1296,6 @@ def save_synth(out_dir: str | Path, vol: SynthVolume) -> dict[str, Path]:
 
 def load_synth(out_dir: str | Path) -> SynthVolume:
     """Read a volume written by :func:`save_synth`."""
-    from activeseg.io import read_stack
-
     d = Path(out_dir)
     missing = [n for n in ("image.tif", "truth.tif", "depth.tif", "synth.json") if not (d / n).exists()]
     if missing:

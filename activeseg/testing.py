@@ -1,4 +1,4 @@
-"""Public contract battery for query strategies (DESIGN.md §4).
+"""Public contract battery for query strategies (docs/architecture.md §4).
 
 Plugin authors run it in their own test suite::
 
@@ -30,20 +30,25 @@ import numpy as np
 from activeseg.errors import ActiveSegError, StrategyError
 from activeseg.registry import (
     EMBEDDINGS,
-    KNOWN_SCORES,
     QueryContext,
-    _validate_output,
+    validate_output,
     get_strategy,
     required_scores,
     strategy_parameters,
     validate_params,
 )
 
-__all__ = ["StrategyContractError", "CheckReport", "random_context", "check_strategy"]
+__all__ = ["StrategyContractError", "CheckReport", "random_context", "check_strategy", "CONTEXT_SCORES"]
+
+CONTEXT_SCORES: tuple[str, ...] = ("entropy", "margin", "bald", "rf_disagreement", "porosity")
+"""Scores :func:`random_context` fills by default (every strategy's own ``requires`` is
+added by :func:`check_strategy`). A fixed list, not the live scorer registry
+(:data:`activeseg.registry.KNOWN_SCORES`): the random content drawn for a seed must not
+change when a scorer is registered."""
 
 
 class StrategyContractError(AssertionError):
-    """A strategy broke the contract of DESIGN.md §4."""
+    """A strategy broke the contract of docs/architecture.md §4."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,14 +89,14 @@ def random_context(
     labelled : fraction of slices labelled at random, or a bool (Z,) mask.
     nan_fraction : fraction of each score set to NaN (not scored), at random.
     embedding_dim : D of random embeddings, or None for no embeddings.
-    score_names : scores to fill (default: every name in :data:`KNOWN_SCORES`).
+    score_names : scores to fill (default: :data:`CONTEXT_SCORES`).
     """
     content = np.random.default_rng([seed, 12345])
     if isinstance(labelled, np.ndarray):
         mask = labelled.astype(bool)
     else:
         mask = content.random(n_slices) < float(labelled)
-    names = tuple(KNOWN_SCORES) if score_names is None else tuple(score_names)
+    names = CONTEXT_SCORES if score_names is None else tuple(score_names)
     scores = {}
     for name in names:
         s = content.random(n_slices).astype(np.float32)
@@ -261,7 +266,7 @@ def check_strategy(
         required = tuple(r for r in required_scores(fn, full) if r != EMBEDDINGS)
     except ActiveSegError as exc:
         raise _fail(name, "signature", str(exc)) from exc
-    all_scores = tuple(dict.fromkeys(tuple(KNOWN_SCORES) + required))
+    all_scores = tuple(dict.fromkeys(CONTEXT_SCORES + required))
     z = n_slices
     lab_mask_all = np.ones(z, dtype=bool)
 
@@ -299,7 +304,7 @@ def check_strategy(
                 raise _fail(name, case, f"returned dtype {out.dtype}; expected np.intp slice ids "
                             "(narrower integers overflow on deep stacks): np.asarray(ids, dtype=np.intp)")
             try:
-                ids = _validate_output(name, out, ctx, n)
+                ids = validate_output(name, out, ctx, n)
             except ActiveSegError as exc:
                 raise _fail(name, case, str(exc)) from exc
             after = _snapshot(ctx)
@@ -318,7 +323,7 @@ def check_strategy(
     for s in (seed + 1, seed + 2):
         ctx = random_context(z, seed=s, labelled=0.3, nan_fraction=0.2, score_names=all_scores)
         try:
-            _validate_output(name, fn(ctx, 5, **full), ctx, 5)
+            validate_output(name, fn(ctx, 5, **full), ctx, 5)
         except StrategyError as exc:
             _check_refusal(name, f"seed {s}", exc, ctx, 5, full)
         except Exception as exc:

@@ -1,6 +1,6 @@
-"""Training the segmentation network on the labelled slices of a stack (DESIGN.md §6).
+"""Training the segmentation network on the labelled slices of a stack (docs/architecture.md §6).
 
-``train_model(image, labels, config=..., rng=...)`` trains a :class:`~activeseg.model.SegModel`
+``train_model(image, labels, config=..., rng=...)`` trains a :class:`~activeseg.network.SegModel`
 on random patches of the labelled slices with 2.5D context (the same
 :func:`~activeseg.model.make_input` as inference), augmentations valid for FIB-SEM,
 cross-entropy + Dice loss with ignore index 255, AdamW with a OneCycle or cosine
@@ -28,10 +28,9 @@ import torch
 import torch.nn.functional as F
 
 from activeseg.errors import ConfigError, LabelError, ModelError
+from activeseg.infer import resolve_autocast
 from activeseg.model import (
     ModelConfig,
-    SegModel,
-    check_stack,
     build_model,
     context_indices,
     intensity_range,
@@ -39,6 +38,8 @@ from activeseg.model import (
     normalise,
     resolve_device,
 )
+from activeseg.network import SegModel
+from activeseg.validation import check_stack
 
 __all__ = ["TrainConfig", "train_model", "segmentation_loss", "IGNORE_INDEX", "collect_labels"]
 
@@ -575,8 +576,6 @@ def train_model(
         net = net.to(device)
         if channels_last:
             net = net.to(memory_format=torch.channels_last)
-        from activeseg.infer import resolve_autocast
-
         amp_dtype = resolve_autocast(cfg.autocast, device)
         opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         sched = _scheduler(opt, cfg, total)

@@ -1,7 +1,7 @@
-"""Per-pixel uncertainty and its reduction to per-slice scores (DESIGN.md §3).
+"""Per-pixel uncertainty and its reduction to per-slice scores (docs/architecture.md §3).
 
-This module is numpy only at import time: the strategies and the RF stage use it
-without importing torch. Probabilities are float32 ``(n, C, Y, X)`` for ``n`` slices;
+This module imports numpy and scipy only, never torch: the strategies (through the
+registry) and the RF stage use it without importing torch. Probabilities are float32 ``(n, C, Y, X)`` for ``n`` slices;
 per-pixel maps are float32 ``(n, Y, X)``; per-slice scores are float32 ``(n,)``,
 higher = more informative.
 """
@@ -13,8 +13,10 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import numpy as np
+from scipy import ndimage
 
 from activeseg.errors import ConfigError
+from activeseg.validation import check_slices, check_stack
 
 __all__ = [
     "ProbabilityModel",
@@ -102,7 +104,7 @@ def entropy(probs: np.ndarray, *, normalise: bool = True) -> np.ndarray:
 def margin(probs: np.ndarray) -> np.ndarray:
     """Margin uncertainty ``1 - (p1 - p2)`` of the two most likely classes, per pixel.
 
-    Returns float32 (n, Y, X) in [0, 1]; higher = more informative (DESIGN.md §3).
+    Returns float32 (n, Y, X) in [0, 1]; higher = more informative (docs/architecture.md §3).
     """
     probs = _check_probs(probs)
     top2 = np.partition(probs, probs.shape[1] - 2, axis=1)[:, -2:]
@@ -110,8 +112,6 @@ def margin(probs: np.ndarray) -> np.ndarray:
 
 
 def _boundary_weights(pore_prob: np.ndarray, width: float) -> np.ndarray:
-    from scipy import ndimage
-
     mask = pore_prob >= 0.5
     w = np.empty(mask.shape, dtype=np.float32)
     for i in range(mask.shape[0]):
@@ -357,7 +357,7 @@ class Scorer:
 
     Attributes
     ----------
-    name : registry key (also the key in the scores dict, DESIGN.md §4).
+    name : registry key (also the key in the scores dict, docs/architecture.md §4).
     needs : the passes it consumes (subset of :data:`PASSES`).
     pixel : ``pixel(passes) -> float32 (n, Y, X)`` per-pixel map from a dict holding the
         needed passes (arrays ``(n, C, Y, X)`` / ``(T, n, C, Y, X)``), reduced per slice
@@ -408,14 +408,16 @@ def get_scorer(name: str) -> Scorer:
 
 
 for _s in (
-    Scorer("entropy", ("proba",), pixel=lambda p: entropy(p["proba"]), description="normalised Shannon entropy of one pass"),
+    Scorer("entropy", ("proba",), pixel=lambda p: entropy(p["proba"]),
+           description="normalised Shannon entropy of one pass (0 certain .. 1 uniform)"),
     Scorer("margin", ("proba",), pixel=lambda p: margin(p["proba"]), description="1 - (p1 - p2) of one pass"),
     Scorer("bald", ("samples",), pixel=lambda p: bald(p["samples"]),
            description="mutual information over MC-dropout / tree-group samples"),
     Scorer("tta_variance", ("tta",), pixel=lambda p: tta_variance(p["tta"]),
            description="variance of predictions under x-flip / intensity test-time augmentation"),
     Scorer("rf_disagreement", ("proba", "reference"), pixel=lambda p: disagreement(p["proba"], p["reference"]),
-           description="total-variation distance to a reference model (RF vs ResUNet)"),
+           description="total-variation distance between the network's and the Random Forest's class "
+                       "probabilities (binary: |p_net - p_rf|; 0 agree .. 1 opposite)"),
     Scorer("porosity", ("proba",), per_slice=lambda p: porosity(p["proba"]),
            description="predicted pore fraction of the slice (not an uncertainty)"),
 ):
@@ -423,17 +425,13 @@ for _s in (
 del _s
 
 
+def _needing(pass_: str, scorers: Sequence[Scorer]) -> str:
+    """The quoted names of the scorers that need a pass, for messages: 'bald' or 'bald', 'mine'."""
+    return ", ".join(repr(s.name) for s in scorers if pass_ in s.needs)
+
+
 def _select_slices(n_slices: int, slices, every: int, sample, rng) -> np.ndarray:
-    if slices is None:
-        ids = np.arange(n_slices, dtype=np.int64)
-    else:
-        ids = np.asarray(slices)
-        if ids.ndim != 1 or (ids.size and not np.issubdtype(ids.dtype, np.integer)):
-            raise ConfigError(f"slices must be a 1D sequence of integer slice ids, got {slices!r}")
-        ids = np.unique(ids.astype(np.int64))
-        bad = ids[(ids < 0) | (ids >= n_slices)]
-        if bad.size:
-            raise ConfigError(f"slice ids {bad[:5].tolist()} are outside the stack [0, {n_slices - 1}]")
+    ids = np.unique(check_slices(slices, n_slices))
     if isinstance(every, bool) or not isinstance(every, (int, np.integer)) or every < 1:
         raise ConfigError(f"every must be a positive integer (score every k-th slice), got {every!r}")
     ids = ids[::every]
@@ -501,24 +499,28 @@ def score_slices(
         raise ConfigError(f"unknown reduction {reduction!r}; choose one of {', '.join(REDUCTIONS)}")
     if not isinstance(model, ProbabilityModel):
         raise ConfigError(f"model must provide n_classes and predict_proba(image, slices); got {type(model).__name__}")
-    shape = getattr(image, "shape", None)
-    if shape is None or len(shape) != 3:
-        raise ConfigError(f"image must be a (Z, Y, X) stack, got shape {shape}")
-    n_slices = int(shape[0])
+    shape = check_stack(image)
+    n_slices = shape[0]
     needs = {p for s in scorers for p in s.needs}
     if "reference" in needs and reference is None:
-        raise ConfigError("scorer 'rf_disagreement' needs reference= (the second model to compare with)")
+        raise ConfigError(
+            f"scorer {_needing('reference', scorers)} needs reference= (the second model to compare with)"
+        )
     if reference is not None and "reference" in needs and not isinstance(reference, ProbabilityModel):
         raise ConfigError(f"reference must be a ProbabilityModel, got {type(reference).__name__}")
     if "samples" in needs:
         if not isinstance(model, EnsembleModel):
             raise ConfigError(
-                f"scorer 'bald' needs stochastic samples, but {type(model).__name__} has no sample_proba"
+                f"scorer {_needing('samples', scorers)} needs stochastic samples, but {type(model).__name__} "
+                "has no sample_proba"
             )
         if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) or n_samples < 1:
             raise ConfigError(f"n_samples must be a positive integer, got {n_samples!r}")
         if rng is None:
-            raise ConfigError("scorer 'bald' draws random samples and needs rng (np.random.default_rng(seed))")
+            raise ConfigError(
+                f"scorer {_needing('samples', scorers)} draws random samples and needs rng "
+                "(np.random.default_rng(seed))"
+            )
     if isinstance(block, bool) or not isinstance(block, (int, np.integer)) or block < 1:
         raise ConfigError(f"block must be a positive integer, got {block!r}")
     ids = _select_slices(n_slices, slices, every, sample, rng)

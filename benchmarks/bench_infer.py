@@ -81,7 +81,8 @@ class PeakSampler:
 def make_model(args):
     import torch
 
-    from activeseg.model import ModelConfig, SegModel, build_model
+    from activeseg.model import ModelConfig, build_model
+    from activeseg.network import SegModel
 
     kw = {}
     if args.encoder:
@@ -129,22 +130,20 @@ def run_plain(model, image, batch: int) -> np.ndarray:
 
 def run_method(name: str, model, image, batch: int) -> np.ndarray:
     from activeseg import infer
+    from activeseg.infer import InferenceOptions
 
     if name == "activeseg":
-        return infer.predict_stack(model, image, batch_size=batch, device=model.device)
+        return infer.predict_stack(model, image, options=InferenceOptions(device=model.device, batch_size=batch))
     if name == "plain":
         return run_plain(model, image, batch)
     if name == "naive":
         return run_plain(model, image, 1)
     if name == "fold_only":
-        return infer.predict_stack(model, image, batch_size=batch, device=model.device, channels_last=False)
+        return infer.predict_stack(model, image, options=InferenceOptions(device=model.device, batch_size=batch,
+                                                                          channels_last=False))
     if name == "channels_last_only":
-        saved = infer.fuse_batchnorm
-        infer.fuse_batchnorm = lambda net: 0
-        try:
-            return infer.predict_stack(model, image, batch_size=batch, device=model.device, channels_last=True)
-        finally:
-            infer.fuse_batchnorm = saved
+        return infer.predict_stack(model, image, options=InferenceOptions(device=model.device, batch_size=batch,
+                                                                          channels_last=True, fuse=False))
     raise ValueError(name)
 
 
@@ -158,11 +157,13 @@ def child(args) -> None:
     image = np.load(args.stack, mmap_mode="r")
     if args.child == "stream":
         from activeseg import infer
+        from activeseg.infer import InferenceOptions
 
         out = np.lib.format.open_memmap(args.out, mode="w+", dtype=np.float32, shape=image.shape)
         with PeakSampler() as ps:
             t = time.perf_counter()
-            infer.predict_stack(model, image, out=out, batch_size=args.batch, device=model.device)
+            options = InferenceOptions(device=model.device, batch_size=args.batch)
+            infer.predict_stack(model, image, out=out, options=options)
             dt = time.perf_counter() - t
     else:
         with PeakSampler() as ps:
@@ -219,7 +220,7 @@ def speed(args, work: Path) -> list[dict]:
     print(f"\ntorch {torch.__version__}, threads {args.threads or torch.get_num_threads()}, device {args.device}, "
           f"model {model.config.encoder} depth {model.config.encoder_depth} decoder {model.config.resolved_decoder_channels()}, "
           f"batch {args.batch}, best of {args.repeats}")
-    print(f"| size | slices | method | slices/s | vs plain | max abs diff | peak RssAnon MiB |")
+    print("| size | slices | method | slices/s | vs plain | max abs diff | peak RssAnon MiB |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['size']}² | {r['slices']} | {r['method']} | {r['slices_per_s']:.2f} | {r['ratio_vs_plain']:.2f}x | "
@@ -247,20 +248,22 @@ def gpu(args, work: Path) -> None:
     import torch
 
     from activeseg import infer
+    from activeseg.infer import InferenceOptions
 
     model = make_model(args)
     n, size = args.gpu_slices, 1024
     image = np.random.default_rng(0).integers(0, 256, (n, size, size), dtype=np.uint8)
-    infer.predict_stack(model, image[:32], device="cuda", batch_size=args.gpu_batch)  # warm-up
+    options = InferenceOptions(device="cuda", batch_size=args.gpu_batch)
+    infer.predict_stack(model, image[:32], options=options)  # warm-up
     torch.cuda.synchronize()
     sink = np.empty((n, size, size), dtype=np.float32)
     t = time.perf_counter()
-    infer.predict_stack(model, image, out=sink, device="cuda", batch_size=args.gpu_batch)
+    infer.predict_stack(model, image, out=sink, options=options)
     torch.cuda.synchronize()
     compute = time.perf_counter() - t
     out = np.lib.format.open_memmap(work / "gpu_out.npy", mode="w+", dtype=np.float32, shape=(n, size, size))
     t = time.perf_counter()
-    infer.predict_stack(model, image, out=out, device="cuda", batch_size=args.gpu_batch)
+    infer.predict_stack(model, image, out=out, options=options)
     total = time.perf_counter() - t
     print(f"\nGPU {torch.cuda.get_device_name()}: {n} slices of {size}², bf16, batch {args.gpu_batch}")
     print(f"compute (into RAM): {compute:.2f} s ({n / compute:.0f} slices/s); with writing to disk: {total:.2f} s "

@@ -1,6 +1,6 @@
 """Benchmark: open a 2 GB FIB-SEM stack and read one slice (activeseg.io vs tifffile).
 
-Target (issue 2): a 2000 x 1024 x 1024 uint8 TIFF opens and yields a slice in under a
+Target: a 2000 x 1024 x 1024 uint8 TIFF (2 GB) opens and yields a slice in under a
 second with RSS under 300 MB.
 
 The script writes the test files streaming (never a 2 GB array in memory), then for

@@ -1,6 +1,6 @@
 """Benchmark: RF bootstrap (activeseg) against the scikit-image trainable-segmentation recipe.
 
-Protocol (issue 3): a hard synthetic volume (default 200 x 512 x 512 from
+Protocol: a hard synthetic volume (default 200 x 512 x 512 from
 ``activeseg.synth.synthesize``), 5 evenly spaced fully labelled slices, both sides with
 ``n_jobs=-1`` and the same cap of 100 000 training pixels.
 
@@ -10,6 +10,10 @@ Protocol (issue 3): a hard synthetic volume (default 200 x 512 x 512 from
 (b) activeseg: ``fit_rf`` + ``RFModel.predict_stack`` (streamed), defaults, beam sign
     estimated from the stack;
 (c) activeseg with 2D features only (no z-context / parallax), for the z-context target.
+
+Targets: (b) at least 10x the recipe's throughput, accuracy no more than 0.5 points and
+solid IoU no more than 1 point below it; (b) at least 1 point more accurate than (c);
+the large part's peak RSS under 2 GB.
 
 Wall clock includes feature extraction for training and fitting. Both sides read the
 image from the same ``.npy`` memmap and write the pore probability to a ``.npy`` memmap.

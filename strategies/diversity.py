@@ -14,6 +14,8 @@ when it runs; importing this module needs only numpy.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 
 from activeseg.errors import ConfigError
@@ -121,8 +123,6 @@ def ranked_batch_pool(
         raise ConfigError("ranked_batch_pool: uncertainty must be finite (replace NaN before calling)")
     if n <= 0 or pool.shape[0] == 0:
         return np.empty(0, dtype=np.intp)
-    from types import SimpleNamespace
-
     from modAL.batch import ranked_batch as _modal_ranked_batch  # imports torch via skorch
 
     x_training = None if labelled is None or len(labelled) == 0 else np.asarray(labelled, dtype=np.float64)

@@ -19,7 +19,7 @@ from activeseg.features import (
     iter_feature_blocks,
     resolve_geometry,
 )
-from activeseg.geometry import Geometry
+from activeseg.geometry import Geometry, shift_rows
 
 SMALL = FeatureConfig(
     scales=(0.7, 1.6, 3.5), gradient=True, log=True, hessian=True, z_offsets=(-1, 1), parallax_offsets=(1, 2)
@@ -30,7 +30,7 @@ def pore_back_stack(shape=(16, 64, 64), *, sign=1, alpha=52.0, porosity=0.8, see
     """A tiny pore-back volume: pore pixels show the first wall hit along the beam.
 
     A pore pixel at (k, y, x) shows the wall at (k + t, y + sign * t * cot(alpha), x) for
-    the smallest t hitting solid, dimmed with depth (DESIGN.md §7, isotropic voxels).
+    the smallest t hitting solid, dimmed with depth (docs/architecture.md §7, isotropic voxels).
     """
     rng = np.random.default_rng(seed)
     z, y, x = shape
@@ -236,3 +236,19 @@ def test_input_validation(stack):
         compute_features(stack, [10], config=SMALL.two_d())
     with pytest.raises(ConfigError, match="slice ids"):
         compute_features(stack, [-1], config=SMALL.two_d())
+
+
+def test_shift_rows_interpolates_and_fills_edges():
+    img = np.arange(5, dtype=np.float32)[:, None] * np.ones((1, 3), np.float32)  # row y holds y
+    np.testing.assert_allclose(shift_rows(img, 0.25)[:, 0], [0.25, 1.25, 2.25, 3.25, 4.0])
+    np.testing.assert_allclose(shift_rows(img, -1.5)[:, 0], [0.0, 0.0, 0.5, 1.5, 2.5])
+    np.testing.assert_array_equal(shift_rows(img, 2)[:, 0], [2, 3, 4, 4, 4])
+    # "copy": the edge row is copied exactly; interior the same interpolation
+    np.testing.assert_allclose(shift_rows(img, 0.25, edges="copy")[:, 0], [0.25, 1.25, 2.25, 3.25, 4.0])
+    np.testing.assert_allclose(shift_rows(img, -0.5, edges="copy")[:, 0], [0.0, 0.5, 1.5, 2.5, 3.5])
+    stack = np.stack([img, 2 * img])  # leading axes are kept
+    np.testing.assert_allclose(shift_rows(stack, 0.5, edges="copy")[1, :, 0], [1, 3, 5, 7, 8])
+    out = shift_rows(img, 0.0)
+    assert out is not img and out.dtype == np.float32
+    with pytest.raises(ConfigError, match="edges"):
+        shift_rows(img, 0.5, edges="wrap")

@@ -102,3 +102,11 @@ def test_bad_inputs_are_clear():
         metrics.evaluate(np.full((1, 2, 2), 255, np.uint8), np.zeros((1, 2, 2), np.uint8))
     with pytest.raises(ConfigError, match="prob shape"):
         metrics.evaluate(np.zeros((1, 2, 2), np.uint8), np.zeros((1, 2, 2), np.uint8), prob=np.zeros((1, 2, 3)))
+
+
+def test_paper_indices_keep_relative_positions():
+    assert metrics.paper_indices(600) == [47, 434, 598]
+    assert metrics.paper_indices(160) == [13, 116, 159]
+    assert all(0 <= z < 8 for z in metrics.paper_indices(8))
+    with pytest.raises(ConfigError):
+        metrics.paper_indices(0)

@@ -1,4 +1,4 @@
-"""Model factory, 2.5D input, SegModel and save/load (activeseg.model)."""
+"""Model factory, 2.5D input (activeseg.model), SegModel and save/load (activeseg.network)."""
 
 from __future__ import annotations
 
@@ -11,18 +11,16 @@ import torch
 from activeseg.errors import ConfigError, ModelError, StackError
 from activeseg.model import (
     ModelConfig,
-    SegModel,
     available_architectures,
     available_encoders,
     build_model,
     context_indices,
     intensity_range,
-    load_model,
     make_input,
     network_multiple,
     resolve_device,
-    save_model,
 )
+from activeseg.network import SegModel, load_model, save_model
 from activeseg.uncertainty import EnsembleModel, ProbabilityModel
 
 TINY = ModelConfig(encoder_depth=3, decoder_channels=(32, 16, 8))

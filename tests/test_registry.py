@@ -545,3 +545,60 @@ def test_plugin_exceptions_at_import_never_stop_the_listing(fake_plugins, tmp_pa
     infos = available_strategies()
     assert "SystemExit" in infos["exits"].error
     assert all(infos[n].ok for n in BUILTINS)
+
+
+# ------------------------------------------------------------------ scores a strategy may require
+
+
+def test_known_scores_follow_the_scorer_registry():
+    from activeseg.uncertainty import SCORERS, available_scorers
+
+    assert set(registry.KNOWN_SCORES) == set(available_scorers())
+    assert registry.KNOWN_SCORES["tta_variance"] == SCORERS["tta_variance"].description
+    assert "total-variation" in registry.KNOWN_SCORES["rf_disagreement"]
+    assert "fraction of pixels" not in registry.KNOWN_SCORES["rf_disagreement"]
+
+
+def test_tta_variance_can_be_required():
+    @strategy(requires=("tta_variance",))
+    def by_tta(ctx, n, /):
+        return np.argsort(-np.nan_to_num(ctx.score("tta_variance"), nan=-1.0))[:n].astype(np.intp)
+
+    register_strategy(by_tta, "tmp_by_tta")
+    try:
+        q = registry.prepare_query("tmp_by_tta")
+        assert q.scores == ("tta_variance",)
+    finally:
+        unregister_strategy("tmp_by_tta")
+
+
+def test_a_registered_scorer_can_be_required_by_a_strategy():
+    from activeseg.uncertainty import SCORERS, Scorer, register_scorer, score_slices
+
+    @strategy(requires=("tmp_pore_edge",))
+    def by_plugin_score(ctx, n, /):
+        s = np.nan_to_num(ctx.score("tmp_pore_edge"), nan=-1.0)
+        ids = ctx.unlabelled_ids
+        return ids[np.argsort(-s[ids], kind="stable")][:n].astype(np.intp)
+
+    with pytest.raises(StrategyError, match="cannot compute.*register_scorer"):
+        registry.prepare_query(by_plugin_score)
+    register_scorer(Scorer("tmp_pore_edge", ("proba",), pixel=lambda p: 1.0 - np.abs(2 * p["proba"][:, 1] - 1),
+                           description="closeness of the pore probability to 0.5"))
+    try:
+        assert registry.KNOWN_SCORES["tmp_pore_edge"] == "closeness of the pore probability to 0.5"
+        q = registry.prepare_query(by_plugin_score)
+        assert q.scores == ("tmp_pore_edge",)
+
+        class Half:  # a ProbabilityModel whose pore probability is the slice index / 10
+            n_classes = 2
+
+            def predict_proba(self, image, slices):
+                p = np.broadcast_to(np.asarray(slices, np.float32)[:, None, None] / 10, (len(slices), 4, 4))
+                return np.stack([1 - p, p], axis=1)
+
+        scores = score_slices(Half(), np.zeros((10, 4, 4), np.uint8), q.scores)
+        ctx = QueryContext(n_slices=10, labelled=np.zeros(10, bool), rng=np.random.default_rng(0), scores=scores)
+        assert run_strategy(q.fn, ctx, 1).tolist() == [5]  # p = 0.5
+    finally:
+        SCORERS.pop("tmp_pore_edge")

@@ -1,4 +1,4 @@
-"""The simulator produces the pore-back artifact, not a blob picture (DESIGN.md §7)."""
+"""The simulator produces the pore-back artifact, not a blob picture (docs/architecture.md §7)."""
 
 import json
 import math

@@ -11,7 +11,7 @@ import torch
 from scipy import ndimage
 
 from activeseg.errors import ConfigError, LabelError, ModelError
-from activeseg.infer import predict_stack
+from activeseg.infer import InferenceOptions, predict_stack
 from activeseg.model import ModelConfig
 from activeseg.train import IGNORE_INDEX, TrainConfig, collect_labels, segmentation_loss, train_model
 
@@ -200,7 +200,7 @@ def test_small_slices_are_padded():
     img, labels, _ = _toy(z=6, y=21, x=27)
     model, hist = train_model(img, labels, config=FAST, model_config=TINY, rng=np.random.default_rng(0))
     assert all(math.isfinite(v) for v in hist["loss"])
-    assert predict_stack(model, img, device="cpu").shape == (6, 2, 21, 27)
+    assert predict_stack(model, img, options=InferenceOptions(device="cpu")).shape == (6, 2, 21, 27)
 
 
 def test_bf16_autocast_and_channels_last_code_paths_on_cpu():
@@ -208,8 +208,8 @@ def test_bf16_autocast_and_channels_last_code_paths_on_cpu():
     cfg = TrainConfig(steps=3, patch_size=32, batch_size=2, eval_every=3, device="cpu", autocast="bf16", channels_last=True)
     model, hist = train_model(img, labels, config=cfg, model_config=TINY, rng=np.random.default_rng(0))
     assert all(math.isfinite(v) for v in hist["loss"] + hist["val_loss"])
-    p32 = predict_stack(model, img, slices=[2, 3], device="cpu", autocast="off")
-    p16 = predict_stack(model, img, slices=[2, 3], device="cpu", autocast="bf16")
+    p32 = predict_stack(model, img, slices=[2, 3], options=InferenceOptions(device="cpu", autocast="off"))
+    p16 = predict_stack(model, img, slices=[2, 3], options=InferenceOptions(device="cpu", autocast="bf16"))
     assert p16.dtype == np.float32
     np.testing.assert_allclose(p16.sum(axis=1), 1.0, atol=1e-5)
     assert np.abs(p16 - p32).mean() < 0.05
@@ -248,8 +248,8 @@ def test_cuda_training_and_inference():
     cfg = TrainConfig(steps=5, patch_size=32, batch_size=2, eval_every=5, device="cuda")
     model, hist = train_model(img, labels, config=cfg, model_config=TINY, rng=np.random.default_rng(0))
     assert hist["device"].startswith("cuda")
-    p_gpu = predict_stack(model, img, device="cuda")
-    p_cpu = predict_stack(model, img, device="cpu")
+    p_gpu = predict_stack(model, img, options=InferenceOptions(device="cuda"))
+    p_cpu = predict_stack(model, img, options=InferenceOptions(device="cpu"))
     assert np.abs(p_gpu - p_cpu).mean() < 0.05  # bf16 on the GPU vs fp32 on the CPU
 
 
