@@ -724,7 +724,7 @@ def _full_disk(target, *args, **kwargs):
 def test_write_stack_disk_full_keeps_previous_file(tmp_path, monkeypatch):
     path = io.write_stack(tmp_path / "seg.tif", _volume(np.uint8, shape=(3, 8, 8)))
     before = path.read_bytes()
-    monkeypatch.setattr(io.tifffile, "imwrite", _full_disk)
+    monkeypatch.setattr(io.writers.tifffile, "imwrite", _full_disk)
     with pytest.raises(OutputError) as info:
         io.write_stack(path, _volume(np.uint8, shape=(3, 8, 8), seed=1))
     assert info.value.errno == errno.ENOSPC
@@ -738,7 +738,7 @@ def test_write_stack_disk_full_keeps_previous_file(tmp_path, monkeypatch):
 
 def test_write_stack_disk_full_message_is_readable(tmp_path, monkeypatch):
     # str() is what the command line prints: it must be the message, not "[Errno 28] None: path"
-    monkeypatch.setattr(io.tifffile, "imwrite", _full_disk)
+    monkeypatch.setattr(io.writers.tifffile, "imwrite", _full_disk)
     with pytest.raises(OutputError, match=r"cannot write .*seg\.tif: the disk is full"):
         io.write_stack(tmp_path / "seg.tif", _volume(np.uint8, shape=(3, 8, 8)))
 
