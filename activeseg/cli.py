@@ -11,17 +11,21 @@ import functools
 import json
 import logging
 import sys
+import time
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import typer
 from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 from rich.text import Text
 
-from activeseg import __version__
-from activeseg.errors import ActiveSegError
+from activeseg import __version__, io, loop, metrics, plots, registry, study
+from activeseg import synth as synth_mod
+from activeseg.errors import ActiveSegError, ConfigError, OutputError
+from activeseg.loop import check_output_values
 from activeseg.safety import check_output, human_bytes, os_error_message
 
 app = typer.Typer(
@@ -49,7 +53,6 @@ def _handled(fn):
     Expected: activeseg's own errors (bad input or state) and operating-system errors
     (a full disk, a read-only place, a missing permission), which name the path and fix.
     """
-
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
@@ -84,7 +87,6 @@ def _say(label: str, text: str, style: str = "bold") -> None:
 
 
 def _setup_logging(debug: bool) -> None:
-    from rich.logging import RichHandler
 
     logger = logging.getLogger("activeseg")
     logger.handlers[:] = [RichHandler(console=err_console, show_time=False, show_path=False)]
@@ -103,7 +105,8 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _main(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit.", metavar=""),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit.", metavar=""),
     debug: bool = _flag("Show full tracebacks instead of one-line errors.", "--debug"),
 ) -> None:
     _state["debug"] = debug
@@ -126,61 +129,29 @@ _AXES = typer.Option(
 @_handled
 def info(
     stack: Path = typer.Argument(..., help="TIFF stack (multipage, ImageJ, OME) or a folder of slices."),
-    labels: Optional[Path] = typer.Option(None, "--labels", help="Label stack or folder: report class fractions and porosity."),
-    label_kind: str = typer.Option("partial", "--label-kind", help="Label convention: partial (255 = unlabelled), mask, scribble (ilastik)."),
-    voxel_size: Optional[tuple[float, float, float]] = typer.Option(None, "--voxel-size", help="Voxel size z y x in nm (overrides metadata)."),
-    crop: Optional[str] = typer.Option(None, "--crop", help="Region z0:z1,y0:y1,x0:x1 (half-open; ':' keeps an axis)."),
-    preview: Optional[Path] = typer.Option(None, "--preview", help="Write a PNG: a slice and a y-z reslice showing ghosts."),
-    axes: Optional[str] = _AXES,
+    labels: Path | None = typer.Option(None, "--labels", help="Label stack or folder: report class fractions and porosity."),
+    label_kind: str = typer.Option(
+        "partial", "--label-kind", help="Label convention: partial (255 = unlabelled), mask, scribble (ilastik)."),
+    voxel_size: tuple[float, float, float] | None = typer.Option(
+        None, "--voxel-size", help="Voxel size z y x in nm (overrides metadata)."),
+    crop: str | None = typer.Option(None, "--crop", help="Region z0:z1,y0:y1,x0:x1 (half-open; ':' keeps an axis)."),
+    preview: Path | None = typer.Option(None, "--preview", help="Write a PNG: a slice and a y-z reslice showing ghosts."),
+    axes: str | None = _AXES,
     as_json: bool = _flag("Print machine-readable JSON instead of a table.", "--json"),
 ) -> None:
     """Describe a stack: shape, dtype, voxel size, size on disk, memmapped, intensities.
 
     Example: activeseg info stack.tif --labels truth.tif --preview look.png
     """
-    from activeseg import io
-
     if preview is not None:
         check_output(preview, inputs=[("stack", stack), ("labels", labels)], option="--preview")
     st = io.open_stack(stack, crop=io.Crop.parse(crop) if crop else None, voxel_size=voxel_size, axes=axes)
     with st:
-        nz = st.shape[0]
-        sample = sorted(set(np.linspace(0, nz - 1, min(nz, 16)).round().astype(int).tolist()))
-        values = np.concatenate([np.asarray(st[z], dtype=np.float32).ravel()[::7] for z in sample])
-        pct = np.percentile(values, [0.1, 1, 50, 99, 99.9])
-        result = {
-            "path": str(st.path),
-            "format": st.format,
-            "shape": list(st.shape),
-            "dtype": str(st.dtype),
-            "voxel_size_nm": None if st.voxel_size is None else list(st.voxel_size),
-            "voxel_size_partial_nm": list(st.voxel_size_partial),
-            "voxel_size_source": st.voxel_size_source,
-            "size_on_disk_bytes": int(st.file_size),
-            "memmapped": bool(st.memmapped),
-            "infobar_rows_cropped": int(st.infobar_rows),
-            "intensity_percentiles": {
-                "p0.1": float(pct[0]), "p1": float(pct[1]), "p50": float(pct[2]), "p99": float(pct[3]), "p99.9": float(pct[4]),
-            },
-            "intensity_sample_slices": len(sample),
-        }
+        result = io.stack_summary(st)
         if labels is not None:
-            found = io.read_labels(labels, shape=st.shape, kind=label_kind)
-            counts = np.zeros(256, np.int64)
-            for mask in found.values():
-                counts += np.bincount(mask.ravel(), minlength=256)
-            labelled = counts[:255].sum()
-            result["labels"] = {
-                "path": str(labels),
-                "labelled_slices": len(found),
-                "labelled_pixels": int(labelled),
-                "class_fractions": {str(c): float(counts[c] / labelled) for c in range(255) if counts[c]} if labelled else {},
-                "porosity": float(counts[1] / labelled) if labelled else None,
-            }
+            result["labels"] = io.label_summary(labels, st.shape, kind=label_kind)
         if preview is not None:
-            from activeseg.report import preview_png
-
-            preview_png(preview, st, title=st.path.name)
+            plots.preview_png(preview, st, title=st.path.name)
             result["preview"] = str(preview)
     if as_json:
         print(json.dumps(result, indent=2))
@@ -200,7 +171,7 @@ def info(
         table.add_row("info bar", f"{result['infobar_rows_cropped']} rows cropped")
     p = result["intensity_percentiles"]
     table.add_row(
-        f"intensity (from {len(sample)} slices)",
+        f"intensity (from {result['intensity_sample_slices']} slices)",
         f"p1 {p['p1']:g}  median {p['p50']:g}  p99 {p['p99']:g}",
     )
     if "labels" in result:
@@ -220,23 +191,10 @@ _DIFFICULTIES = ("easy", "medium", "hard")
 
 
 def _choice(value: str, choices: tuple[str, ...], name: str) -> str:
-    from activeseg.errors import ConfigError
 
     if value not in choices:
         raise ConfigError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
     return value
-
-
-def _otsu_summary(vol) -> dict:
-    """How badly a global Otsu threshold does on a synthetic volume (the artifact, in numbers)."""
-    from skimage.filters import threshold_otsu
-
-    from activeseg import metrics
-
-    t = threshold_otsu(vol.image)
-    otsu = (vol.image < t).astype(np.uint8)
-    ev = metrics.evaluate(otsu, vol.truth, depth=vol.depth, boundary=False)
-    return ev.overall
 
 
 @app.command()
@@ -249,9 +207,10 @@ def synth(
         0.0, "--porosity-gradient",
         help="blobs: last slice's porosity minus the first's (a graded material; the mean stays --porosity)."),
     structure: str = typer.Option("blobs", "--structure", help="blobs | spheres | fibres."),
-    difficulty: str = typer.Option("hard", "--difficulty", help="easy | medium | hard (hard: back walls as bright as cut faces)."),
+    difficulty: str = typer.Option(
+        "hard", "--difficulty", help="easy | medium | hard (hard: back walls as bright as cut faces)."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
-    preview: Optional[Path] = typer.Option(None, "--preview", help="Also write a PNG preview (slice, truth, y-z reslice)."),
+    preview: Path | None = typer.Option(None, "--preview", help="Also write a PNG preview (slice, truth, y-z reslice)."),
 ) -> None:
     """Synthesize a FIB-SEM volume with pore-back artifacts and its ground truth.
 
@@ -259,11 +218,8 @@ def synth(
 
     Graded (porosity 0.6 at the top, 0.9 at the bottom): activeseg synth data/graded --porosity 0.75 --porosity-gradient 0.3
     """
-    from activeseg import synth as synth_mod
-
     _choice(structure, _STRUCTURES, "--structure")
     _choice(difficulty, _DIFFICULTIES, "--difficulty")
-    from activeseg.errors import OutputError
 
     taken = [n for n in ("image.tif", "truth.tif", "depth.tif", "synth.json") if (out_dir / n).exists()]
     if taken:
@@ -279,7 +235,7 @@ def synth(
             rng=np.random.default_rng(seed),
         )
         paths = synth_mod.save_synth(out_dir, vol)
-    otsu = _otsu_summary(vol)
+    otsu = metrics.otsu_baseline(vol.image, vol.truth, depth=vol.depth)
     table = Table(title=f"synthetic volume in {out_dir}", show_header=False, title_justify="left")
     table.add_row("shape (z, y, x)", " x ".join(map(str, vol.image.shape)))
     table.add_row("structure / difficulty", f"{structure} / {difficulty}")
@@ -299,9 +255,8 @@ def synth(
     for name, p in paths.items():
         table.add_row(name, str(p))
     if preview is not None:
-        from activeseg.report import preview_png
 
-        preview_png(preview, vol.image, truth=vol.truth, title=f"{structure}, {difficulty}, porosity {porosity}")
+        plots.preview_png(preview, vol.image, truth=vol.truth, title=f"{structure}, {difficulty}, porosity {porosity}")
         table.add_row("preview", str(preview))
     console.print(table)
 
@@ -315,9 +270,7 @@ def strategies_cmd(
 
     Example: activeseg strategies
     """
-    from activeseg.registry import describe_strategies
-
-    infos = describe_strategies()
+    infos = registry.describe_strategies()
     if as_json:
         print(json.dumps([
             {"name": i.name, "source": i.source, "version": i.version, "requires": list(i.requires),
@@ -352,8 +305,6 @@ def _progress():
     In a terminal: rich progress bars. When stderr is not a terminal (piped, logged, a
     batch job): a plain line per stage at most every 10 s, so a log shows signs of life.
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
     if not err_console.is_terminal:
         yield _plain_progress(err_console)
         return
@@ -373,7 +324,6 @@ def _progress():
 
 def _plain_progress(out: Console, every: float = 10.0):
     """``progress(stage, done, total)`` printing ``stage: done/total (pct), elapsed`` lines."""
-    import time
 
     start: dict[str, float] = {}
     last: dict[str, float] = {}
@@ -393,14 +343,12 @@ def _plain_progress(out: Console, every: float = 10.0):
     return update
 
 
-def _open(session: Path, relink: Optional[Path] = None):
-    from activeseg import loop
+def _open(session: Path, relink: Path | None = None):
 
     return loop.open_session(session, relink_to=relink)
 
 
-def _parse_ints(text: Optional[str], what: str) -> Optional[list[int]]:
-    from activeseg.errors import ConfigError
+def _parse_ints(text: str | None, what: str) -> list[int] | None:
 
     if text is None:
         return None
@@ -412,13 +360,11 @@ def _parse_ints(text: Optional[str], what: str) -> Optional[list[int]]:
 
 def _parse_values(text: str) -> tuple[int, int]:
     """``--values solid,pore``, checked (two different numbers 0..255), with that message."""
-    from activeseg.loop import check_output_values
 
     return check_output_values([t for t in text.replace(" ", "").split(",") if t])
 
 
 def _parse_params(items: list[str]) -> dict:
-    from activeseg.errors import ConfigError
 
     out = {}
     for item in items or []:
@@ -433,7 +379,6 @@ def _parse_params(items: list[str]) -> dict:
 
 
 def _say_next(sess) -> None:
-    from activeseg import loop
 
     _say("next:", loop.next_step(sess))
 
@@ -447,13 +392,15 @@ _RELINK = typer.Option(None, "--relink", help="The stack moved or was re-saved: 
 def init(
     session: Path = typer.Argument(..., help="New session directory."),
     image: Path = typer.Option(..., "--image", help="The FIB-SEM stack (TIFF or folder of slices)."),
-    truth: Optional[Path] = typer.Option(None, "--truth", help="Ground-truth labels (simulated studies). Found beside a synth image.tif."),
-    depth: Optional[Path] = typer.Option(None, "--depth", help="Back-wall depth map of a synthetic volume (grey-pore metrics)."),
-    config: Optional[Path] = typer.Option(None, "--config", help="TOML file: [geometry] [session] [rf] [model] [train]."),
-    voxel_size: Optional[tuple[float, float, float]] = typer.Option(None, "--voxel-size", help="Voxel size z y x in nm (overrides metadata)."),
-    crop: Optional[str] = typer.Option(None, "--crop", help="Region z0:z1,y0:y1,x0:x1 of the stack to work on."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed of the session."),
-    axes: Optional[str] = _AXES,
+    truth: Path | None = typer.Option(
+        None, "--truth", help="Ground-truth labels (simulated studies). Found beside a synth image.tif."),
+    depth: Path | None = typer.Option(None, "--depth", help="Back-wall depth map of a synthetic volume (grey-pore metrics)."),
+    config: Path | None = typer.Option(None, "--config", help="TOML file: [geometry] [session] [rf] [model] [train]."),
+    voxel_size: tuple[float, float, float] | None = typer.Option(
+        None, "--voxel-size", help="Voxel size z y x in nm (overrides metadata)."),
+    crop: str | None = typer.Option(None, "--crop", help="Region z0:z1,y0:y1,x0:x1 of the stack to work on."),
+    seed: int | None = typer.Option(None, "--seed", help="Random seed of the session."),
+    axes: str | None = _AXES,
 ) -> None:
     """Create a labelling session for a stack.
 
@@ -462,8 +409,6 @@ def init(
 
     Example: activeseg init runs/s1 --image data/hard/image.tif
     """
-    from activeseg import loop
-
     sess = loop.init_session(session, image, truth=truth, depth=depth, config=config, voxel_size=voxel_size, crop=crop,
                              seed=seed, axes=axes)
     m = sess.manifest
@@ -480,23 +425,25 @@ def init(
 @_handled
 def bootstrap_cmd(
     session: Path = _SESSION_ARG,
-    scribbles: Optional[Path] = typer.Option(None, "--scribbles", help="Scribble file/folder, ilastik convention (0 = unlabelled, class c stored as c+1)."),
-    labels: Optional[Path] = typer.Option(None, "--labels", help="Fully labelled slices (0 solid, 1 pore, 255 unlabelled)."),
-    slices: Optional[str] = typer.Option(None, "--slices", help="Take these slices from the session's ground truth, e.g. 0,120,240."),
-    simulate_scribbles: bool = _flag("With --slices: draw simulated strokes from the truth instead of whole slices.", "--simulate-scribbles"),
-    relink: Optional[Path] = _RELINK,
+    scribbles: Path | None = typer.Option(
+        None, "--scribbles", help="Scribble file/folder, ilastik convention (0 = unlabelled, class c stored as c+1)."),
+    labels: Path | None = typer.Option(None, "--labels", help="Fully labelled slices (0 solid, 1 pore, 255 unlabelled)."),
+    slices: str | None = typer.Option(
+        None, "--slices", help="Take these slices from the session's ground truth, e.g. 0,120,240."),
+    simulate_scribbles: bool = _flag(
+        "With --slices: draw simulated strokes from the truth instead of whole slices.", "--simulate-scribbles"),
+    relink: Path | None = _RELINK,
 ) -> None:
     """Round 0: first labels and a Random Forest pre-segmentation.
 
     Example: activeseg bootstrap runs/s1 --slices 10,30,50 --simulate-scribbles
     """
-    from activeseg import loop
-
     sess = _open(session, relink)
     with _progress() as progress:
         res = loop.bootstrap(sess, scribbles=scribbles, labels=labels, slices=_parse_ints(slices, "--slices"),
                              simulate_scribbles=simulate_scribbles, progress=progress)
-    console.print(f"bootstrap: {len(res['slices'])} slice(s) {res['slices']} as {res['kind']} labels; {res['rf']}", highlight=False)
+    console.print(f"bootstrap: {len(res['slices'])} slice(s) {res['slices']} as {res['kind']} labels; {res['rf']}",
+                  highlight=False)
     _say_next(sess)
 
 
@@ -508,7 +455,7 @@ def query_cmd(
     strategy: str = typer.Option("distributed", "--strategy", help="Query strategy (see `activeseg strategies`)."),
     param: list[str] = typer.Option([], "--param", help="Strategy parameter key=value (repeatable)."),
     audit: bool = _flag("Add one random slice: its correction cost estimates the current error honestly.", "--audit"),
-    relink: Optional[Path] = _RELINK,
+    relink: Path | None = _RELINK,
 ) -> None:
     """Pick the next slices to correct and export them, pre-filled, for Fiji/napari.
 
@@ -517,8 +464,6 @@ def query_cmd(
 
     Example: activeseg query runs/s1 -n 4 --strategy spaced_entropy --param min_gap=8
     """
-    from activeseg import loop, registry
-
     params = _parse_params(param)
     registry.prepare_query(strategy, params)  # a bad name or value fails before --relink changes anything
     sess = _open(session, relink)
@@ -541,17 +486,15 @@ def query_cmd(
 @_handled
 def import_cmd(
     session: Path = _SESSION_ARG,
-    directory: Optional[Path] = typer.Argument(None, help="Folder with corrected zNNNN masks (default: the round's export folder)."),
-    slices: Optional[str] = typer.Option(None, "--slices", help="Import only these slices (also imports masks left unchanged)."),
-    skip: Optional[str] = typer.Option(None, "--skip", help="Skip these queried slices (e.g. damaged ones)."),
-    relink: Optional[Path] = _RELINK,
+    directory: Path | None = typer.Argument(None, help="Folder with corrected zNNNN masks (default: the round's export folder)."),
+    slices: str | None = typer.Option(None, "--slices", help="Import only these slices (also imports masks left unchanged)."),
+    skip: str | None = typer.Option(None, "--skip", help="Skip these queried slices (e.g. damaged ones)."),
+    relink: Path | None = _RELINK,
 ) -> None:
     """Import corrected masks of the open round (a few now and the rest later is fine).
 
     Example: activeseg import runs/s1 --skip 300
     """
-    from activeseg import loop
-
     sess = _open(session, relink)
     res = loop.import_corrections(sess, directory, slices=_parse_ints(slices, "--slices"), skip=_parse_ints(skip, "--skip") or [])
     for z, c in res["cost"].items():
@@ -567,9 +510,9 @@ def import_cmd(
 @_handled
 def revert_cmd(
     session: Path = _SESSION_ARG,
-    slice_: Optional[str] = typer.Option(None, "--slice", help="Take back the labels of these slices, e.g. 40 or 40,88."),
-    round_: Optional[int] = typer.Option(None, "--round", help="Take back every label of this round (an open round is closed)."),
-    reason: Optional[str] = typer.Option(None, "--reason", help="A note kept with the tombstone."),
+    slice_: str | None = typer.Option(None, "--slice", help="Take back the labels of these slices, e.g. 40 or 40,88."),
+    round_: int | None = typer.Option(None, "--round", help="Take back every label of this round (an open round is closed)."),
+    reason: str | None = typer.Option(None, "--reason", help="A note kept with the tombstone."),
 ) -> None:
     """Undo a wrong import or a bad round: the next train no longer uses those labels.
 
@@ -578,8 +521,6 @@ def revert_cmd(
 
     Example: activeseg revert runs/s1 --slice 120
     """
-    from activeseg import loop
-
     sess = _open(session)
     res = loop.revert(sess, slices=_parse_ints(slice_, "--slice"), round_index=round_, reason=reason)
     for r, zs in sorted(res["reverted"].items()):
@@ -593,16 +534,14 @@ def revert_cmd(
 @_handled
 def train_cmd(
     session: Path = _SESSION_ARG,
-    steps: Optional[int] = typer.Option(None, "--steps", help="Training steps (mini-batches) for this round."),
-    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda | mps (default: the session's [train] device, else auto)."),
-    relink: Optional[Path] = _RELINK,
+    steps: int | None = typer.Option(None, "--steps", help="Training steps (mini-batches) for this round."),
+    device: str | None = typer.Option(None, "--device", help="auto | cpu | cuda | mps (default: the session's [train] device, else auto)."),
+    relink: Path | None = _RELINK,
 ) -> None:
     """Train the ResUNet on every label so far (warm start), evaluate when truth is known.
 
     Example: activeseg train runs/s1 --steps 200 --device auto
     """
-    from activeseg import loop
-
     sess = _open(session, relink)
     with _progress() as progress:
         res = loop.train(sess, steps=steps, device=device, progress=progress)
@@ -669,8 +608,6 @@ def status_cmd(
 
     Example: activeseg status runs/s1 --json
     """
-    from activeseg import loop
-
     sess = loop.open_session(session, check_inputs=False)
     st = loop.status(sess)
     if as_json:
@@ -710,7 +647,7 @@ def export_cmd(
     out: Path = typer.Argument(..., help="Output TIFF (uint8 segmentation, or float32 with --probabilities); never an input."),
     probabilities: bool = _flag("Write the pore probability instead of labels.", "--probabilities"),
     values: str = typer.Option("0,1", "--values", help="Values written for solid,pore (e.g. 0,255 for Fiji)."),
-    relink: Optional[Path] = _RELINK,
+    relink: Path | None = _RELINK,
 ) -> None:
     """Whole-stack segmentation from the latest model (corrected slices from their labels).
 
@@ -719,8 +656,6 @@ def export_cmd(
 
     Example: activeseg export runs/s1 seg.tif --values 0,255
     """
-    from activeseg import loop
-
     vals = _parse_values(values)  # before --relink changes anything
     sess = _open(session, relink)
     existed = out.exists()
@@ -743,8 +678,6 @@ def predict_cmd(
 
     Example: activeseg predict runs/s1 next_sample.tif next_sample_seg.tif
     """
-    from activeseg import loop
-
     vals = _parse_values(values)
     existed = out.exists()
     with _progress() as progress:
@@ -759,18 +692,16 @@ def run_cmd(
     strategy: str = typer.Option(..., "--strategy", help="Query strategy for every round."),
     n: int = typer.Option(..., "-n", help="Slices per round."),
     rounds: int = typer.Option(..., "--rounds", help="Rounds to run (a resumed run continues to this total)."),
-    first_strategy: Optional[str] = typer.Option(None, "--first-strategy", help="Strategy for the first round (e.g. distributed)."),
+    first_strategy: str | None = typer.Option(None, "--first-strategy", help="Strategy for the first round (e.g. distributed)."),
     param: list[str] = typer.Option([], "--param", help="Strategy parameter key=value (repeatable)."),
     bootstrap_slices: int = typer.Option(3, "--bootstrap-slices", help="Evenly spaced slices with simulated scribbles, if not bootstrapped yet."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Training steps per round."),
-    relink: Optional[Path] = _RELINK,
+    steps: int | None = typer.Option(None, "--steps", help="Training steps per round."),
+    relink: Path | None = _RELINK,
 ) -> None:
     """Simulate rounds with the ground-truth oracle: query -> correct -> train.
 
     Example: activeseg run runs/sim --strategy spaced_entropy -n 2 --rounds 3 --first-strategy distributed
     """
-    from activeseg import loop
-
     sess = _open(session, relink)
     with _progress() as progress:
         done = loop.run(sess, strategy=strategy, n=n, rounds=rounds, first_strategy=first_strategy,
@@ -781,40 +712,6 @@ def run_cmd(
                       f"accuracy {mt.get('accuracy', float('nan')):.4f}, solid IoU {mt.get('iou_solid', float('nan')):.4f}",
                       highlight=False)
     _say_next(sess)
-
-
-_TINY_MODEL = {"encoder": "resnet18", "encoder_depth": 3, "decoder_channels": [32, 16, 8]}
-
-
-def _study_inputs(study_dir: Path, image: Optional[Path], truth: Optional[Path], depth: Optional[Path],
-                  shape: tuple[int, int, int], seed: int, porosity: float = 0.8) -> tuple[Path, Path, Optional[Path]]:
-    """The study's stack: the user's (with truth), or a hard synthetic volume made once."""
-    from activeseg.errors import ConfigError
-
-    if image is not None:
-        if truth is None:
-            beside = image.parent / "truth.tif"
-            if not beside.exists():
-                raise ConfigError("a study needs ground truth: give --truth (or use a synth folder's image.tif)")
-            truth = beside
-            depth = depth or (image.parent / "depth.tif" if (image.parent / "depth.tif").exists() else None)
-        return image, truth, depth
-    data = study_dir / "data"
-    if (data / "synth.json").exists():
-        made = json.loads((data / "synth.json").read_text())
-        if list(made.get("shape", [])) != list(shape) or made.get("seed", seed) != seed or made.get("porosity_requested", porosity) != porosity:
-            raise ConfigError(
-                f"{study_dir} already holds a synthetic volume of shape {tuple(made.get('shape', []))} "
-                f"(seed {made.get('seed')}); asked for {tuple(shape)} (seed {seed}). Use another directory "
-                f"(--out / STUDY_DIR) or delete {study_dir}"
-            )
-    else:
-        from activeseg import synth as synth_mod
-
-        with console.status(f"synthesizing a hard pore-back volume {shape[0]}x{shape[1]}x{shape[2]} (porosity {porosity})..."):
-            vol = synth_mod.synthesize(shape, structure="blobs", porosity=porosity, difficulty="hard", seed=seed)
-            synth_mod.save_synth(data, vol)
-    return data / "image.tif", data / "truth.tif", data / "depth.tif"
 
 
 def _print_study(out: dict, study_dir: Path) -> None:
@@ -850,20 +747,20 @@ def _print_study(out: dict, study_dir: Path) -> None:
 @_handled
 def study_cmd(
     study_dir: Path = typer.Argument(..., help="Study directory (re-running fills only missing runs)."),
-    image: Optional[Path] = typer.Option(None, "--image", help="Stack with ground truth; default: synthesize a hard volume."),
-    truth: Optional[Path] = typer.Option(None, "--truth", help="Ground truth of --image (found beside a synth image.tif)."),
-    depth: Optional[Path] = typer.Option(None, "--depth", help="Back-wall depth map (grey-pore metrics)."),
-    preset: Optional[str] = typer.Option(None, "--preset", help="paper | efficiency | demo; or give --strategies/--budgets."),
+    image: Path | None = typer.Option(None, "--image", help="Stack with ground truth; default: synthesize a hard volume."),
+    truth: Path | None = typer.Option(None, "--truth", help="Ground truth of --image (found beside a synth image.tif)."),
+    depth: Path | None = typer.Option(None, "--depth", help="Back-wall depth map (grey-pore metrics)."),
+    preset: str | None = typer.Option(None, "--preset", help="paper | efficiency | demo; or give --strategies/--budgets."),
     strategies: str = typer.Option("initial,distributed", "--strategies", help="Comma-separated strategies for a custom grid."),
     budgets: str = typer.Option("5,20", "--budgets", help="Comma-separated budgets (fully labelled slices)."),
-    seeds: Optional[str] = typer.Option(None, "--seeds", help="Comma-separated seeds (default 0; 0,1,2 for --preset efficiency)."),
+    seeds: str | None = typer.Option(None, "--seeds", help="Comma-separated seeds (default 0; 0,1,2 for --preset efficiency)."),
     schedule: str = typer.Option("one-shot", "--schedule", help="one-shot | iterative | both."),
     k0: int = typer.Option(2, "--k0", help="Iterative: slices in the first round."),
     k: int = typer.Option(2, "--k", help="Iterative: slices per later round."),
     no_human: bool = _flag("RF pseudo-labels instead of the ground-truth oracle.", "--no-human"),
     shape: tuple[int, int, int] = typer.Option((600, 256, 256), "--shape", help="Size of the synthetic volume when no --image."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Training steps per round (default: the train config's)."),
-    config: Optional[Path] = typer.Option(None, "--config", help="TOML session config for every run."),
+    steps: int | None = typer.Option(None, "--steps", help="Training steps per round (default: the train config's)."),
+    config: Path | None = typer.Option(None, "--config", help="TOML session config for every run."),
     jobs: int = typer.Option(1, "--jobs", help="Runs in parallel (processes); threads are split between them."),
     seed: int = typer.Option(0, "--seed", help="Seed of the synthetic volume."),
 ) -> None:
@@ -871,34 +768,24 @@ def study_cmd(
 
     Example: activeseg study studies/paper --preset paper --shape 600 256 256 --jobs 2
     """
-    import time
 
-    from activeseg import loop, study
-    from activeseg.errors import ConfigError
 
     seeds_l = _parse_ints(seeds, "--seeds") or ([0, 1, 2] if preset == "efficiency" else [0])
     cfg = loop.load_config(config) if config else {}
     if steps is not None:
         cfg.setdefault("train", {})["steps"] = int(steps)
-    if preset == "paper":
-        runs = study.paper_preset(seeds_l)
-        cfg.setdefault("train_on_scribbles", False)  # the paper trains on the chosen slices only
-    elif preset == "efficiency":
-        runs = study.efficiency_preset(seeds_l, steps_per_round=cfg.get("train", {}).get("steps"))
-    elif preset == "demo":
-        runs = study.demo_preset()
-    elif preset is None:
+    if preset is not None:
+        runs = study.preset(preset, seeds_l, steps_per_round=cfg.get("train", {}).get("steps"))
+    else:
         scheds = ("one-shot", "iterative") if schedule == "both" else (schedule,)
         runs = study.plan_grid([s.strip() for s in strategies.split(",") if s.strip()], _parse_ints(budgets, "--budgets"),
                                seeds_l, scheds, k0=k0, k=k, human="none" if no_human else "truth")
-    else:
-        raise ConfigError(f"--preset must be paper, efficiency or demo; got {preset!r}")
-    from activeseg import registry
 
     for r in runs:
         if r.strategy != study.CEILING:
             registry.prepare_query(r.strategy, r.params)  # bad names or parameters fail before anything runs
-    image, truth, depth = _study_inputs(study_dir, image, truth, depth, shape, seed)
+    with console.status("preparing the study's stack..."):
+        image, truth, depth = study.study_inputs(study_dir, image, truth, depth, shape=shape, seed=seed)
     t0 = time.time()
     with _progress() as progress:
         results = study.run_study(study_dir, runs, image=image, truth=truth, depth=depth, config=cfg, jobs=jobs, progress=progress)
@@ -927,29 +814,22 @@ def demo(
 
     Example: activeseg demo --out activeseg-demo
     """
-    import time
 
-    from activeseg import study
 
     t0 = time.time()
-    if quick:
-        shape, rounds, k, steps = (16, 64, 64), 2, 1, 6
-        train = {"steps": steps, "patch_size": 64, "batch_size": 2, "eval_every": 3}
-    else:
-        shape, rounds, k, steps = (48, 128, 128), 3, 2, 60
-        train = {"steps": steps, "patch_size": 96, "batch_size": 4, "eval_every": 20}
-    cfg = {"model": dict(_TINY_MODEL), "train": train, "rf": {"n_estimators": 16}}
-    image, truth, depth = _study_inputs(out_dir, None, None, None, shape, seed)
-    from activeseg import metrics, synth as synth_mod
+    demo_run = study.demo_setup(quick=quick)
+    shape, rounds, k, cfg = demo_run["shape"], demo_run["rounds"], demo_run["k"], demo_run["config"]
+    with console.status(f"synthesizing a hard pore-back volume {shape[0]}x{shape[1]}x{shape[2]}..."):
+        image, truth, depth = study.study_inputs(out_dir, None, None, None, shape=shape, seed=seed)
 
     vol = synth_mod.load_synth(out_dir / "data")
-    otsu = _otsu_summary(vol)
+    otsu = metrics.otsu_baseline(vol.image, vol.truth, depth=vol.depth)
     _say("1. data:", f"synthetic hard pore-back volume {shape[0]}x{shape[1]}x{shape[2]}, porosity "
                   f"{float(np.mean(vol.truth == 1)):.2f}; a global Otsu threshold gets accuracy {otsu['accuracy']:.3f} "
                   f"and porosity {otsu['porosity_pred']:.3f} (error {otsu['porosity_error']:+.3f}): the grey pores fool it.")
     _say("2. active learning:", f"RF bootstrap on scribbles of 3 slices, then {rounds} rounds of {k} slice(s): "
                   "distributed vs spaced_entropy, ResUNet retrained each round (CPU).")
-    runs = study.demo_preset(rounds=rounds, k=k)
+    runs = demo_run["runs"]
     with _progress() as progress:
         results = study.run_study(out_dir / "study", runs, image=image, truth=truth, depth=depth, config=cfg, progress=progress)
     failed = [r for r in results if r["status"] == "failed"]

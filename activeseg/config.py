@@ -26,8 +26,15 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from activeseg import bootstrap as bs
 from activeseg.errors import ConfigError
+from activeseg.features import FeatureConfig
 from activeseg.geometry import Geometry
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
 
 __all__ = ["SessionConfig", "TABLES", "load_config", "validate_config", "model_kwargs"]
 
@@ -216,9 +223,6 @@ def validate_config(cfg: SessionConfig, *, source: str = "") -> SessionConfig:
     ``source`` prefixes messages (e.g. ``"config file c.toml: "``). Imports torch and
     segmentation-models-pytorch only when ``[model]`` names an architecture or encoder.
     """
-    from activeseg import bootstrap as bs  # scikit-learn and scipy, no torch
-    from activeseg.features import FeatureConfig
-
     rf_hints = {k: v for k, v in _signature_hints(bs.fit_rf).items() if k not in ("rng", "geometry", "n_classes")}
     _check_table("rf", cfg.rf, rf_hints, source)
     if isinstance(cfg.rf.get("features"), dict):
@@ -235,7 +239,8 @@ def validate_config(cfg: SessionConfig, *, source: str = "") -> SessionConfig:
 
     if not cfg.model and not cfg.train:
         return cfg  # the defaults are valid; no need to import torch
-    from activeseg.model import ModelConfig  # torch: needed to check the network's settings at all
+    # torch: imported only when [model] or [train] are given, to check them
+    from activeseg.model import ModelConfig
     from activeseg.train import TrainConfig
 
     _check_table("model", cfg.model, _dataclass_hints(ModelConfig), source)
@@ -247,13 +252,13 @@ def validate_config(cfg: SessionConfig, *, source: str = "") -> SessionConfig:
         _range("train", "device", dev in _DEVICES or (dev.startswith("cuda:") and dev[5:].isdigit()),
                f"one of {', '.join(_DEVICES)} or cuda:N", dev, source)
     if "arch" in cfg.model or "encoder" in cfg.model:
-        from activeseg.model import available_architectures, available_encoders
+        from activeseg.model import available_architectures, available_encoders  # torch, smp
 
         archs = {a.lower() for a in available_architectures()} | {"resunet"}
         _range("model", "arch", mcfg.arch.lower() in archs,
                f"one of {', '.join(available_architectures())} (or resunet)", mcfg.arch, source)
         if mcfg.encoder.startswith("tu-"):
-            import timm
+            import timm  # heavy: only for a tu-<timm> encoder
 
             _range("model", "encoder", timm.is_model(mcfg.encoder[3:]), "tu-<a timm model name>", mcfg.encoder, source)
         else:
@@ -282,10 +287,6 @@ def load_config(path: Path) -> dict:
     file, table and key in the message; ranges and the network names are checked by
     :func:`validate_config` (at ``init``).
     """
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} not found" + (" (it is a folder)" if path.is_dir() else ""))

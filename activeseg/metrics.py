@@ -1,4 +1,4 @@
-"""Segmentation quality metrics (DESIGN.md §8).
+"""Segmentation quality metrics (docs/architecture.md §8).
 
 Everything is computed from per-slice counts, so a whole stack is evaluated block by
 block (memmaps welcome) and the same counts give per-slice, per-index and whole-stack
@@ -40,7 +40,7 @@ __all__ = [
 ]
 
 BCE_EPS = 1e-7
-"""Probabilities are clipped to ``[BCE_EPS, 1 - BCE_EPS]`` before the log (DESIGN.md §8)."""
+"""Probabilities are clipped to ``[BCE_EPS, 1 - BCE_EPS]`` before the log (docs/architecture.md §8)."""
 
 PORE = 1
 
@@ -198,7 +198,7 @@ def evaluate(
     pred, truth : integer (Z, Y, X) array-likes (memmaps and lazy stacks work), values
         in ``0..n_classes-1`` (0 = solid, 1 = pore).
     prob : optional float (Z, Y, X) pore probability, for ``bce``.
-    depth : optional float32 (Z, Y, X) back-wall depth map of the simulator (DESIGN.md
+    depth : optional float32 (Z, Y, X) back-wall depth map of the simulator (docs/architecture.md
         §8), for ``grey_pore_error``.
     slices : global z indices to evaluate (default: all).
     grey_depth : pore pixels with ``0 < depth <= grey_depth`` count as grey pores.
@@ -343,3 +343,30 @@ def grey_pore_error(pred, truth, depth, *, max_depth: float = 5.0) -> float:
     grey = (truth == PORE) & (depth > 0) & (depth <= max_depth)
     n = np.count_nonzero(grey)
     return float(np.count_nonzero(grey & (pred != PORE)) / n) if n else float("nan")
+
+
+__all__.append("paper_indices")
+
+
+def paper_indices(n_slices: int, positions: Sequence[int] = (47, 434, 598), of: int = 600) -> list[int]:
+    """Global z of the paper's Index-47/434/598 at the same relative positions in a stack.
+
+    ``z = round(p * n_slices / of)``, clipped to ``0..n_slices-1`` (600 slices give
+    exactly 47, 434, 598; 160 slices give 13, 116, 159).
+    """
+    n_slices = int(n_slices)
+    if n_slices < 1:
+        raise ConfigError(f"n_slices must be >= 1, got {n_slices}")
+    # round half up (x // 1 is floor(x)), not Python's round-half-even
+    return [int(min(n_slices - 1, max(0, (p * n_slices / of + 0.5) // 1))) for p in positions]
+
+
+def otsu_baseline(image, truth, *, depth=None) -> dict:
+    """How a global Otsu threshold does on a stack with ground truth (the pore-back
+    artifact in numbers: on hard volumes grey pores fool it). Returns the stack-wide
+    figures of :func:`evaluate` (accuracy, porosity, solid IoU, ...)."""
+    from skimage.filters import threshold_otsu  # skimage: heavy, needed only here
+
+    image = np.asarray(image)
+    pred = (image < threshold_otsu(image)).astype(np.uint8)
+    return evaluate(pred, truth, depth=depth, boundary=False).overall

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from activeseg import figures, io
 from activeseg.errors import LabelError
 from activeseg.safety import atomic_write_text
 
@@ -121,9 +122,7 @@ def mask_name(z: int) -> str:
 
 def slice_from_name(name: str) -> int | None:
     """Global slice index carried by a file name such as ``z0120_mask.tif`` (None if absent)."""
-    from activeseg.io import slice_index_from_name
-
-    return slice_index_from_name(name)
+    return io.slice_index_from_name(name)
 
 
 def _context(z: int, n_slices: int, radius: int) -> list[int]:
@@ -154,8 +153,6 @@ def export_for_correction(
     slices : global z of the queried slices.
     prefill : z -> uint8 (Y, X) pre-filled mask (the current best prediction).
     """
-    from activeseg import io
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     nz = int(image.shape[0])
@@ -185,9 +182,7 @@ def export_for_correction(
 
 
 def _overlay_png(path: Path, image_slice, mask, z: int) -> Path:
-    from activeseg.report import _mpl, _savefig
-
-    plt = _mpl()
+    plt = figures.pyplot()
     mask = np.asarray(mask)
     lo, hi = np.percentile(image_slice, [0.5, 99.5])
     fig, axes = plt.subplots(1, 2, figsize=(8, 4.2))
@@ -201,7 +196,7 @@ def _overlay_png(path: Path, image_slice, mask, z: int) -> Path:
         ax.set_yticks([])
     fig.tight_layout()
     try:
-        return _savefig(fig, path, dpi=100)
+        return figures.savefig(fig, path, dpi=100)
     finally:
         plt.close(fig)
 
@@ -239,8 +234,6 @@ def read_corrections(files: dict[int, Path], shape: tuple[int, int], *, n_classe
     problem raises :class:`LabelError` naming the file and slice; nothing is returned
     unless all files are valid.
     """
-    from activeseg import io
-
     out = {}
     for z, path in sorted(files.items()):
         name = Path(path).name
@@ -281,8 +274,6 @@ def read_corrections(files: dict[int, Path], shape: tuple[int, int], *, n_classe
 
 def _is_01_with_255(path: Path, shape: tuple[int, int]) -> bool:
     """True when a file reads as 0/1 masks with some 255 pixels (pore painted as 255)."""
-    from activeseg import io
-
     try:
         found = io.read_labels(path, shape=tuple(shape), n_classes=2, kind="partial")
     except (OSError, ValueError):

@@ -36,6 +36,12 @@ from pathlib import Path
 import numpy as np
 
 from activeseg.errors import SessionError, SessionLockedError
+from activeseg.io import slice_files
+
+try:
+    import fcntl
+except ImportError:  # Windows: sessions are read-only there (see _Lock.acquire)
+    fcntl = None  # type: ignore[assignment]
 from activeseg.safety import atomic_save_npz, atomic_write_bytes, atomic_write_json
 
 __all__ = [
@@ -67,8 +73,6 @@ def _input_files(path: Path) -> list[Path]:
     reads, so a ``Thumbs.db`` or ``.DS_Store`` does not count as a change)."""
     if not path.is_dir():
         return [path]
-    from activeseg.io import slice_files
-
     return slice_files(path)
 
 
@@ -86,7 +90,7 @@ def sha256_file(path: Path, *, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
-def _stat_key(path: Path) -> dict:
+def stat_key(path: Path) -> dict:
     files = _input_files(Path(path))
     return {
         "size": int(sum(f.stat().st_size for f in files)),
@@ -97,7 +101,7 @@ def _stat_key(path: Path) -> dict:
 def file_fingerprint(path: Path) -> dict:
     """Absolute path, SHA-256, size and modification time of an input file or folder."""
     path = Path(path).resolve()
-    return {"path": str(path), "sha256": sha256_file(path), **_stat_key(path)}
+    return {"path": str(path), "sha256": sha256_file(path), **stat_key(path)}
 
 
 # --- the lock -------------------------------------------------------------------------------
@@ -118,13 +122,11 @@ class _Lock:
             return {}
 
     def acquire(self) -> None:
-        try:
-            import fcntl
-        except ImportError:  # pragma: no cover - Windows
+        if fcntl is None:  # pragma: no cover - Windows
             raise SessionError(
                 "activeseg writes sessions on Linux and macOS only: it needs POSIX file locks to keep two "
                 "processes from writing one session; on Windows run it under WSL"
-            ) from None
+            )
         try:
             fh = open(self.path, "a+")
         except OSError as exc:

@@ -20,15 +20,19 @@ from __future__ import annotations
 
 import json
 import logging
-import math
+import multiprocessing as mp
 import os
+import warnings
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from activeseg import io, loop, plots, report, synth, tables
 from activeseg.errors import ConfigError, SessionError
+from activeseg.metrics import paper_indices
 from activeseg.safety import atomic_write_bytes, atomic_write_json
 
 __all__ = [
@@ -46,6 +50,8 @@ __all__ = [
 log = logging.getLogger("activeseg")
 SCHEDULES = ("one-shot", "iterative")
 CEILING = "all-slices"
+PAPER_CONFIG = {"train_on_scribbles": False}
+"""The paper trains its network on the chosen slices only, not on the bootstrap scribbles."""
 
 
 @dataclass(frozen=True)
@@ -66,6 +72,8 @@ class RunSpec:
         label the queried slices: no human at all).
     train_steps : training steps of each of this run's rounds (None: the study's train
         config).
+    config : session settings of this run on top of the study's config (e.g. the paper's
+        runs train on their chosen slices only: ``{"train_on_scribbles": False}``).
     """
 
     name: str
@@ -79,6 +87,7 @@ class RunSpec:
     label: str = ""
     human: str = "truth"
     train_steps: int | None = None
+    config: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
@@ -142,10 +151,11 @@ def paper_preset(seeds: Sequence[int] = (0,), *, iterative: bool = True) -> list
     for seed in seeds:
         for b in (20, 5):
             for strat in ("initial", "distributed", "spaced_entropy", "hybrid"):
-                runs.append(RunSpec(_name(strat, b, "one-shot", seed), strat, b, "one-shot", seed))
+                runs.append(RunSpec(_name(strat, b, "one-shot", seed), strat, b, "one-shot", seed, config=dict(PAPER_CONFIG)))
         if iterative:
             for strat in ("spaced_entropy", "hybrid"):
-                runs.append(RunSpec(_name(strat, 20, "iterative", seed), strat, 20, "iterative", seed, k0=5, k=5))
+                runs.append(RunSpec(_name(strat, 20, "iterative", seed), strat, 20, "iterative", seed, k0=5, k=5,
+                                    config=dict(PAPER_CONFIG)))
     return runs
 
 
@@ -160,7 +170,7 @@ def efficiency_preset(seeds: Sequence[int] = (0, 1, 2), *, steps_per_round: int 
     strategies = ("initial", "distributed", "random", "spaced_entropy", "hybrid", "ranked_batch")
     runs = plan_grid(strategies, [12], seeds, ("iterative",), k0=2, k=2)
     if steps_per_round is None:
-        from activeseg.train import TrainConfig
+        from activeseg.train import TrainConfig  # torch: only for the default step count
 
         steps_per_round = TrainConfig().steps
     n_rounds = len(runs[0].rounds)
@@ -174,6 +184,63 @@ def demo_preset(*, rounds: int = 3, k: int = 2) -> list[RunSpec]:
         RunSpec(_name(s, rounds * k, "iterative", 0), s, rounds * k, "iterative", 0, k0=k, k=k)
         for s in ("distributed", "spaced_entropy")
     ]
+
+
+def preset(name: str, seeds: Sequence[int] = (0,), *, steps_per_round: int | None = None) -> list[RunSpec]:
+    """The runs of a named preset: "paper", "efficiency" or "demo" (each carries its own settings)."""
+    if name == "paper":
+        return paper_preset(seeds)
+    if name == "efficiency":
+        return efficiency_preset(seeds, steps_per_round=steps_per_round)
+    if name == "demo":
+        return demo_preset()
+    raise ConfigError(f"--preset must be paper, efficiency or demo; got {name!r}")
+
+
+DEMO_MODEL = {"encoder": "resnet18", "encoder_depth": 3, "decoder_channels": [32, 16, 8]}
+"""The demo's light network (the default is deeper): a CPU demo in about a minute."""
+
+
+def demo_setup(*, quick: bool = False) -> dict:
+    """What ``activeseg demo`` runs: volume shape, rounds, slices per round, session
+    config and runs (``quick``: a < 1 minute version used by the tests)."""
+    if quick:
+        shape, rounds, k = (16, 64, 64), 2, 1
+        train = {"steps": 6, "patch_size": 64, "batch_size": 2, "eval_every": 3}
+    else:
+        shape, rounds, k = (48, 128, 128), 3, 2
+        train = {"steps": 60, "patch_size": 96, "batch_size": 4, "eval_every": 20}
+    config = {"model": dict(DEMO_MODEL), "train": train, "rf": {"n_estimators": 16}}
+    return {"shape": shape, "rounds": rounds, "k": k, "config": config, "runs": demo_preset(rounds=rounds, k=k)}
+
+
+def study_inputs(study_dir: Path, image: Path | None, truth: Path | None, depth: Path | None, *,
+                 shape: Sequence[int], seed: int, porosity: float = 0.8) -> tuple[Path, Path, Path | None]:
+    """The study's stack: the user's (with its truth, found beside a synth ``image.tif``),
+    or a hard synthetic volume made once in ``STUDY_DIR/data`` (and reused after)."""
+    if image is not None:
+        image = Path(image)
+        if truth is None:
+            beside = image.parent / "truth.tif"
+            if not beside.exists():
+                raise ConfigError("a study needs ground truth: give --truth (or use a synth folder's image.tif)")
+            truth = beside
+            depth = depth or (image.parent / "depth.tif" if (image.parent / "depth.tif").exists() else None)
+        return image, Path(truth), depth
+    data = Path(study_dir) / "data"
+    if (data / "synth.json").exists():
+        made = json.loads((data / "synth.json").read_text())
+        if (list(made.get("shape", [])) != list(shape) or made.get("seed", seed) != seed
+                or made.get("porosity_requested", porosity) != porosity):
+            raise ConfigError(
+                f"{study_dir} already holds a synthetic volume of shape {tuple(made.get('shape', []))} "
+                f"(seed {made.get('seed')}); asked for {tuple(shape)} (seed {seed}). Use another directory "
+                f"(--out / STUDY_DIR) or delete {study_dir}"
+            )
+    else:
+        vol = synth.synthesize(tuple(shape), structure="blobs", porosity=porosity, difficulty="hard", seed=seed)
+        synth.save_synth(data, vol)
+    return data / "image.tif", data / "truth.tif", data / "depth.tif"
 
 
 # --- running ------------------------------------------------------------------------------------
@@ -190,11 +257,14 @@ def _run_done(run_dir: Path, spec: RunSpec) -> bool:
 
 
 def execute_run(study_dir: Path, spec: RunSpec, inputs: dict, config: dict, *, threads: int | None = None) -> dict:
-    """Run (or resume) one simulated run as a session; returns a short summary."""
-    from activeseg import loop
+    """Run (or resume) one simulated run as a session; returns a short summary.
 
+    Iterative and one-shot runs go through the one simulation driver
+    (:func:`activeseg.loop.run_rounds`); the all-slices ceiling labels every slice and
+    trains once.
+    """
     if threads:
-        import torch
+        import torch  # heavy: only to share the cores between parallel runs
 
         torch.set_num_threads(int(threads))
     run_dir = Path(study_dir) / "runs" / spec.name
@@ -205,42 +275,23 @@ def execute_run(study_dir: Path, spec: RunSpec, inputs: dict, config: dict, *, t
     else:
         session = loop.init_session(
             run_dir, Path(inputs["image"]), truth=Path(inputs["truth"]),
-            depth=Path(inputs["depth"]) if inputs.get("depth") else None, config=dict(config), seed=spec.seed,
+            depth=Path(inputs["depth"]) if inputs.get("depth") else None, config={**config, **spec.config}, seed=spec.seed,
         )
-    m = session.manifest
-    nz = int(m["stack"]["shape"][0])
-    if not m["rounds"]:
-        if spec.strategy == CEILING:
-            loop.bootstrap(session, slices=list(range(nz)))
-        else:
-            nb = int(inputs.get("bootstrap_slices", 3))
-            zs = [int((i + 0.5) * nz / nb) for i in range(nb)]
-            loop.bootstrap(session, slices=zs, simulate_scribbles=True)
     if spec.strategy == CEILING:
+        if not session.manifest["rounds"]:
+            loop.bootstrap(session, slices=list(range(int(session.manifest["stack"]["shape"][0]))))
         if session.manifest["rounds"][-1].get("status") != "trained":
             loop.train(session, steps=spec.train_steps)
         return {"name": spec.name, "status": "done"}
-    for i, size in enumerate(spec.rounds):
-        rounds = [r for r in session.manifest["rounds"] if r["index"] > 0]
-        if len(rounds) > i and rounds[i].get("status") == "trained":
-            continue
-        if len(rounds) <= i:
-            loop.query(session, size, strategy=spec.strategy, params=spec.params, export=False)
-        last = session.manifest["rounds"][-1]
-        if loop._pending(last):
-            if spec.human == "none":
-                loop.pseudo_label(session)
-            else:
-                loop.oracle_correct(session)
-        loop.train(session, steps=spec.train_steps)
+    plan = [(spec.strategy, spec.params, size) for size in spec.rounds]
+    loop.run_rounds(session, plan, human=spec.human, bootstrap_count=int(inputs.get("bootstrap_slices", 3)),
+                    steps=spec.train_steps)
     return {"name": spec.name, "status": "done"}
 
 
 def _worker(args):
     study_dir, spec_dict, inputs, config, threads = args
-    import logging as _logging
-
-    _logging.getLogger("activeseg").setLevel(_logging.WARNING)
+    logging.getLogger("activeseg").setLevel(logging.WARNING)
     spec = RunSpec(**spec_dict)
     try:
         return execute_run(Path(study_dir), spec, inputs, config, threads=threads)
@@ -309,9 +360,6 @@ def run_study(
             if progress:
                 progress("runs", len(results), total)
     else:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor, as_completed
-
         with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
             futs = {pool.submit(_worker, a): a[1]["name"] for a in args}
             for f in as_completed(futs):
@@ -376,7 +424,7 @@ def _context_reach(spec: dict) -> int:
     """Slices either side that the study's network sees as 2.5D context."""
     offsets = ((spec.get("config") or {}).get("model") or {}).get("offsets")
     if offsets is None:
-        from activeseg.model import ModelConfig
+        from activeseg.model import ModelConfig  # torch: only to read the model's context
 
         offsets = ModelConfig().offsets
     return max((abs(int(o)) for o in offsets), default=0)
@@ -384,8 +432,6 @@ def _context_reach(spec: dict) -> int:
 
 def _mean_per_slice(items: list[dict]) -> dict:
     """Per-slice arrays averaged over runs (seeds); NaN where no run has a value."""
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices stay NaN
         return {k: np.nanmean(np.stack([it[k] for it in items]), axis=0) for k in items[0]}
@@ -398,19 +444,17 @@ def _load_per_slice(info: dict) -> dict:
 
 def summarise(study_dir: Path, *, title: str = "activeseg study", preset: str | None = None) -> dict:
     """Write results.csv/.json, tables, plots and report.md from the runs so far."""
-    from activeseg import report
-
     study_dir = Path(study_dir)
     rows, per_run = collect(study_dir)
     if not rows:
         raise SessionError(f"no finished runs in {study_dir} yet")
     spec = json.loads((study_dir / "study.json").read_text())
-    plots = study_dir / "plots"
-    plots.mkdir(exist_ok=True)
-    report.table_csv(rows, study_dir / "results.csv")
+    plot_dir = study_dir / "plots"
+    plot_dir.mkdir(exist_ok=True)
+    tables.table_csv(rows, study_dir / "results.csv")
     out: dict = {"rows": rows}
     names = sorted({r["strategy"] for r in rows})
-    colors = {k: v["color"] for k, v in report.line_styles(names).items()}
+    colors = {k: v["color"] for k, v in plots.line_styles(names).items()}
     sections = []
     ceiling_rows = [r for r in rows if r["run"] == CEILING]
     ceiling = ceiling_rows[-1]["iou_solid"] if ceiling_rows else None
@@ -428,7 +472,7 @@ def summarise(study_dir: Path, *, title: str = "activeseg study", preset: str | 
         for r in sorted(finals.values(), key=lambda r: (r["n_labelled"], r["strategy"], r["seed"]))
     ]
     out["headline"] = headline
-    sections.append(("Whole-stack results (final model of each run)", report.markdown_table(headline)))
+    sections.append(("Whole-stack results (final model of each run)", tables.markdown_table(headline)))
     # per-slice figures of each trial's final model, averaged over seeds; unfinished runs left out
     trials: dict[str, list[dict]] = {}
     for name, info in per_run.items():
@@ -442,12 +486,12 @@ def summarise(study_dir: Path, *, title: str = "activeseg study", preset: str | 
         per_slice = {t: _mean_per_slice([_load_per_slice(i) for i in trials[t]]) for t in order}
         labelled = {t: sorted({z for i in trials[t] for z in i["labelled"]}) for t in order}
         nz = len(next(iter(per_slice.values()))["accuracy"])
-        idx = report.paper_indices(nz)
+        idx = paper_indices(nz)
         seeds = sorted({i["seed"] for t in order for i in trials[t]})
         if preset == "paper" or any(r["schedule"] == "one-shot" for r in finals.values()):
-            table = report.paper_table(per_slice, idx)
-            md = report.paper_table_markdown(table)
-            near = report.index_proximity(labelled, idx, within=_context_reach(spec))
+            table = tables.paper_table(per_slice, idx)
+            md = tables.paper_table_markdown(table)
+            near = tables.index_proximity(labelled, idx, within=_context_reach(spec))
             if near:
                 md += "\nWithin the network's 2.5D context of a training slice: " + " ".join(near) + "\n"
             out["index_proximity"] = near
@@ -456,28 +500,28 @@ def summarise(study_dir: Path, *, title: str = "activeseg study", preset: str | 
             out["paper_indices"] = idx
             over = f" (mean over seeds {', '.join(map(str, seeds))})" if len(seeds) > 1 else ""
             sections.append((f"Table 1 layout: loss (BCE) and accuracy at Index-{idx[0]}/{idx[1]}/{idx[2]} of {nz}{over}", md))
-        lc = {t: colors.get(trials[t][0]["strategy"]) or report.color_for(t) for t in order}
-        report.plot_slice_metric({k: v["accuracy"] for k, v in per_slice.items()}, plots / "accuracy_along_z.png",
-                                 labelled=labelled, metric="accuracy", marks=idx, colors=lc)
-        sections.append(("Accuracy along z", plots / "accuracy_along_z.png", "labelled slices marked under the axis"))
+        lc = {t: colors.get(trials[t][0]["strategy"]) or plots.color_for(t) for t in order}
+        plots.plot_slice_metric({k: v["accuracy"] for k, v in per_slice.items()}, plot_dir / "accuracy_along_z.png",
+                                labelled=labelled, metric="accuracy", marks=idx, colors=lc)
+        sections.append(("Accuracy along z", plot_dir / "accuracy_along_z.png", "labelled slices marked under the axis"))
         first = next(iter(per_slice.values()))
-        report.plot_porosity_profile(first["porosity_true"], {k: v["porosity_pred"] for k, v in per_slice.items()},
-                                     plots / "porosity_profile.png", labelled=labelled, marks=idx, colors=lc)
-        sections.append(("Porosity per slice vs truth", plots / "porosity_profile.png", ""))
+        plots.plot_porosity_profile(first["porosity_true"], {k: v["porosity_pred"] for k, v in per_slice.items()},
+                                    plot_dir / "porosity_profile.png", labelled=labelled, marks=idx, colors=lc)
+        sections.append(("Porosity per slice vs truth", plot_dir / "porosity_profile.png", ""))
         panel = _prediction_panel({t: min(trials[t], key=lambda i: i["seed"]) for t in order}, spec, idx[-1],
-                                  plots / "prediction_panel.png", lc)
+                                  plot_dir / "prediction_panel.png", lc)
         if panel:
             sections.append((f"Predictions at Index-{idx[-1]} (Figure 2 style{', seed ' + str(seeds[0]) if len(seeds) > 1 else ''})",
                              panel, "orange: pore called solid; blue: solid called pore"))
     if any(r["schedule"] == "iterative" for r in curve_rows) or len({r["n_labelled"] for r in curve_rows}) > 1:
-        report.plot_learning_curves(curve_rows, plots / "learning_curves.png", metric="iou_solid", ceiling=ceiling,
-                                    fractions=(0.95, 0.99) if ceiling else (), colors=colors)
-        sections.append(("Learning curves (solid-phase IoU)", plots / "learning_curves.png", ""))
-        report.plot_correction_cost([r for r in curve_rows if r["correction_cost"] is not None], plots / "correction_cost.png", colors=colors)
-        sections.append(("Correction cost per round", plots / "correction_cost.png", "pixels changed from the pre-filled masks"))
+        plots.plot_learning_curves(curve_rows, plot_dir / "learning_curves.png", metric="iou_solid", ceiling=ceiling,
+                                   fractions=(0.95, 0.99) if ceiling else (), colors=colors)
+        sections.append(("Learning curves (solid-phase IoU)", plot_dir / "learning_curves.png", ""))
+        plots.plot_correction_cost([r for r in curve_rows if r["correction_cost"] is not None], plot_dir / "correction_cost.png", colors=colors)
+        sections.append(("Correction cost per round", plot_dir / "correction_cost.png", "pixels changed from the pre-filled masks"))
     if ceiling is not None:
-        eff = report.label_efficiency(curve_rows, ceiling)
-        md = report.label_efficiency_markdown(eff, ceiling=ceiling)
+        eff = tables.label_efficiency(curve_rows, ceiling)
+        md = tables.label_efficiency_markdown(eff, ceiling=ceiling)
         atomic_write_bytes(study_dir / "label_efficiency.md", (md + "\n").encode())
         out["label_efficiency"] = {k: {str(f): v.get(f) for f in (0.95, 0.99)} for k, v in eff.items()}
         out["ceiling_iou_solid"] = ceiling
@@ -494,8 +538,7 @@ def summarise(study_dir: Path, *, title: str = "activeseg study", preset: str | 
 
 def _prediction_panel(trials: dict, spec: dict, z: int, path: Path, colors: dict) -> Path | None:
     """Each trial's final prediction of slice ``z`` (recomputed from one run's saved model)."""
-    from activeseg import io, report
-    from activeseg.model import load_model
+    from activeseg.network import load_model  # torch: only to predict the panel's slice
 
     inputs = spec["inputs"]
     with io.open_stack(inputs["image"]) as image, io.open_stack(inputs["truth"]) as truth:
@@ -509,6 +552,6 @@ def _prediction_panel(trials: dict, spec: dict, z: int, path: Path, colors: dict
             preds[trial] = model.predict_proba(image, [z])[0, 1]
         if not preds:
             return None
-        return report.plot_prediction_panel(
+        return plots.plot_prediction_panel(
             np.asarray(image[z]), np.asarray(truth[z]), preds, path, z=z, colors=colors
         )

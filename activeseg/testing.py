@@ -31,10 +31,10 @@ from activeseg.errors import ActiveSegError, StrategyError
 from activeseg.registry import (
     EMBEDDINGS,
     QueryContext,
-    validate_output,
     get_strategy,
     required_scores,
     strategy_parameters,
+    validate_output,
     validate_params,
 )
 

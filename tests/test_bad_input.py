@@ -382,9 +382,10 @@ def test_export_on_a_full_disk_real_tmpfs(case, monkeypatch, scratch_tmp):
         cli(["export", s, small / "seg.tif"], says=["needs 1.1 MB on", "and only 64.0 KB is free"],
             watch=case.watch, one_line=False)
         # and if the check is passed (free space changes under us), the write itself fails cleanly
-        from activeseg import loop, safety
+        from activeseg import safety
+        from activeseg.loop import export as loop_export
 
-        monkeypatch.setattr(loop, "check_free_space", lambda *a, **k: None)
+        monkeypatch.setattr(loop_export, "check_free_space", lambda *a, **k: None)
         monkeypatch.setattr(safety, "check_free_space", lambda *a, **k: None)
         text = cli(["export", s, small / "seg.tif"], says=["the disk is full"], watch=case.watch, one_line=False)
         assert f"cannot write {small / 'seg.tif'}" in text
@@ -467,12 +468,12 @@ def test_export_killed_then_run_again(case, scratch_tmp):
     out.parent.mkdir()
     code = textwrap.dedent(f"""
         import os, signal
-        from activeseg import loop
-        real = loop._predict_pore_prob
+        from activeseg.loop import export as loop_export
+        real = loop_export.predict_pore_prob
         def then_die(*a, **k):
             real(*a, **k)
             os.kill(os.getpid(), signal.SIGKILL)
-        loop._predict_pore_prob = then_die
+        loop_export.predict_pore_prob = then_die
         from activeseg.cli import app
         app(["export", {str(s)!r}, {str(out)!r}])
     """)
@@ -962,7 +963,9 @@ def test_read_only_session_on_a_read_only_tmpfs(case):
 
 def test_no_fcntl_says_which_systems(case, monkeypatch):
     s = case.session("fresh")
-    monkeypatch.setitem(sys.modules, "fcntl", None)  # `import fcntl` fails, as on Windows
+    from activeseg import session as session_mod
+
+    monkeypatch.setattr(session_mod, "fcntl", None)  # as on Windows, where `import fcntl` fails
     cli(["bootstrap", s, "--slices", "2,9"], says=["Linux and macOS", "WSL"], watch=case.watch)
 
 

@@ -6,7 +6,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import numpy as np
 import pytest
@@ -156,7 +155,7 @@ def test_kill_during_import_and_train_loses_nothing(data, session):
     st = json.loads(ok(["status", session, "--json"]))
     assert st["labelled_slices"] == sorted([3, *zs])
     before = _manifest(session)
-    _crash_during(session, ["train", session], "activeseg.model.save_model")
+    _crash_during(session, ["train", session], "activeseg.network.save_model")
     assert _manifest(session) == before
     ok(["train", session])
     assert json.loads(ok(["status", session, "--json"]))["rounds"][-1]["status"] == "trained"
@@ -208,7 +207,7 @@ def test_train_killed_during_the_whole_stack_evaluation(data, session):
     ok(["bootstrap", session, "--slices", "3,8"])
     before = _manifest(session)
     # the evaluation against the truth streams the prediction into session/tmp; die right after it
-    _crash_during(session, ["train", session, "--steps", 2], "activeseg.loop._predict_pore_prob")
+    _crash_during(session, ["train", session, "--steps", 2], "activeseg.loop.evaluate.predict_pore_prob")
     assert _manifest(session) == before
     assert (session / "tmp" / "prob.npy").exists()  # the scratch the kill left
     ok(["train", session, "--steps", 2])

@@ -86,8 +86,9 @@ def test_two_run_study_with_paper_table_resumes(tmp_path):
 
 
 def test_study_with_ceiling_gives_label_efficiency(tmp_path):
-    from activeseg import synth
     import numpy as np
+
+    from activeseg import synth
 
     vol = synth.synthesize((10, 48, 48), rng=np.random.default_rng(3))
     synth.save_synth(tmp_path / "data", vol)

@@ -28,7 +28,6 @@ from activeseg.uncertainty import (
     variance,
 )
 
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 

@@ -106,9 +106,12 @@ from activeseg.io.metadata import detect_infobar
 from activeseg.io.sources import natural_sort_key
 from activeseg.io.sources import slice_files as slice_files  # outside __all__, as before: used by activeseg.session
 from activeseg.io.stack import Crop, Stack, intensity_warning, open_stack, read_stack
+from activeseg.io.summary import label_summary, stack_summary
 from activeseg.io.writers import create_stack, write_stack
 
 __all__ = [
+    "label_summary",
+    "stack_summary",
     "Crop",
     "Stack",
     "open_stack",

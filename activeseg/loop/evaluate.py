@@ -1,0 +1,73 @@
+"""Whole-stack prediction of any model (RF or network), and its evaluation against the truth.
+
+The prediction streams into a memory-mapped array whose disk blocks are reserved first
+(a full disk raises instead of killing the process); the scratch lives in the session's
+``tmp/``, which the lock holder owns and the next step clears after a kill.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from activeseg import metrics
+from activeseg.loop.state import Progress, no_progress, open_depth, open_truth
+from activeseg.metrics import paper_indices
+from activeseg.safety import check_free_space, reserve
+from activeseg.session import Session
+
+
+def evaluate_model(session: Session, model, image, *, progress: Progress = no_progress) -> dict:
+    """Predict the whole stack and compare with the session's truth (streamed to disk)."""
+
+    truth = open_truth(session)
+    if truth is None:
+        return {}
+    depth = open_depth(session)
+    nz, ny, nx = (int(s) for s in image.shape)
+    # scratch space of the session: the caller holds the lock, so leftovers of a killed
+    # process can go before new files are made
+    scratch = session.path("tmp")
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir()
+    try:
+        check_free_space(scratch, nz * ny * nx * 5, what="the whole-stack evaluation's scratch arrays")
+        prob = scratch_array(scratch / "prob.npy", np.float32, (nz, ny, nx))
+        predict_pore_prob(model, image, prob, progress=progress)
+        pred = scratch_array(scratch / "pred.npy", np.uint8, (nz, ny, nx))
+        for z0 in range(0, nz, 16):
+            pred[z0 : z0 + 16] = prob[z0 : z0 + 16] >= 0.5
+        with truth:
+            ev = metrics.evaluate(pred, truth, prob=prob, depth=depth)
+        if depth is not None:
+            depth.close()
+        del prob, pred
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    d = ev.to_dict()
+
+    d["named_indices"] = {str(z): ev.at(z) for z in sorted(set(paper_indices(nz)))}
+    return d
+
+
+def scratch_array(path: Path, dtype, shape) -> np.memmap:
+    """A memory-mapped ``.npy`` whose disk blocks are reserved (a full disk raises, no SIGBUS)."""
+    arr = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+    reserve(path, os.path.getsize(path))
+    return arr
+
+
+def predict_pore_prob(model, image, out, *, progress: Progress = no_progress) -> None:
+    """Write the pore probability (Z, Y, X) of any model (RF or network) into ``out``."""
+    callback = lambda d, t: progress("inference", d, t)  # noqa: E731
+    if hasattr(model, "predict_stack") and not hasattr(model, "net"):  # the RF streams itself
+        model.predict_stack(image, out=out, callback=callback)
+        return
+    from activeseg.infer import predict_stack  # torch: a network is being run
+
+    predict_stack(model, image, out=out, callback=callback)
+    if hasattr(out, "flush"):
+        out.flush()

@@ -1,0 +1,87 @@
+"""Where a session stands: rounds, labels, costs, metrics, and the next command to run."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from activeseg.loop.state import labelled_slices, last_round, pending_slices, reverted_in, reverted_pairs, shell_quote
+from activeseg.session import Session
+
+
+def next_step(session: Session) -> str:
+    """What to do next, as a command line (paths shell-quoted, ready to paste)."""
+    m = session.manifest
+    root = shell_quote(session.root)
+    last = last_round(m)
+    if last is None:
+        nz = int(m["stack"]["shape"][0])
+        spread = ",".join(str(int((i + 0.5) * nz / 3)) for i in range(3))
+        how = f"--slices {spread}" if m.get("truth") else "--scribbles FILE | --labels FILE"
+        return f"activeseg bootstrap {root} {how}"
+    if pending_slices(last):
+        folder = shell_quote(session.path(f"rounds/r{last['index']:03d}"))
+        return f"correct the masks in {folder}, then: activeseg import {root}"
+    if last["index"] > 0 and last.get("status") not in ("trained", "skipped"):
+        return f"activeseg train {root}"
+    if last["index"] == 0 and not m.get("model"):
+        return f"activeseg query {root} -n 5 --strategy distributed   (or train a first network: activeseg train {root})"
+    return f"activeseg query {root} -n 5 --strategy spaced_entropy"
+
+
+def status(session: Session) -> dict:
+    """A JSON-serialisable summary: rounds, labels, metrics, costs, stopping signals."""
+    m = session.manifest
+    nz = int(m["stack"]["shape"][0])
+    rounds = []
+    prev_por = None
+    for r in m["rounds"]:
+        costs = r.get("correction_cost", {})
+        full = r.get("full_slices", [])
+        px = int(np.prod(m["stack"]["shape"][1:]))
+        row = {
+            "index": r["index"],
+            "strategy": r.get("strategy"),
+            "status": r.get("status"),
+            "queried": r.get("queried", []),
+            "imported": r.get("imported", []),
+            "pending": pending_slices(r),
+            "full_slices": [z for z in full if (r["index"], z) not in reverted_pairs(m)],
+            "scribble_pixels": r.get("scribble_pixels", 0),
+            "correction_cost_px": int(sum(costs.get(str(z), 0) for z in full)) if r["index"] > 0 else None,
+            "correction_cost_frac": (float(np.mean([costs[str(z)] / px for z in full if str(z) in costs])) if r["index"] > 0 and full else None),
+            "metrics": r.get("metrics"),
+            "reverted": sorted(reverted_in(m, r)),
+        }
+        if r.get("audit") is not None and str(r["audit"]) in costs:
+            row["audit_error"] = costs[str(r["audit"])] / px
+        sf = r.get("scores_file")
+        if sf and session.path(sf).exists():
+            por = session.load_npz(sf).get("porosity")
+            if por is not None and np.isfinite(por).any():
+                mean_por = float(np.nanmean(por))
+                row["predicted_porosity"] = mean_por
+                if prev_por is not None:
+                    row["porosity_change"] = mean_por - prev_por
+                prev_por = mean_por
+        rounds.append(row)
+    uncertainty = None
+    last_scores = next((r.get("scores_file") for r in reversed(m["rounds"]) if r.get("scores_file")), None)
+    if last_scores and session.path(last_scores).exists():
+        sc = session.load_npz(last_scores)
+        for name in ("entropy", "margin", "bald", "rf_disagreement"):
+            if name in sc:
+                uncertainty = {"name": name, "values": [None if not np.isfinite(v) else float(v) for v in sc[name]]}
+                break
+    return {
+        "session": str(session.root),
+        "stack": {"path": m["stack"]["path"], "shape": m["stack"]["shape"]},
+        "has_truth": bool(m.get("truth")),
+        "rounds": rounds,
+        "labelled_slices": labelled_slices(m),
+        "n_labelled": len(labelled_slices(m)),
+        "n_slices": nz,
+        "model": m.get("model"),
+        "tombstones": m.get("tombstones", []),
+        "uncertainty": uncertainty,
+        "next_step": next_step(session),
+    }

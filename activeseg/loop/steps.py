@@ -1,0 +1,727 @@
+"""The round steps of the active-learning loop, each a function over a session.
+
+A round moves ``queried -> labelled -> trained``. Every step takes the session lock,
+reads the committed state, does one thing and commits it (the manifest is written last),
+so a person can stop for days between steps and a killed process loses nothing
+committed::
+
+    init_session -> bootstrap -> query -> (export files | oracle) -> import -> train -> query ...
+
+Round 0 holds the bootstrap labels (scribbles, labelled slices, or slices from ground
+truth). Rounds 1, 2, ... hold queried slices and their corrections; ``revert`` takes
+labels back with a tombstone. See docs/architecture.md §1 and §5.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from activeseg import io, registry, uncertainty
+from activeseg.config import SessionConfig, load_config, model_kwargs, validate_config
+from activeseg.errors import ConfigError, LabelError, SessionError
+from activeseg.features import feature_embeddings
+from activeseg.loop.evaluate import evaluate_model
+from activeseg.loop.state import (
+    LABEL_KINDS,
+    Progress,
+    committed_value,
+    current_model,
+    discard_uncommitted,
+    fit_session_rf,
+    labelled_slices,
+    labels_dict,
+    labels_version,
+    last_round,
+    log,
+    no_progress,
+    now,
+    open_image,
+    open_truth,
+    pending_slices,
+    prefill_masks,
+    reverted_in,
+    reverted_pairs,
+    session_config,
+    session_rng,
+    shell_quote,
+    store_rng,
+    write_labels,
+)
+from activeseg.loop.status import next_step
+from activeseg.oracle import (
+    Correction,
+    export_for_correction,
+    find_mask_files,
+    mask_name,
+    pseudo_labels,
+    read_corrections,
+    truth_correction,
+)
+from activeseg.scribbles import simulate_scribbles as draw_scribbles
+from activeseg.session import Session, file_fingerprint
+
+
+def init_session(
+    root: Path,
+    image: Path,
+    *,
+    truth: Path | None = None,
+    depth: Path | None = None,
+    config: dict | SessionConfig | Path | None = None,
+    voxel_size: Sequence[float] | None = None,
+    crop: str | None = None,
+    seed: int | None = None,
+    axes: str | None = None,
+) -> Session:
+    """Create a session for one stack.
+
+    The truth and depth of a ``synth`` output are found beside its image when not
+    given, and the acquisition geometry is read from ``synth.json`` there, else from the
+    stack's metadata, else from the config.
+    """
+
+    image = Path(image)
+    if isinstance(config, (str, Path)):
+        config = load_config(Path(config))
+    cfg_dict = config.to_dict() if isinstance(config, SessionConfig) else dict(config or {})
+    if seed is not None:
+        cfg_dict["seed"] = int(seed)
+    beside = image.parent if image.is_file() else None
+    synth_meta = None
+    if beside is not None and (beside / "synth.json").exists() and image.name == "image.tif":
+        synth_meta = json.loads((beside / "synth.json").read_text())
+        truth = truth or (beside / "truth.tif")
+        depth = depth or (beside / "depth.tif" if (beside / "depth.tif").exists() else None)
+    with io.open_stack(image, crop=crop, voxel_size=voxel_size, axes=axes) as img:
+        shape, dtype, vs = tuple(img.shape), str(img.dtype), img.voxel_size
+        flat = io.intensity_warning(img)  # also reads sample slices: NaN/inf fail here, before anything is written
+        if flat:
+            log.warning("%s", flat)
+    geo = dict(cfg_dict.get("geometry") or {})
+    if synth_meta and "geometry" in synth_meta:
+        for k, v in synth_meta["geometry"].items():
+            geo.setdefault(k, v)
+    if vs is not None:
+        geo["voxel_size"] = list(vs)
+    cfg_dict["geometry"] = geo
+    cfg = validate_config(SessionConfig.from_dict(cfg_dict))
+    manifest = {
+        "stack": {
+            **file_fingerprint(image),
+            "shape": list(shape),
+            "dtype": dtype,
+            "crop": crop,
+            "voxel_size_arg": None if voxel_size is None else list(voxel_size),
+            "axes": axes,
+        },
+        "truth": None,
+        "depth": None,
+        "config": cfg.to_dict(),
+        "rng_state": np.random.default_rng(cfg.seed).bit_generator.state,
+        "rounds": [],
+        "model": None,
+    }
+    for key, path in (("truth", truth), ("depth", depth)):
+        if path is None:
+            continue
+        with io.open_stack(path, crop=crop) as t:
+            if tuple(t.shape) != shape:
+                raise LabelError(f"{key} {path} has shape {tuple(t.shape)} but the image has {shape}; they must match")
+            if key == "truth":
+                for z in np.linspace(0, shape[0] - 1, min(shape[0], 8)).astype(int):
+                    v = np.asarray(t[int(z)])
+                    if v.max() >= cfg.n_classes:
+                        raise LabelError(
+                            f"truth {path} slice {z} holds value {v.max()}, outside 0..{cfg.n_classes - 1} "
+                            "(0 = solid, 1 = pore)"
+                        )
+        manifest[key] = file_fingerprint(Path(path))
+    return Session.create(Path(root), manifest)
+
+
+def _check_two_classes(corr, n_classes: int, path: Path | None) -> None:
+    """Bootstrap labels must show at least two classes, or no classifier can be fitted."""
+    present = set()
+    for c in corr:
+        present |= {int(v) for v in np.unique(c.mask) if v != 255}
+    if len(present) >= 2:
+        return
+    hint = ""
+    if path is not None:
+        hint = (f"; if {path} is a binary 0/255 mask (Fiji's default), 255 reads as 'unlabelled' here: "
+                "save pore as 1 (Fiji: Process > Math > Divide... by 255)")
+    raise LabelError(
+        f"the bootstrap labels hold only class {sorted(present) or 'none'} of 0..{n_classes - 1}; "
+        f"label pixels of every class (solid = 0, pore = 1) on at least one slice{hint}"
+    )
+
+
+def bootstrap(
+    session: Session,
+    *,
+    scribbles: Path | None = None,
+    labels: Path | None = None,
+    slices: Sequence[int] | None = None,
+    simulate_scribbles: bool = False,
+    scribble_budget: int | None = None,
+    progress: Progress = no_progress,
+) -> dict:
+    """Round 0: the first labels, and an RF fitted on them.
+
+    Exactly one source: ``scribbles`` (ilastik convention file), ``labels`` (fully
+    labelled slices drawn in Fiji/napari; 255 or absent = unlabelled), or ``slices``
+    (global z taken from the session's ground truth; with ``simulate_scribbles``,
+    simulated strokes drawn from the truth of those slices instead).
+    """
+
+    given = [x is not None for x in (scribbles, labels, slices)]
+    if sum(given) != 1:
+        raise ConfigError("bootstrap needs exactly one of --scribbles FILE, --labels FILE or --slices Z,Z,...")
+    with session.writing("bootstrap"):
+        m = session.manifest
+        if m["rounds"]:
+            raise SessionError(
+                f"session {session.root} is already bootstrapped (round 0 exists); "
+                f"next: {next_step(session)}"
+            )
+        cfg = session_config(session)
+        shape = tuple(m["stack"]["shape"])
+        rng = session_rng(m)
+        rnd = {"index": 0, "strategy": "bootstrap", "params": {}, "queried": [], "status": "labelled"}
+        if slices is not None:
+            truth = open_truth(session)
+            if truth is None:
+                raise SessionError(
+                    "--slices takes whole slices from ground truth, and this session has none; "
+                    "give --scribbles FILE (ilastik convention) or --labels FILE instead"
+                )
+            zs = sorted({int(z) for z in slices})
+            if not zs:
+                raise ConfigError("bootstrap got no slices; give at least one, e.g. --slices 0,120,240")
+            bad = [z for z in zs if not 0 <= z < shape[0]]
+            if bad:
+                raise ConfigError(f"--slices {bad} outside the stack (0..{shape[0] - 1})")
+            if simulate_scribbles:
+
+                kw = {} if scribble_budget is None else {"budget": scribble_budget}
+                part = [Correction(z, draw_scribbles(np.asarray(truth[z]), rng=rng, **kw), 0, "scribble") for z in zs]
+                full, source = [], "scribble"
+            else:
+                full = [Correction(z, np.asarray(truth[z]).astype(np.uint8), int(np.prod(shape[1:])), "oracle") for z in zs]
+                part, source = [], "oracle"
+        else:
+            path = Path(scribbles or labels)
+            found = io.read_labels(path, shape=shape, n_classes=cfg.n_classes, kind="scribble" if scribbles else "partial")
+            if not found:
+                raise LabelError(f"{path} holds no labelled pixels; draw some labels first")
+            source = "scribble" if scribbles else "corrected"
+            # a slice from --labels counts as fully labelled only when it has no unlabelled pixel
+            full, part = [], []
+            for z, mask in sorted(found.items()):
+                drawn = int(np.count_nonzero(mask != 255))
+                if scribbles or drawn < mask.size:
+                    part.append(Correction(z, mask, drawn, "scribble"))
+                else:
+                    full.append(Correction(z, mask, drawn, "corrected"))
+        _check_two_classes(full + part, cfg.n_classes, labels)
+        if labels and part:  # said only for labels that are taken
+            log.info("%d slice(s) of %s are only partly labelled; they train as scribbles", len(part), labels)
+        if part:
+            write_labels(session, m, rnd, part, kind="partial")
+        if full:
+            write_labels(session, m, rnd, full, kind="full")
+        rnd["scribble_pixels"] = int(sum(np.count_nonzero(c.mask != 255) for c in part))
+        rnd["source"] = source
+        m["bootstrap"] = {"source": source, "rf_seed": int(rng.integers(2**31 - 1))}
+        m["rounds"].append(rnd)
+        store_rng(m, rng)
+        # fit before the commit: labels the RF cannot learn from leave the session as it was
+        with open_image(session) as img:
+            rf = fit_session_rf(session, img, progress=progress, manifest=m)
+        session.commit(m)
+    return {"round": 0, "slices": sorted(int(c.z) for c in full + part), "kind": "full" if full else "partial", "rf": repr(rf)}
+
+
+def _score_slices_for(session: Session, n_slices: int) -> np.ndarray:
+    cfg = session_config(session)
+    every = max(1, math.ceil(n_slices / cfg.score_max_slices))
+    return np.arange(0, n_slices, every)
+
+
+def _compute_scores(session: Session, image, names: Sequence[str], kind: str, version: str, model, rng, progress,
+                    *, save: bool = True) -> dict:
+    """Scores (and embeddings) for the current model, cached per model version
+    (``save=False``: the caller writes ``scores/VERSION.npz`` with what it commits)."""
+
+    cfg = session_config(session)
+    rel = f"scores/{version}.npz"
+    cached = session.load_npz(rel) if session.path(rel).exists() else {}
+    names = list(dict.fromkeys(names))
+    want = [n for n in names if n not in cached and n != "embeddings"]
+    nz = int(image.shape[0])
+    zs = _score_slices_for(session, nz)
+    if want:
+        reference = None
+        if "rf_disagreement" in want:
+            if kind == "rf":
+                raise ConfigError("rf_disagreement needs a trained network; train one first (activeseg train)")
+            reference = fit_session_rf(session, image, progress=progress)
+        got = uncertainty.score_slices(
+            model, image, want, slices=zs, reference=reference, n_samples=cfg.bald_samples, rng=rng,
+            reduction=cfg.score_reduction, callback=lambda d, t: progress("scoring", d, t),
+        )
+        cached.update({k: np.asarray(v, np.float32) for k, v in got.items()})
+    if "embeddings" in names and "embeddings" not in cached:
+        emb = np.full((nz, 0), np.nan, np.float32)
+        progress("embeddings", 0, 1)
+        if kind == "rf":
+
+            e = feature_embeddings(image, zs, config=model.features, geometry=model.geometry)
+        else:
+            e = model.embeddings(image, zs)
+        emb = np.full((nz, e.shape[1]), np.nan, np.float32)
+        emb[zs] = e
+        cached["embeddings"] = emb
+        progress("embeddings", 1, 1)
+    if save:
+        session.save_npz(rel, **cached)
+    return cached
+
+
+def query(
+    session: Session,
+    n: int,
+    *,
+    strategy: str = "distributed",
+    params: dict | None = None,
+    audit: bool = False,
+    export: bool = True,
+    progress: Progress = no_progress,
+) -> dict:
+    """Open a new round: the strategy picks up to ``n`` slices to correct.
+
+    Computes exactly the scores the strategy declares from the current model (cached
+    per model version), runs it, records the round, and (``export``) writes the files
+    a person corrects. ``audit`` adds one uniformly random unlabelled slice whose
+    correction cost estimates the current error honestly.
+    """
+
+    if n < 1:
+        raise ConfigError(f"-n must be at least 1, got {n}")
+    prepared = registry.prepare_query(strategy, params or {})
+    fn, strategy, full_params = prepared.fn, prepared.name, prepared.params
+    needs = prepared.requires
+    with session.writing("query"):
+        m = session.manifest
+        last = last_round(m)
+        if last is None:
+            raise SessionError(f"session {session.root} is not bootstrapped; run `activeseg bootstrap {session.root} ...` first")
+        carried = pending_slices(last) if last["index"] > 0 else []
+        if last["index"] > 0 and last.get("status") != "trained" and set(last.get("imported", [])) - reverted_in(m, last):
+            raise SessionError(
+                f"round {last['index']}'s corrections are not in a model yet; run `activeseg train {shell_quote(session.root)}` first"
+                + (f" (slices {carried} still pending are carried over into the next round)" if carried else "")
+            )
+        cfg = session_config(session)
+        rng = session_rng(m)
+        with open_image(session) as image:
+            nz = int(image.shape[0])
+            kind, version, model = current_model(session, image, progress=progress)
+            # the score cache is written with the round: a refused or failed query leaves no file
+            scores_rel = f"scores/{version}.npz"
+            scores_before = set(session.load_npz(scores_rel)) if session.path(scores_rel).exists() else None
+            scores = _compute_scores(session, image, [*needs, "porosity"], kind, version, model, rng, progress, save=False)
+            labelled = np.zeros(nz, bool)
+            labelled[labelled_slices(m)] = True
+            for r in m["rounds"]:  # slices skipped by the user are not asked again
+                labelled[r.get("skipped", [])] = True
+            labelled[carried] = True  # asked already: they move into this round as they are
+            ctx = registry.QueryContext(
+                n_slices=nz,
+                labelled=labelled,
+                rng=rng,
+                scores={k: v for k, v in scores.items() if k != "embeddings"},
+                embeddings=scores.get("embeddings"),
+                round_index=len(m["rounds"]),
+            )
+            picked = [int(z) for z in registry.run_strategy(fn, ctx, int(n), full_params)]
+            audit_z = None
+            if audit:
+                pool = np.flatnonzero(~labelled)
+                pool = pool[~np.isin(pool, picked)]
+                if pool.size:
+                    audit_z = int(rng.choice(pool))
+            queried = picked + ([audit_z] if audit_z is not None else []) + carried
+            if not queried:
+                raise SessionError(
+                    f"the strategy picked no slices: all {nz} slices are labelled or skipped "
+                    f"({int(labelled.sum())} of {nz}); export the segmentation (activeseg export {shell_quote(session.root)} OUT.tif)"
+                )
+            idx = len(m["rounds"])
+            rnd = {
+                "index": idx,
+                "strategy": strategy,
+                "params": full_params,
+                "queried": queried,
+                "audit": audit_z,
+                "imported": [],
+                "skipped": [],
+                "status": "queried",
+                "model_version": version,
+                "model_kind": kind,
+                "scores_file": scores_rel,
+            }
+            if len(picked) < n:
+                log.info("strategy %s picked %d of %d slices (spacing or pool size)", strategy, len(picked), n)
+            # a killed or failed earlier try of this round left files that no manifest names: start clean
+            out = session.path(f"rounds/r{idx:03d}")
+            if out.exists():
+                shutil.rmtree(out)
+            # pre-filled masks: the current model's prediction of the queried slices
+            probs = model.predict_proba(image, queried)
+            prefill = {z: np.argmax(p, axis=0).astype(np.uint8) for z, p in zip(queried, probs)}
+            edited = _edited_masks(session, last, carried)
+            if carried:  # a mask someone started correcting keeps its starting point, so its cost stays honest
+                old_prefill = prefill_masks(session, last["index"])
+                prefill.update({z: old_prefill[z] for z in edited})
+                rnd["carried"] = {"from_round": last["index"], "slices": carried, "edited": sorted(edited)}
+                last["carried_out"] = {"to_round": idx, "slices": carried}
+                last["status"] = "trained" if last.get("status") == "trained" else "skipped"
+                m["rounds"][-1] = last
+            try:
+                session.save_npz(f"rounds/r{idx:03d}/prefill.npz", slices=np.array(queried),
+                                 masks=np.stack([prefill[z] for z in queried]))
+                if export:
+
+                    export_for_correction(out, image, queried, prefill, radius=cfg.export_radius,
+                                          voxel_size=cfg.geometry.voxel_size)
+                    for z, src in edited.items():  # the person's work so far, in the new folder
+                        shutil.copyfile(src, out / mask_name(z))
+                    rnd["exported"] = {str(z): (None if z in edited else os.stat(out / mask_name(z)).st_mtime_ns)
+                                       for z in queried}
+                if scores_before is None or set(scores) - scores_before:
+                    session.save_npz(scores_rel, **scores)
+                m["rounds"].append(rnd)
+                store_rng(m, rng)
+                session.commit(m)
+            except BaseException:
+                # nothing of an uncommitted round stays (a disk that filled mid-export, ...)
+                if not committed_value(session, lambda d: len(d["rounds"]) > idx, unreadable=True):
+                    discard_uncommitted(session, [f"rounds/r{idx:03d}", None if scores_before is not None else scores_rel])
+                raise
+    return rnd
+
+
+def _edited_masks(session: Session, rnd: dict, slices: Sequence[int]) -> dict[int, Path]:
+    """Mask files of ``rnd`` that were edited since export (a person started correcting them)."""
+    if not slices or not rnd.get("exported"):
+        return {}
+
+    folder = session.path(f"rounds/r{rnd['index']:03d}")
+    out = {}
+    for z in slices:
+        p = folder / mask_name(z)
+        if p.exists() and os.stat(p).st_mtime_ns != rnd["exported"].get(str(z)):
+            out[int(z)] = p
+    return out
+
+
+def import_corrections(
+    session: Session,
+    directory: Path | None = None,
+    *,
+    slices: Sequence[int] | None = None,
+    skip: Sequence[int] = (),
+) -> dict:
+    """Import corrected masks of the open round (a subset now and the rest later is fine).
+
+    Without ``directory``, masks are read from the round's export folder, and only
+    those edited since export (or named in ``slices``) are imported. With a
+    ``directory``, every mask file found there for a pending slice is imported.
+    Everything is validated before anything is committed.
+    """
+
+    with session.writing("import"):
+        m = session.manifest
+        rnd = last_round(m)
+        if rnd is None or rnd["index"] == 0:
+            raise SessionError("nothing to import: no round has been queried yet (activeseg query SESSION)")
+        pending = pending_slices(rnd)
+        if not pending:
+            raise SessionError(f"round {rnd['index']} has nothing left to import; next: {next_step(session)}")
+        shape = tuple(m["stack"]["shape"])
+        skip = sorted({int(z) for z in skip})
+        both = sorted(set(skip) & {int(z) for z in slices or ()})
+        if both:
+            raise ConfigError(f"slice(s) {both} are given to both --slices and --skip; import or skip each slice, not both")
+        for z in skip:
+            if z not in rnd["queried"]:
+                raise LabelError(f"cannot skip slice {z}: it was not queried in round {rnd['index']} (queried: {rnd['queried']})")
+            if z not in pending:
+                raise LabelError(f"cannot skip slice {z}: it was already imported or skipped in round {rnd['index']}")
+        export_dir = session.path(f"rounds/r{rnd['index']:03d}")
+        src = Path(directory) if directory is not None else export_dir
+        files = find_mask_files(src)
+        if slices is not None:
+            wanted = sorted({int(z) for z in slices})
+            for z in wanted:
+                if z not in rnd["queried"]:
+                    raise LabelError(f"slice {z} was not queried in round {rnd['index']} (queried: {rnd['queried']})")
+                if z not in pending:
+                    raise LabelError(f"slice {z} was already imported in round {rnd['index']}; a slice is imported once")
+                if z not in files:
+                    raise LabelError(f"no mask file for slice {z} in {src} (expected a name like z{z:04d}_mask.tif)")
+            chosen = {z: files[z] for z in wanted}
+        else:
+            for z in files:
+                if z not in rnd["queried"]:
+                    raise LabelError(
+                        f"{files[z].name} is for slice {z}, which was not queried in round {rnd['index']} "
+                        f"(queried: {rnd['queried']}); remove it from {src}"
+                    )
+            chosen = {z: p for z, p in files.items() if z in pending and z not in skip}
+            if directory is None:
+                exported = rnd.get("exported", {})
+                untouched = [z for z, p in chosen.items() if os.stat(p).st_mtime_ns == exported.get(str(z))]
+                chosen = {z: p for z, p in chosen.items() if z not in untouched}
+                if untouched and not chosen and not skip:
+                    raise LabelError(
+                        f"no mask was edited since export (untouched: {untouched}); edit the masks in {src}, or, "
+                        f"if a pre-filled mask is already right, import it with --slices {','.join(map(str, untouched))}"
+                    )
+                if untouched:
+                    log.info("not imported (unchanged since export): %s", untouched)
+        if not chosen and not skip:
+            raise LabelError(f"no corrected masks for the pending slices {pending} in {src}")
+        cfg = session_config(session)
+        masks = read_corrections(chosen, shape[1:], n_classes=cfg.n_classes, n_slices=shape[0], radius=cfg.export_radius)
+        prefill = prefill_masks(session, rnd["index"])
+        corr = [Correction(z, mk, int(np.count_nonzero(mk != prefill[z])), "corrected") for z, mk in sorted(masks.items())]
+        if corr:
+            write_labels(session, m, rnd, corr, kind="full")
+        rnd["imported"] = sorted(set(rnd["imported"]) | set(masks))
+        rnd["skipped"] = sorted(set(rnd["skipped"]) | set(skip))
+        rnd["status"] = "queried" if pending_slices(rnd) else ("labelled" if rnd["imported"] else "skipped")
+        m["rounds"][-1] = rnd
+        session.commit(m)
+    return {"round": rnd["index"], "imported": sorted(masks), "skipped": skip, "pending": pending_slices(rnd),
+            "cost": {z: c.cost for z, c in ((c.z, c) for c in corr)}}
+
+
+def revert(session: Session, *, slices: Sequence[int] | None = None, round_index: int | None = None,
+           reason: str | None = None) -> dict:
+    """Take labels back: append a tombstone, so the next ``train`` (and the RF) no longer use them.
+
+    ``slices``: the labels of these slices, whichever round gave them; ``round_index``:
+    every label of that round (a round still waiting for corrections is closed: its
+    pending slices can be queried again). Nothing is deleted: label files stay, the
+    tombstone in the manifest says which ``(round, slice)`` labels no longer count, and
+    a slice reverted can be queried and labelled again later.
+    """
+    if (slices is None) == (round_index is None):
+        raise ConfigError("revert needs exactly one of --slice Z[,Z...] or --round N")
+    with session.writing("revert"):
+        m = session.manifest
+        rounds = m["rounds"]
+        gone = reverted_pairs(m)
+        hits: dict[int, list[int]] = {}
+        if round_index is not None:
+            r = next((r for r in rounds if r["index"] == int(round_index)), None)
+            if r is None:
+                raise ConfigError(f"session {session.root} has no round {round_index} (rounds: 0..{len(rounds) - 1})")
+            labelled = sorted({int(z) for rel in r.get("label_files", []) for z in session.load_npz(rel)["slices"]})
+            todo = [z for z in labelled if (r["index"], z) not in gone]
+            if not todo and not pending_slices(r):
+                raise SessionError(f"round {round_index} has no labels left to revert")
+            if todo:
+                hits[r["index"]] = todo
+            if pending_slices(r):  # an open round is closed: its slices are free to be queried again
+                r["reverted_pending"] = pending_slices(r)
+                r["status"] = "skipped" if not r.get("imported") else r.get("status")
+        else:
+            zs = sorted({int(z) for z in slices})
+            if not zs:
+                raise ConfigError("--slice needs at least one slice number, e.g. --slice 40")
+            for r in rounds:
+                for rel in r.get("label_files", []):
+                    for z in session.load_npz(rel)["slices"]:
+                        if int(z) in zs and (r["index"], int(z)) not in gone:
+                            hits.setdefault(r["index"], [])
+                            if int(z) not in hits[r["index"]]:
+                                hits[r["index"]].append(int(z))
+            found = sorted({z for v in hits.values() for z in v})
+            missing = [z for z in zs if z not in found]
+            if missing:
+                raise LabelError(
+                    f"slice(s) {missing} have no labels to revert (labelled slices: {labelled_slices(m) or 'none'}); "
+                    "see activeseg status"
+                )
+        tomb = m.setdefault("tombstones", [])
+        for r_idx, zs_r in sorted(hits.items()):
+            tomb.append({"round": r_idx, "slices": sorted(zs_r), "at": now(), "reason": reason,
+                         "by": "round" if round_index is not None else "slice"})
+        if not labels_dict(session, manifest=m):
+            log.warning("no labels are left after this revert; bootstrap labels are needed before the next train")
+        session.commit(m)
+    return {"reverted": {int(k): v for k, v in hits.items()}, "labelled_slices": labelled_slices(session.manifest)}
+
+
+def oracle_correct(session: Session, *, effort: int | None = None) -> dict:
+    """Simulation: ground truth corrects every pending slice of the open round."""
+
+    with session.writing("oracle"):
+        m = session.manifest
+        rnd = last_round(m)
+        if rnd is None or rnd["index"] == 0 or not pending_slices(rnd):
+            raise SessionError("no queried slices are waiting for corrections; run a query first")
+        truth = open_truth(session)
+        if truth is None:
+            raise SessionError("the ground-truth oracle needs a session with --truth")
+        prefill = prefill_masks(session, rnd["index"])
+        with truth:
+            corr = [truth_correction(z, np.asarray(truth[z]), prefill[z], effort=effort) for z in pending_slices(rnd)]
+        write_labels(session, m, rnd, corr, kind="full")
+        rnd["imported"] = sorted(set(rnd["imported"]) | {c.z for c in corr})
+        rnd["status"] = "labelled"
+        m["rounds"][-1] = rnd
+        session.commit(m)
+    return {"round": rnd["index"], "imported": [c.z for c in corr], "cost": {c.z: c.cost for c in corr}}
+
+
+def pseudo_label(session: Session, *, threshold: float | None = None, progress: Progress = no_progress) -> dict:
+    """No human: the current model's confident predictions label the pending slices.
+
+    Recorded with source "rf" (before any network) or "pseudo" and kind "partial": the
+    unconfident pixels stay unlabelled, and the slices do not count as corrected.
+    """
+
+    with session.writing("pseudo-label"):
+        m = session.manifest
+        rnd = last_round(m)
+        if rnd is None or rnd["index"] == 0 or not pending_slices(rnd):
+            raise SessionError("no queried slices are waiting for labels; run a query first")
+        cfg = session_config(session)
+        thr = cfg.pseudo_threshold if threshold is None else threshold
+        with open_image(session) as image:
+            kind, _, model = current_model(session, image, progress=progress)
+            zs = pending_slices(rnd)
+            probs = model.predict_proba(image, zs)
+        corr = [pseudo_labels(z, p, threshold=thr, source="rf" if kind == "rf" else "pseudo") for z, p in zip(zs, probs)]
+        write_labels(session, m, rnd, corr, kind="pseudo")
+        rnd["skipped"] = sorted(set(rnd["skipped"]) | set(zs))  # labelled, but not as corrected slices
+        rnd["pseudo"] = zs
+        rnd["status"] = "labelled"
+        m["rounds"][-1] = rnd
+        session.commit(m)
+    return {"round": rnd["index"], "pseudo_labelled": zs}
+
+
+def train(
+    session: Session,
+    *,
+    steps: int | None = None,
+    device: str | None = None,
+    warm_start: bool = True,
+    evaluate: bool = True,
+    progress: Progress = no_progress,
+) -> dict:
+    """Train the network on every committed label (warm start from the current network).
+
+    When the session has ground truth, the new model is evaluated on the whole stack and
+    the metrics are stored with the round.
+    """
+    # torch: imported by the one step that trains a network
+    from activeseg.model import ModelConfig
+    from activeseg.network import save_model
+    from activeseg.train import TrainConfig, train_model
+
+    with session.writing("train"):
+        m = session.manifest
+        rnd = last_round(m)
+        if rnd is None:
+            raise SessionError(f"session {session.root} has no labels; run `activeseg bootstrap {shell_quote(session.root)}` first")
+        cfg = session_config(session)
+        labels = labels_dict(session, kinds=LABEL_KINDS if cfg.train_on_scribbles else ("full", "pseudo"))
+        if not labels:
+            raise SessionError(
+                "no fully labelled slices to train on (this session trains on corrected slices only: "
+                "train_on_scribbles = false); query and correct some slices first"
+            )
+        if rnd.get("status") == "skipped":
+            raise SessionError(
+                f"round {rnd['index']} was skipped entirely (no slice imported), so there is nothing new to "
+                f"train on; query other slices: activeseg query {shell_quote(session.root)}"
+            )
+        if rnd["index"] > 0 and not rnd.get("imported") and not rnd.get("pseudo"):
+            raise SessionError(
+                f"round {rnd['index']} has no imported corrections yet (pending: {pending_slices(rnd)}); "
+                f"import them first (activeseg import {shell_quote(session.root)})"
+            )
+        if pending_slices(rnd):
+            log.warning("round %d still waits for slices %s; training on what is imported so far", rnd["index"], pending_slices(rnd))
+        tkw = dict(cfg.train)
+        tkw.setdefault("val_seed", int(cfg.seed))  # the same held-out pixels in every round
+        if steps is not None:
+            tkw["steps"] = int(steps)
+            tkw.pop("epochs", None)
+        if device is not None:
+            tkw["device"] = device
+        tcfg = TrainConfig(**tkw)
+        rng = session_rng(m)
+        seed = int(rng.integers(2**31 - 1))
+        with open_image(session) as image:
+            init = None
+            if warm_start and m.get("model"):
+                from activeseg.network import load_model  # torch
+
+                init = load_model(session.path(m["model"]["path"]))
+            model, history = train_model(
+                image, labels, config=tcfg, model_config=None if init is not None else ModelConfig(**model_kwargs(cfg)),
+                rng=np.random.default_rng(seed), init=init,
+                callback=lambda s, t, info: progress("train", s, t),
+            )
+            rdir = f"rounds/r{rnd['index']:03d}"
+            # the seed makes a retrained round's model a new directory: the committed one stays intact
+            version = f"r{rnd['index']:03d}-{labels_version(m)}-{seed:08x}"
+            model_rel = f"{rdir}/model-{version}"
+            metrics_rel = None
+            try:
+                save_model(model, session.path(model_rel))
+                if evaluate and m.get("truth"):
+                    ev = evaluate_model(session, model, image, progress=progress)
+                    metrics_rel = session.write_json(f"{rdir}/metrics-{version}.json", ev)
+                    rnd["metrics"] = ev["overall"]
+                    rnd["metrics_named"] = ev["named_indices"]
+            except BaseException:  # a full disk, ...: the uncommitted network and its folders go
+                discard_uncommitted(session, [model_rel, f"{rdir}/metrics-{version}.json"])
+                raise
+        rnd["status"] = "trained"
+        rnd["train"] = {
+            "seed": seed,
+            "steps_run": history.get("steps_run"),
+            "seconds": history.get("seconds"),
+            "best_val_loss": history.get("best_val_loss"),
+            "warm_start": init is not None,
+            "kept_previous": bool(history.get("kept_init")),
+            "labelled_slices": sorted(int(z) for z in labels),
+            "device": history.get("device"),
+        }
+        rnd["metrics_file"] = metrics_rel
+        m["rounds"][-1] = rnd
+        m["model"] = {"path": model_rel, "version": version, "round": rnd["index"]}
+        store_rng(m, rng)
+        try:
+            session.commit(m)
+        except BaseException:
+            if committed_value(session, lambda d: (d.get("model") or {}).get("path"), unreadable=model_rel) != model_rel:
+                discard_uncommitted(session, [model_rel, metrics_rel])
+            raise
+    return {"round": rnd["index"], "model": model_rel, "history": rnd["train"], "metrics": rnd.get("metrics"),
+            "n_labelled": len(labelled_slices(m))}

@@ -1,0 +1,541 @@
+"""Tables people can read (Markdown, CSV) and the numbers behind them.
+
+Pure Python/numpy (no matplotlib): the paper's Table 1 layout (:func:`paper_table`), the
+label-efficiency summary (:func:`label_efficiency`), generic Markdown and CSV tables, and
+the row helpers :mod:`activeseg.plots` shares (value coercion, row checks, learning curves
+over seeds, metric names). Everything is a pure function of plain data handed over by the
+study runner:
+
+- ``rows``: a list of mappings, one per (run, round) evaluation, with at least the keys
+  ``run`` (str), ``strategy`` (str), ``schedule`` ("one-shot" | "iterative"), ``seed``
+  (int), ``round`` (int), ``n_labelled`` (int, fully labelled slices so far), the metric
+  columns (``accuracy``, ``iou_solid``, ``bce``, ``porosity_error``, ``grey_pore_error``,
+  ``boundary_f1``: float, None or NaN), ``correction_cost`` (int pixels changed in this
+  round, or None) and ``labelled`` (list of global z). Rows read back from a CSV written
+  by :func:`table_csv` (all values strings) are accepted as well.
+- per-slice metrics: ``{trial label: {metric: float (Z,) array}}`` indexed by global z
+  (or an :class:`activeseg.metrics.Evaluation`), and ``{trial label: list of labelled
+  global z}``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from activeseg.errors import ConfigError
+from activeseg.safety import atomic_path
+
+__all__ = [
+    "paper_table",
+    "paper_table_markdown",
+    "markdown_table",
+    "table_csv",
+    "index_proximity",
+    "label_efficiency",
+    "label_efficiency_markdown",
+    # row helpers shared with activeseg.plots
+    "METRIC_LABELS",
+    "LOWER_IS_BETTER",
+    "ZERO_IS_BEST",
+    "metric_label",
+    "better_hint",
+    "to_float",
+    "to_int",
+    "json_float",
+    "check_rows",
+    "seed_curves",
+    "seed_stats",
+]
+
+
+# ---------------------------------------------------------------------------------------
+# metric names
+# ---------------------------------------------------------------------------------------
+
+
+METRIC_LABELS: dict[str, str] = {
+    "iou_solid": "solid-phase IoU (0-1)",
+    "iou_pore": "pore-phase IoU (0-1)",
+    "dice_solid": "solid-phase Dice (0-1)",
+    "dice_pore": "pore-phase Dice (0-1)",
+    "accuracy": "pixel accuracy (fraction correct)",
+    "bce": "loss (binary cross-entropy, nats/pixel)",
+    "porosity_error": "porosity error (predicted - true, pore fraction)",
+    "porosity_pred": "predicted porosity (pore fraction)",
+    "porosity_true": "true porosity (pore fraction)",
+    "grey_pore_error": "grey-pore error (fraction of grey-pore pixels wrong)",
+    "boundary_f1": "boundary F1 (0-1)",
+    "correction_cost": "correction cost (pixels changed)",
+}
+"""Axis labels (with units) for the metric names of :func:`activeseg.metrics.evaluate`."""
+
+# metrics whose best value is not the highest (see better_hint)
+LOWER_IS_BETTER = frozenset({"bce", "grey_pore_error", "correction_cost"})
+ZERO_IS_BEST = frozenset({"porosity_error"})
+
+
+def metric_label(metric: str) -> str:
+    """Axis label of a metric: :data:`METRIC_LABELS`, else the name with spaces."""
+    return METRIC_LABELS.get(metric, metric.replace("_", " "))
+
+
+def better_hint(metric: str) -> str:
+    """Which way is better for a metric: "higher is better", "lower is better" or "0 is best"."""
+    if metric in LOWER_IS_BETTER:
+        return "lower is better"
+    if metric in ZERO_IS_BEST:
+        return "0 is best"
+    return "higher is better"
+
+
+# ---------------------------------------------------------------------------------------
+# input coercion and aggregation
+# ---------------------------------------------------------------------------------------
+
+
+def to_float(v: Any, what: str = "value") -> float:
+    """A float from a number, None, NaN or a CSV string ('' / 'None' / 'nan' -> NaN)."""
+    if v is None:
+        return math.nan
+    if isinstance(v, str):
+        s = v.strip()
+        if s.lower() in ("", "none", "nan", "null", "n/a"):
+            return math.nan
+        v = s
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{what} must be a number, None or NaN; got {v!r}") from None
+
+
+def to_int(v: Any, what: str) -> int:
+    """An int from an integral number or CSV string (:func:`to_float` rules); ``what`` names it in errors."""
+    x = to_float(v, what)
+    if not math.isfinite(x) or x != int(x):
+        raise ConfigError(f"{what} must be an integer, got {v!r}")
+    return int(x)
+
+
+def check_rows(rows: Any, needed: Sequence[str]) -> list[Mapping]:
+    """``rows`` as a list, checked to be a non-empty list of dicts that all hold ``needed``."""
+    if isinstance(rows, Mapping) or not isinstance(rows, Sequence) or isinstance(rows, str):
+        raise ConfigError(
+            f"rows must be a list of dicts (one per run and round), got {type(rows).__name__}; "
+            "pass e.g. the study's results list or csv.DictReader rows as a list"
+        )
+    if not rows:
+        raise ConfigError("rows is empty: nothing to plot or summarise (did the study record any evaluation?)")
+    for i, r in enumerate(rows):
+        if not isinstance(r, Mapping):
+            raise ConfigError(f"rows[{i}] must be a dict, got {type(r).__name__}")
+        missing = [k for k in needed if k not in r]
+        if missing:
+            raise ConfigError(
+                f"rows[{i}] lacks the key(s) {missing}; it has {sorted(r)}; "
+                f"every row needs {list(needed)}"
+            )
+    return list(rows)
+
+
+def _group_names(rows: Sequence[Mapping]) -> list[str]:
+    """Group label per row: the strategy, plus the schedule when rows mix schedules."""
+    multi = len({str(r.get("schedule", "")) for r in rows}) > 1
+    return [f"{r['strategy']} ({r.get('schedule', '')})" if multi else str(r["strategy"]) for r in rows]
+
+
+def seed_curves(rows: Sequence[Mapping], metric: str, x: str = "n_labelled") -> dict[str, dict]:
+    """Per group: sorted x, seeds and a (n_seeds, n_x) float64 matrix of values.
+
+    Several rows of one seed at the same x (e.g. two runs) are averaged; NaN/None values
+    are ignored; a missing (seed, x) is NaN.
+    """
+    rows = check_rows(rows, ("strategy", "seed", x, metric))
+    acc: dict[str, dict[int, dict[int, list[float]]]] = {}
+    for g, r in zip(_group_names(rows), rows):
+        xv = to_int(r[x], x)
+        seed = to_int(r["seed"], "seed")
+        acc.setdefault(g, {}).setdefault(xv, {}).setdefault(seed, []).append(to_float(r[metric], metric))
+    out: dict[str, dict] = {}
+    for g, by_x in acc.items():
+        xs = sorted(by_x)
+        seeds = sorted({s for d in by_x.values() for s in d})
+        vals = np.full((len(seeds), len(xs)), np.nan)
+        for j, xv in enumerate(xs):
+            for s, vs in by_x[xv].items():
+                finite = [v for v in vs if math.isfinite(v)]
+                if finite:
+                    vals[seeds.index(s), j] = float(np.mean(finite))
+        out[g] = {"x": np.asarray(xs, dtype=np.int64), "seeds": seeds, "values": vals}
+    return out
+
+
+def seed_stats(vals: np.ndarray) -> dict[str, np.ndarray]:
+    """Column statistics over seeds ignoring NaN, without warnings for empty columns."""
+    finite = np.isfinite(vals)
+    n = finite.sum(axis=0)
+    safe_n = np.maximum(n, 1)
+    mean = np.where(n > 0, np.where(finite, vals, 0.0).sum(axis=0) / safe_n, np.nan)
+    dev = np.where(finite, vals - mean, 0.0)
+    std = np.where(n > 1, np.sqrt((dev**2).sum(axis=0) / np.maximum(n - 1, 1)), np.nan)
+    lo = np.where(n > 0, np.where(finite, vals, np.inf).min(axis=0), np.nan)
+    hi = np.where(n > 0, np.where(finite, vals, -np.inf).max(axis=0), np.nan)
+    return {"n": n, "mean": mean, "std": std, "min": lo, "max": hi}
+
+
+def json_float(x: Any) -> float | None:
+    """A float, or None for None/NaN/inf (JSON-safe); CSV strings as in :func:`to_float`."""
+    x = to_float(x)
+    return float(x) if math.isfinite(x) else None
+
+
+# ---------------------------------------------------------------------------------------
+# paper table
+# ---------------------------------------------------------------------------------------
+
+
+def _per_slice_source(res: Any, trial: str) -> tuple[Mapping, np.ndarray | None]:
+    """(metric -> per-slice values, slices or None) from the accepted result forms."""
+    if hasattr(res, "per_slice") and hasattr(res, "slices"):  # activeseg.metrics.Evaluation
+        return res.per_slice, np.asarray(res.slices)
+    if isinstance(res, Mapping):
+        if "per_slice" in res:  # Evaluation.to_dict()
+            zs = res.get("slices")
+            return res["per_slice"], None if zs is None else np.asarray(zs)
+        zs = res.get("slices")
+        return res, None if zs is None else np.asarray(zs)
+    raise ConfigError(
+        f"results[{trial!r}] must be a dict metric -> (Z,) per-slice array or an Evaluation, got {type(res).__name__}"
+    )
+
+
+def paper_table(
+    results: Mapping[str, Any],
+    indices: Sequence[int] | Mapping[str, int],
+    *,
+    metrics: Sequence[tuple[str, str]] = (("bce", "Loss"), ("accuracy", "Accuracy")),
+    corner: str = "Predicted image",
+) -> list[dict]:
+    """Table 1 of the paper: rows index x metric, columns the trials.
+
+    Parameters
+    ----------
+    results : dict trial label -> per-slice metrics of that trial, in one of the forms
+        ``{"bce": (Z,) array, "accuracy": (Z,) array}`` (indexed by global z),
+        the same with a ``"slices"`` entry (global z of each array element), an
+        :class:`activeseg.metrics.Evaluation`, or ``Evaluation.to_dict()``.
+        Column order follows this dict.
+    indices : global z of the rows, e.g. :func:`activeseg.metrics.paper_indices`
+        ``(n_slices)``; named ``Index-z``; or a dict row name -> z.
+    metrics : (metric key, row label) pairs per index, default loss (``bce``) then
+        accuracy as in the paper.
+    corner : header of the row-label column (the paper's "Predicted image").
+
+    Returns
+    -------
+    list of dicts, one per row: ``{corner: "Index-47, Loss", trial: float | None, ...}``.
+    Values are floats, or None where the trial has no such metric or it is NaN (JSON-safe).
+    """
+    if not isinstance(results, Mapping) or not results:
+        raise ConfigError("results must be a non-empty dict trial label -> per-slice metrics")
+    if isinstance(indices, Mapping):
+        named = [(str(k), to_int(v, f"indices[{k!r}]")) for k, v in indices.items()]
+    else:
+        named = [(f"Index-{to_int(z, 'index')}", to_int(z, "index")) for z in indices]
+    if not named:
+        raise ConfigError("indices is empty: give the global z of at least one slice (see paper_indices)")
+    sources = {str(t): _per_slice_source(r, str(t)) for t, r in results.items()}
+    table = []
+    for name, z in named:
+        for key, label in metrics:
+            row: dict[str, Any] = {corner: f"{name}, {label}"}
+            for trial, (per, zs) in sources.items():
+                if key not in per:
+                    row[trial] = None
+                    continue
+                vals = np.asarray(per[key], dtype=np.float64)
+                if zs is None:
+                    if not 0 <= z < vals.size:
+                        raise ConfigError(
+                            f"index {z} is outside trial {trial!r}'s per-slice {key!r} (slices 0..{vals.size - 1})"
+                        )
+                    v = vals[z]
+                else:
+                    hits = np.flatnonzero(zs == z)
+                    if hits.size == 0:
+                        raise ConfigError(
+                            f"slice {z} was not evaluated for trial {trial!r}; evaluate it (or every slice) first"
+                        )
+                    v = vals[int(hits[0])]
+                row[trial] = json_float(v)
+            table.append(row)
+    return table
+
+
+# ---------------------------------------------------------------------------------------
+# Markdown
+# ---------------------------------------------------------------------------------------
+
+
+def _columns(rows: Sequence[Mapping]) -> list[str]:
+    cols: list[str] = []
+    for r in rows:
+        for k in r:
+            if k not in cols:
+                cols.append(k)
+    return cols
+
+
+def _md_cell(v: Any, digits: int) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, (bool, np.bool_)):
+        return str(bool(v))
+    if isinstance(v, (int, np.integer)):
+        return str(int(v))
+    if isinstance(v, (float, np.floating)):
+        return f"{float(v):.{digits}f}" if math.isfinite(v) else "n/a"
+    if isinstance(v, (list, tuple, np.ndarray)):
+        return ", ".join(_md_cell(x, digits) for x in v)
+    return str(v).replace("|", "\\|").replace("\n", " ")
+
+
+def markdown_table(rows: Sequence[Mapping], *, digits: int = 3, columns: Sequence[str] | None = None) -> str:
+    """Render dict rows as a GitHub Markdown table.
+
+    Floats get ``digits`` decimals, None/NaN show as ``n/a``, lists are joined with
+    commas. Columns are the keys in order of first appearance (or ``columns``); columns
+    holding only numbers are right-aligned.
+    """
+    if not rows:
+        raise ConfigError("no rows to render as a table")
+    cols = list(columns) if columns is not None else _columns(rows)
+
+    def numeric(c):
+        vals = [r.get(c) for r in rows]
+        return all(v is None or (isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool))
+                   for v in vals) and any(v is not None for v in vals)
+
+    header = "| " + " | ".join(_md_cell(c, digits) for c in cols) + " |"
+    sep = "|" + "|".join("---:" if numeric(c) else "---" for c in cols) + "|"
+    body = ["| " + " | ".join(_md_cell(r.get(c), digits) for c in cols) + " |" for r in rows]
+    return "\n".join([header, sep, *body]) + "\n"
+
+
+def paper_table_markdown(rows: Sequence[Mapping], *, digits: int = 3) -> str:
+    """The rows of :func:`paper_table` as a Markdown table (``digits`` decimals, as in the paper)."""
+    return markdown_table(rows, digits=digits)
+
+
+def index_proximity(
+    labelled: Mapping[str, Sequence[int]], indices: Sequence[int] | Mapping[str, int], *, within: int = 2
+) -> list[str]:
+    """Sentences naming the table indices that are, or lie next to, a trial's labelled slice.
+
+    A model sees ``within`` slices either side as 2.5D context (the default ResUNet: 2),
+    so an index within that distance of a training slice is not a held-out measurement
+    in the paper's sense. Returns one sentence per such index, e.g. ``"Index-434 is 1
+    slice from labelled slice 435 in 20 distributed."``; empty when none is.
+    """
+    if isinstance(indices, Mapping):
+        named = [(str(k), to_int(v, f"indices[{k!r}]")) for k, v in indices.items()]
+    else:
+        named = [(f"Index-{to_int(z, 'index')}", to_int(z, "index")) for z in indices]
+    within = to_int(within, "within")
+    out = []
+    for name, z in named:
+        near: dict[tuple[int, int], list[str]] = {}  # (distance, labelled z) -> trials
+        for trial, zs in labelled.items():
+            zs = np.asarray([to_int(v, f"labelled[{trial!r}]") for v in zs], dtype=np.int64)
+            if zs.size == 0:
+                continue
+            nearest = int(zs[np.argmin(np.abs(zs - z))])
+            if abs(nearest - z) <= within:
+                near.setdefault((abs(nearest - z), nearest), []).append(str(trial))
+        for (dist, lz), trials in sorted(near.items()):
+            where = "is a labelled slice" if dist == 0 else f"is {dist} slice{'s' if dist > 1 else ''} from labelled slice {lz}"
+            out.append(f"{name} {where} in {', '.join(trials)}.")
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# CSV
+# ---------------------------------------------------------------------------------------
+
+
+def _csv_value(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, (bool, np.bool_)):
+        return "true" if v else "false"
+    if isinstance(v, (int, np.integer)):
+        return str(int(v))
+    if isinstance(v, (float, np.floating)):
+        return repr(float(v)) if math.isfinite(v) else ("" if math.isnan(v) else ("inf" if v > 0 else "-inf"))
+    if isinstance(v, (list, tuple, set, np.ndarray)):
+        return ";".join(_csv_value(x) for x in (sorted(v) if isinstance(v, set) else v))
+    if isinstance(v, Mapping):
+        return json.dumps({str(k): (None if isinstance(x, float) and not math.isfinite(x) else x) for k, x in v.items()},
+                          default=str)
+    if isinstance(v, os.PathLike):
+        return os.fspath(v)
+    return str(v)
+
+
+def table_csv(rows: Sequence[Mapping], path: str | Path, *, columns: Sequence[str] | None = None) -> Path:
+    """Write dict rows as a plain CSV (UTF-8, header row), atomically.
+
+    Columns are the keys in order of first appearance (or ``columns``). None and NaN
+    become empty cells, floats are written at full precision (``repr``), booleans as
+    ``true``/``false``, lists as ``;``-joined values (``labelled`` z: ``"3;12;40"``),
+    dicts as JSON. Read back with ``csv.DictReader`` (every value a string); the plot and
+    summary functions here accept such rows directly.
+
+    Returns
+    -------
+    Path of the written file.
+    """
+    if isinstance(rows, Mapping) or not isinstance(rows, Sequence):
+        raise ConfigError(f"rows must be a list of dicts, got {type(rows).__name__}")
+    cols = list(columns) if columns is not None else _columns(rows)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
+            w.writeheader()
+            for r in rows:
+                w.writerow({c: _csv_value(r.get(c)) for c in cols})
+    return path
+
+
+# ---------------------------------------------------------------------------------------
+# label efficiency
+# ---------------------------------------------------------------------------------------
+
+
+def _first_reach(x: np.ndarray, y: np.ndarray, target: float) -> int | None:
+    hit = np.isfinite(y) & (y >= target - 1e-12 * max(1.0, abs(target)))
+    return int(x[np.argmax(hit)]) if hit.any() else None
+
+
+def label_efficiency(
+    rows: Sequence[Mapping],
+    ceiling: float,
+    *,
+    metric: str = "iou_solid",
+    fractions: Sequence[float] = (0.95, 0.99),
+) -> dict[str, dict]:
+    """Labelled slices each strategy needs to reach ``fraction * ceiling`` of a metric.
+
+    The learning curve of a strategy is the mean over seeds at each ``n_labelled``
+    (seeds with None/NaN at a budget are left out of that mean); the answer is the first
+    budget at which that mean reaches the target (it need not stay above it), or None if
+    it never does within the budgets run. The same is done for each seed alone; the
+    median over seeds counts "never" as infinitely many slices (so it is None when at
+    least half the seeds never get there).
+
+    Parameters
+    ----------
+    rows : list of dicts with ``strategy``, ``seed``, ``n_labelled`` and ``metric``; rows
+        mixing schedules are summarised per (strategy, schedule): ``"entropy (iterative)"``.
+    ceiling : the metric of a model trained on every slice (> 0).
+    metric : a higher-is-better metric (``iou_solid``, ``accuracy``, ``boundary_f1``, ...).
+    fractions : fractions of the ceiling to reach.
+
+    Returns
+    -------
+    dict strategy -> ``{f: int | None for f in fractions,
+    "target": {f: f * ceiling}, "seed_median": {f: float | None},
+    "per_seed": {f: {seed: int | None}},
+    "curve": {"n_labelled": [int], "mean": [float | None], "n_seeds": [int]}}``.
+    """
+    if metric in LOWER_IS_BETTER or metric in ZERO_IS_BEST:
+        raise ConfigError(
+            f"label efficiency needs a higher-is-better metric (iou_solid, accuracy, boundary_f1, ...); "
+            f"{metric!r} is {better_hint(metric)}"
+        )
+    c = to_float(ceiling, "ceiling")
+    if not math.isfinite(c) or c <= 0:
+        raise ConfigError(
+            f"ceiling must be a positive finite {metric} (of a model trained on all slices), got {ceiling!r}"
+        )
+    fr = [float(f) for f in fractions]
+    if not fr or any(not (0 < f) for f in fr):
+        raise ConfigError(f"fractions must be positive numbers such as (0.95, 0.99), got {tuple(fractions)!r}")
+    out: dict[str, dict] = {}
+    for g, cur in seed_curves(rows, metric).items():
+        st = seed_stats(cur["values"])
+        x = cur["x"]
+        entry: dict[Any, Any] = {}
+        entry["target"] = {f: f * c for f in fr}
+        entry["per_seed"] = {}
+        entry["seed_median"] = {}
+        for f in fr:
+            entry[f] = _first_reach(x, st["mean"], f * c)
+            per = {s: _first_reach(x, cur["values"][i], f * c) for i, s in enumerate(cur["seeds"])}
+            entry["per_seed"][f] = per
+            med = float(np.median([math.inf if v is None else v for v in per.values()]))
+            entry["seed_median"][f] = med if math.isfinite(med) else None
+        entry["curve"] = {
+            "n_labelled": [int(v) for v in x],
+            "mean": [json_float(v) for v in st["mean"]],
+            "n_seeds": [int(v) for v in st["n"]],
+        }
+        out[g] = entry
+    return out
+
+
+def label_efficiency_markdown(
+    efficiency: Mapping[str, Mapping],
+    *,
+    metric: str = "iou_solid",
+    ceiling: float | None = None,
+    digits: int = 3,
+) -> str:
+    """Render :func:`label_efficiency` as Markdown: a line stating the ceiling and a table.
+
+    Columns per fraction: slices for the mean curve ("not reached (max n)" when None) and
+    the median over seeds; then the best mean value on the curve and where it was reached.
+    """
+    if not efficiency:
+        raise ConfigError("efficiency is empty: nothing to render")
+    first = next(iter(efficiency.values()))
+    fr = [k for k in first if isinstance(k, float)]
+    if ceiling is None and fr:
+        ceiling = first["target"][fr[0]] / fr[0]
+    name = metric_label(metric).split(" (")[0]
+    table = []
+    for g, e in efficiency.items():
+        xs = e["curve"]["n_labelled"]
+        mean = np.array([math.nan if v is None else v for v in e["curve"]["mean"]], dtype=float)
+        row: dict[str, Any] = {"strategy": g}
+        for f in fr:
+            tgt = e["target"][f]
+            head = f"slices to {f:.0%} ({name} >= {tgt:.{digits}f})"
+            row[head] = e[f] if e[f] is not None else f"not reached (max {max(xs) if xs else 0})"
+            med = e["seed_median"][f]
+            row[f"seed median, {f:.0%}"] = (
+                (int(med) if float(med).is_integer() else med) if med is not None else "not reached"
+            )
+        if np.isfinite(mean).any():
+            i = int(np.nanargmax(mean))
+            row[f"best mean {name}"] = float(mean[i])
+            row["at slices"] = int(xs[i])
+        else:
+            row[f"best mean {name}"] = None
+            row["at slices"] = None
+        row["seeds"] = max(e["curve"]["n_seeds"]) if e["curve"]["n_seeds"] else 0
+        table.append(row)
+    lines = []
+    if ceiling is not None:
+        lines.append(f"Ceiling (model trained on all slices): {name} = {float(ceiling):.{digits}f}.\n")
+    lines.append(markdown_table(table, digits=digits))
+    return "\n".join(lines)
