@@ -156,7 +156,7 @@ def labelled_slices(labels, image_shape: tuple[int, int, int] | None = None) -> 
     if image_shape is not None:
         _check_label_array(labels, image_shape)
     z = int(labels.shape[0])
-    found = []
+    found: list[int] = []
     for z0 in range(0, z, _LABEL_SCAN_BLOCK):
         blk = np.asarray(labels[z0 : z0 + _LABEL_SCAN_BLOCK])
         hit = np.flatnonzero((blk != UNLABELLED).any(axis=(1, 2)))
@@ -335,10 +335,10 @@ def _fit(image, labels, *, params: RFParams, features: FeatureConfig, geometry, 
     row = 0
     for ids, feats in iter_feature_blocks(image, list(picks), config=features, geometry=geometry, block=1, buffers=1):
         for z, f in zip(ids, feats):
-            idx, cls = picks[int(z)]
-            x_train[row : row + idx.size] = f.reshape(n_feat, -1)[:, idx].T
-            y_train[row : row + idx.size] = cls
-            row += idx.size
+            pix, pix_cls = picks[int(z)]
+            x_train[row : row + pix.size] = f.reshape(n_feat, -1)[:, pix].T
+            y_train[row : row + pix.size] = pix_cls
+            row += pix.size
     forest = RandomForestClassifier(
         n_estimators=params.n_estimators,
         max_depth=params.max_depth,

@@ -10,7 +10,6 @@ import contextlib
 import functools
 import json
 import logging
-import sys
 import time
 from pathlib import Path
 
@@ -18,7 +17,15 @@ import numpy as np
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 from rich.text import Text
 
@@ -308,7 +315,7 @@ def _progress():
     if not err_console.is_terminal:
         yield _plain_progress(err_console)
         return
-    tasks: dict[str, int] = {}
+    tasks: dict[str, TaskID] = {}
     with Progress(
         TextColumn("[bold]{task.description:<12}"), BarColumn(), MofNCompleteColumn(),
         TimeElapsedColumn(), TimeRemainingColumn(), console=err_console, transient=False,
@@ -535,7 +542,8 @@ def revert_cmd(
 def train_cmd(
     session: Path = _SESSION_ARG,
     steps: int | None = typer.Option(None, "--steps", help="Training steps (mini-batches) for this round."),
-    device: str | None = typer.Option(None, "--device", help="auto | cpu | cuda | mps (default: the session's [train] device, else auto)."),
+    device: str | None = typer.Option(
+        None, "--device", help="auto | cpu | cuda | mps (default: the session's [train] device, else auto)."),
     relink: Path | None = _RELINK,
 ) -> None:
     """Train the ResUNet on every label so far (warm start), evaluate when truth is known.
@@ -619,14 +627,17 @@ def status_cmd(
     for r in st["rounds"]:
         mt = r.get("metrics") or {}
         por = r.get("predicted_porosity")
-        slices = ",".join(map(str, r["full_slices"] or r["queried"])) + (f" (+{r['scribble_pixels']} px scribbles)" if r["scribble_pixels"] else "")
+        slices = ",".join(map(str, r["full_slices"] or r["queried"]))
+        slices += f" (+{r['scribble_pixels']} px scribbles)" if r["scribble_pixels"] else ""
         if r.get("reverted"):
             slices += f" (reverted: {','.join(map(str, r['reverted']))})"
         rows.append({
             "round": str(r["index"]), "strategy": str(r["strategy"]), "status": str(r["status"]), "slices": slices,
             "cost/slice": "-" if r["correction_cost_frac"] is None else f"{100 * r['correction_cost_frac']:.1f} %",
             "audit err": "-" if r.get("audit_error") is None else f"{100 * r['audit_error']:.1f} %",
-            "porosity (change)": "-" if por is None else f"{por:.3f}" + (f" ({r['porosity_change']:+.3f})" if "porosity_change" in r else ""),
+            "porosity (change)": (
+                "-" if por is None else f"{por:.3f}" + (f" ({r['porosity_change']:+.3f})" if "porosity_change" in r else "")
+            ),
             "solid IoU": "-" if "iou_solid" not in mt else f"{mt['iou_solid']:.4f}",
             "accuracy": "-" if "accuracy" not in mt else f"{mt['accuracy']:.4f}",
         })
@@ -694,7 +705,8 @@ def run_cmd(
     rounds: int = typer.Option(..., "--rounds", help="Rounds to run (a resumed run continues to this total)."),
     first_strategy: str | None = typer.Option(None, "--first-strategy", help="Strategy for the first round (e.g. distributed)."),
     param: list[str] = typer.Option([], "--param", help="Strategy parameter key=value (repeatable)."),
-    bootstrap_slices: int = typer.Option(3, "--bootstrap-slices", help="Evenly spaced slices with simulated scribbles, if not bootstrapped yet."),
+    bootstrap_slices: int = typer.Option(
+        3, "--bootstrap-slices", help="Evenly spaced slices with simulated scribbles, if not bootstrapped yet."),
     steps: int | None = typer.Option(None, "--steps", help="Training steps per round."),
     relink: Path | None = _RELINK,
 ) -> None:
@@ -731,16 +743,22 @@ def _print_study(out: dict, study_dir: Path) -> None:
     for c in cols:
         t.add_column(c, justify="left" if c in ("strategy", "schedule") else "right")
     for r in out["headline"]:
-        t.add_row(*[str(r[c]) if isinstance(r[c], (str, int)) else ("n/a" if r[c] is None else f"{r[c]:+.3f}" if "error" in c and "grey" not in c else f"{r[c]:.3f}") for c in cols])
+        t.add_row(*[
+            str(r[c]) if isinstance(r[c], (str, int))
+            else ("n/a" if r[c] is None else f"{r[c]:+.3f}" if "error" in c and "grey" not in c else f"{r[c]:.3f}")
+            for c in cols
+        ])
     console.print(t)
     if "label_efficiency" in out:
-        t = Table(title=f"label efficiency: slices to reach 95 % / 99 % of the all-slices solid IoU ({out['ceiling_iou_solid']:.3f})", title_justify="left")
+        t = Table(title="label efficiency: slices to reach 95 % / 99 % of the all-slices solid IoU "
+                        f"({out['ceiling_iou_solid']:.3f})", title_justify="left")
         for c in ("strategy", "95 %", "99 %"):
             t.add_column(c)
         for k, v in out["label_efficiency"].items():
             t.add_row(k, *("not reached" if v[f] is None else str(v[f]) for f in ("0.95", "0.99")))
         console.print(t)
-    console.print(f"report: {out['report']}  (plots in {study_dir / 'plots'}, results in {study_dir / 'results.csv'})", highlight=False)
+    console.print(f"report: {out['report']}  (plots in {study_dir / 'plots'}, results in {study_dir / 'results.csv'})",
+                  highlight=False)
 
 
 @app.command("study")
@@ -778,7 +796,9 @@ def study_cmd(
         runs = study.preset(preset, seeds_l, steps_per_round=cfg.get("train", {}).get("steps"))
     else:
         scheds = ("one-shot", "iterative") if schedule == "both" else (schedule,)
-        runs = study.plan_grid([s.strip() for s in strategies.split(",") if s.strip()], _parse_ints(budgets, "--budgets"),
+        budget_list = _parse_ints(budgets, "--budgets")
+        assert budget_list is not None  # budgets is text (default "5,20"), never None
+        runs = study.plan_grid([s.strip() for s in strategies.split(",") if s.strip()], budget_list,
                                seeds_l, scheds, k0=k0, k=k, human="none" if no_human else "truth")
 
     for r in runs:
@@ -788,10 +808,11 @@ def study_cmd(
         image, truth, depth = study.study_inputs(study_dir, image, truth, depth, shape=shape, seed=seed)
     t0 = time.time()
     with _progress() as progress:
-        results = study.run_study(study_dir, runs, image=image, truth=truth, depth=depth, config=cfg, jobs=jobs, progress=progress)
-    failed = [r for r in results if r["status"] == "failed"]
-    for r in failed:
-        err_console.print(Text.assemble((f"run {r['name']} failed:", "red"), f" {r['error']}"))
+        results = study.run_study(study_dir, runs, image=image, truth=truth, depth=depth, config=cfg, jobs=jobs,
+                                  progress=progress)
+    failed = [res for res in results if res["status"] == "failed"]
+    for res in failed:
+        err_console.print(Text.assemble((f"run {res['name']} failed:", "red"), f" {res['error']}"))
     out = study.summarise(study_dir, title=f"activeseg study ({preset or 'custom'})", preset=preset)
     _print_study(out, study_dir)
     console.print(f"{len(results) - len(failed)} of {len(results)} runs done in {time.time() - t0:.0f} s", highlight=False)
@@ -832,9 +853,9 @@ def demo(
     runs = demo_run["runs"]
     with _progress() as progress:
         results = study.run_study(out_dir / "study", runs, image=image, truth=truth, depth=depth, config=cfg, progress=progress)
-    failed = [r for r in results if r["status"] == "failed"]
-    for r in failed:
-        err_console.print(Text.assemble((f"run {r['name']} failed:", "red"), f" {r['error']}"))
+    failed = [res for res in results if res["status"] == "failed"]
+    for res in failed:
+        err_console.print(Text.assemble((f"run {res['name']} failed:", "red"), f" {res['error']}"))
     if failed:
         raise typer.Exit(1)
     out = study.summarise(out_dir / "study", title="activeseg demo")
@@ -859,4 +880,4 @@ def main() -> None:
     app()
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    main()

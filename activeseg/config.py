@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import sys
 import types
 import typing
 from dataclasses import MISSING, dataclass, field, fields
@@ -31,9 +32,9 @@ from activeseg.errors import ConfigError
 from activeseg.features import FeatureConfig
 from activeseg.geometry import Geometry
 
-try:
+if sys.version_info >= (3, 11):
     import tomllib
-except ModuleNotFoundError:  # Python 3.10
+else:  # Python 3.10
     import tomli as tomllib
 
 __all__ = ["SessionConfig", "TABLES", "load_config", "validate_config", "model_kwargs"]
@@ -189,8 +190,8 @@ def _geometry(values: dict, source: str) -> Geometry:
         _range("geometry", "beam_sign", values["beam_sign"] in (None, 1, -1), "1 or -1 (leave it out to estimate it)",
                values["beam_sign"], source)
     if "alpha_deg" in values:
-        _range("geometry", "alpha_deg", 0 < values["alpha_deg"] < 90, "an angle between 0 and 90 degrees (52 FEI/Thermo, 54 Zeiss)",
-               values["alpha_deg"], source)
+        _range("geometry", "alpha_deg", 0 < values["alpha_deg"] < 90,
+               "an angle between 0 and 90 degrees (52 FEI/Thermo, 54 Zeiss)", values["alpha_deg"], source)
     return Geometry.from_dict(values)
 
 
@@ -203,7 +204,8 @@ def _signature_hints(fn) -> dict[str, Any]:
 
 def _dataclass_hints(cls) -> dict[str, Any]:
     hints = typing.get_type_hints(cls)
-    return {f.name: hints[f.name] for f in fields(cls) if f.init and (f.default is not MISSING or f.default_factory is not MISSING)}
+    return {f.name: hints[f.name] for f in fields(cls)
+            if f.init and (f.default is not MISSING or f.default_factory is not MISSING)}
 
 
 def model_kwargs(cfg: SessionConfig) -> dict:
@@ -227,13 +229,13 @@ def validate_config(cfg: SessionConfig, *, source: str = "") -> SessionConfig:
     _check_table("rf", cfg.rf, rf_hints, source)
     if isinstance(cfg.rf.get("features"), dict):
         _check_table("rf.features", cfg.rf["features"], _dataclass_hints(FeatureConfig), source)
-        _wrap(lambda: FeatureConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.rf["features"].items()}),
-              "rf.features", source)
+        _wrap(lambda: FeatureConfig.from_dict(cfg.rf["features"]), "rf.features", source)
     for key in ("n_estimators", "min_samples_leaf", "max_pixels"):
         if key in cfg.rf:
             _range("rf", key, cfg.rf[key] >= 1, "an integer >= 1", cfg.rf[key], source)
     if cfg.rf.get("max_depth") is not None:
-        _range("rf", "max_depth", cfg.rf["max_depth"] >= 1, "an integer >= 1 (leave it out for no limit)", cfg.rf["max_depth"], source)
+        _range("rf", "max_depth", cfg.rf["max_depth"] >= 1, "an integer >= 1 (leave it out for no limit)",
+               cfg.rf["max_depth"], source)
     if cfg.rf.get("max_samples") is not None:
         _range("rf", "max_samples", 0 < cfg.rf["max_samples"] <= 1, "a fraction in (0, 1]", cfg.rf["max_samples"], source)
 
@@ -303,7 +305,8 @@ def load_config(path: Path) -> dict:
             f"{source}unknown table(s) or top-level key(s) {', '.join(sorted(unknown))}; "
             f"use the tables {', '.join(f'[{t}]' for t in TABLES)}"
         )
-    session_hints = {k: v for k, v in typing.get_type_hints(SessionConfig).items() if k not in ("geometry", "rf", "model", "train")}
+    session_hints = {k: v for k, v in typing.get_type_hints(SessionConfig).items()
+                     if k not in ("geometry", "rf", "model", "train")}
     _check_table("session", data.get("session", {}), session_hints, source)
     _geometry(data.get("geometry", {}), source)
     out = dict(data.get("session", {}))

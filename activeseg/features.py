@@ -23,6 +23,7 @@ import math
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, fields
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -178,7 +179,8 @@ class FeatureConfig:
         unknown = set(d) - known
         if unknown:
             raise ConfigError(f"unknown feature config keys {sorted(unknown)}; known: {sorted(known)}")
-        return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()})
+        kwargs: dict[str, Any] = {k: (tuple(v) if isinstance(v, list) else v) for k, v in d.items()}
+        return cls(**kwargs)
 
 
 def _fmt(s: float) -> str:
@@ -197,7 +199,7 @@ def family_scales(config: FeatureConfig, family: str) -> tuple[float, ...]:
 
 def all_scales(config: FeatureConfig) -> tuple[float, ...]:
     """Every Gaussian scale the 2D bank uses, ascending."""
-    used = set()
+    used: set[float] = set()
     for name in FAMILIES:
         used.update(family_scales(config, name))
     return tuple(sorted(used))
@@ -229,6 +231,7 @@ def feature_names(config: FeatureConfig) -> list[str]:
         if "log" in here:
             names.append(f"log_s{_fmt(s)}")
         if "dog" in here:
+            assert nxt is not None  # _bank_plan drops "dog" at the largest scale
             names.append(f"dog_s{_fmt(s)}-{_fmt(nxt)}")
         if "hessian" in here:
             names += [f"hess_l1_s{_fmt(s)}", f"hess_l2_s{_fmt(s)}"]
@@ -381,6 +384,7 @@ def _bank_2d(img: np.ndarray, config: FeatureConfig, out: np.ndarray) -> int:
             out[k] *= np.float32(s * s)
             k += 1
         if "dog" in here:
+            assert nxt is not None  # _bank_plan drops "dog" at the largest scale
             np.subtract(g, g_at(nxt), out=out[k])
             k += 1
         if "hessian" in here:
@@ -498,7 +502,7 @@ def resolve_geometry(image, geometry: Geometry | None, config: FeatureConfig | N
 
 def iter_feature_blocks(
     image,
-    slices: Sequence[int] | None = None,
+    slices: Sequence[int] | np.ndarray | None = None,
     *,
     config: FeatureConfig = FeatureConfig(),
     geometry: Geometry | None = None,
@@ -605,7 +609,7 @@ def iter_feature_blocks(
 
 def compute_features(
     image,
-    slices: Sequence[int] | None = None,
+    slices: Sequence[int] | np.ndarray | None = None,
     *,
     config: FeatureConfig = FeatureConfig(),
     geometry: Geometry | None = None,
@@ -623,7 +627,7 @@ def compute_features(
     out = np.empty((req.size, config.n_features, y, x), dtype=np.float32)
     if req.size == 0:
         return out
-    where = {}
+    where: dict[int, list[int]] = {}
     for i, k in enumerate(req):
         where.setdefault(int(k), []).append(i)
     for ids, feats in iter_feature_blocks(image, req, config=config, geometry=geometry, block=block):
@@ -634,7 +638,7 @@ def compute_features(
 
 def feature_embeddings(
     image,
-    slices: Sequence[int] | None = None,
+    slices: Sequence[int] | np.ndarray | None = None,
     *,
     config: FeatureConfig = FeatureConfig(),
     geometry: Geometry | None = None,
@@ -657,7 +661,7 @@ def feature_embeddings(
     emb = np.empty((req.size, 5 * n_feat), dtype=np.float32)
     if req.size == 0:
         return emb
-    where = {}
+    where: dict[int, list[int]] = {}
     for i, k in enumerate(req):
         where.setdefault(int(k), []).append(i)
     for ids, feats in iter_feature_blocks(

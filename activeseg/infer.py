@@ -91,7 +91,7 @@ class InferenceModel(Protocol):
     norm: tuple[float, float]
     device: str
 
-    def make_input(self, image: Any, slices: Sequence[int]) -> np.ndarray:
+    def make_input(self, image: Any, slices: Sequence[int] | np.ndarray) -> np.ndarray:
         """Normalised 2.5D input float32 ``(n, K, Y, X)`` of global slice ids."""
         ...
 
@@ -210,9 +210,9 @@ def fuse_batchnorm(net: nn.Module) -> int:
                     fused += 1
         if isinstance(module, (ResNet, BasicBlock, Bottleneck)):
             for i in ("1", "2", "3"):
-                conv, bn = getattr(module, "conv" + i, None), getattr(module, "bn" + i, None)
-                if type(conv) is nn.Conv2d and type(bn) is nn.BatchNorm2d and bn.track_running_stats:
-                    setattr(module, "conv" + i, _fuse_pair(conv, bn))
+                conv_i, bn_i = getattr(module, "conv" + i, None), getattr(module, "bn" + i, None)
+                if type(conv_i) is nn.Conv2d and type(bn_i) is nn.BatchNorm2d and bn_i.track_running_stats:
+                    setattr(module, "conv" + i, _fuse_pair(conv_i, bn_i))
                     setattr(module, "bn" + i, nn.Identity())
                     fused += 1
     return fused
@@ -382,7 +382,8 @@ def _prepared_net(model: InferenceModel, dev: torch.device, channels_last: bool,
 
 
 def _decode(net: nn.Module, features: list[torch.Tensor]) -> torch.Tensor:
-    return net.segmentation_head(net.decoder(features))
+    # smp submodules: torch types Module.__getattr__ as Tensor | Module
+    return net.segmentation_head(net.decoder(features))  # type: ignore[operator]
 
 
 def _forward(runner: _Runner, x: np.ndarray, mode: str, n_samples: int, transforms: Sequence[TTATransform]) -> np.ndarray:
@@ -395,7 +396,7 @@ def _forward(runner: _Runner, x: np.ndarray, mode: str, n_samples: int, transfor
         if mode == "single":
             outs.append((False, net(t)))
         elif mode == "mc":
-            feats = net.encoder(t)
+            feats = net.encoder(t)  # type: ignore[operator]  # smp submodule (Module.__getattr__ is typed Tensor | Module)
             for _ in range(n_samples):
                 outs.append((False, _decode(net, feats)))
         elif mode == "tta":
@@ -538,10 +539,12 @@ def predict_stack(
             if result is not None:
                 result[pos] = p
             else:
+                assert out is not None  # result is None only when out was given
                 for i, z in zip(range(len(pos)), ids[pos]):
                     out[int(z)] = p[i, 1] if out.ndim == 3 else p[i]
     if result is not None:
         return result
+    assert out is not None  # result is None only when out was given
     flush = getattr(out, "flush", None)
     if callable(flush):
         flush()
@@ -672,7 +675,8 @@ def encoder_embeddings(
     plan = tile_plan(ny, nx, opts.tile, 0)
     total_area = float(sum((y1 - y0) * (x1 - x0) for y0, y1, x0, x1, _ in plan))
     per_chunk = max(1, batch_size // len(plan))
-    dim = int(runner.net.encoder.out_channels[-1])
+    # smp encoder attributes: torch types Module.__getattr__ as Tensor | Module
+    dim = int(runner.net.encoder.out_channels[-1])  # type: ignore[union-attr, index]
     out = np.empty((len(ids), dim), dtype=np.float32)
     with torch.inference_mode():
         for s0 in range(0, len(ids), per_chunk):
@@ -683,7 +687,7 @@ def encoder_embeddings(
             for j0 in range(0, len(jobs), batch_size):
                 group = jobs[j0 : j0 + batch_size]
                 xb = np.stack([x[i, :, y0:y1, x0:x1] for i, (y0, y1, x0, x1, _) in group])
-                feats = runner.net.encoder(runner.to_tensor(xb))[-1]
+                feats = runner.net.encoder(runner.to_tensor(xb))[-1]  # type: ignore[operator]  # smp submodule, as above
                 pooled = feats.float().mean(dim=(-2, -1)).to("cpu").numpy()
                 for g, (i, (y0, y1, x0, x1, _)) in enumerate(group):
                     acc[i] += pooled[g] * ((y1 - y0) * (x1 - x0) / total_area)

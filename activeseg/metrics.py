@@ -139,7 +139,8 @@ def _f1_from(tp_pred, n_pred, tp_truth, n_truth):
     with np.errstate(invalid="ignore", divide="ignore"):
         precision = np.where(n_pred > 0, tp_pred / np.where(n_pred > 0, n_pred, 1), 0.0)
         recall = np.where(n_truth > 0, tp_truth / np.where(n_truth > 0, n_truth, 1), 0.0)
-        f1 = np.where(precision + recall > 0, 2 * precision * recall / np.where(precision + recall > 0, precision + recall, 1), 0.0)
+        f1 = np.where(precision + recall > 0,
+                      2 * precision * recall / np.where(precision + recall > 0, precision + recall, 1), 0.0)
     return np.where((n_pred == 0) & (n_truth == 0), 1.0, f1)
 
 
@@ -213,7 +214,9 @@ def evaluate(
     ``bce``, ``grey_pore_error``, ``boundary_f1``.
     """
     if getattr(pred, "shape", None) != getattr(truth, "shape", None):
-        raise ConfigError(f"prediction shape {getattr(pred, 'shape', None)} does not match truth shape {getattr(truth, 'shape', None)}")
+        raise ConfigError(
+            f"prediction shape {getattr(pred, 'shape', None)} does not match truth shape {getattr(truth, 'shape', None)}"
+        )
     if len(pred.shape) != 3:
         raise ConfigError(f"evaluate expects (Z, Y, X) volumes, got shape {pred.shape}; use accuracy()/iou() for single slices")
     for name, extra in (("prob", prob), ("depth", depth)):

@@ -100,7 +100,7 @@ class SegModel:
         """Input height and width are padded to a multiple of this."""
         return network_multiple(self.net, self.config)
 
-    def make_input(self, image: Any, slices: Sequence[int]) -> np.ndarray:
+    def make_input(self, image: Any, slices: Sequence[int] | np.ndarray) -> np.ndarray:
         """Normalised 2.5D input float32 (n, K, Y, X) (see :func:`activeseg.model.make_input`)."""
         return make_input(image, slices, self.config.offsets, self.norm)
 

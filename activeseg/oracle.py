@@ -161,7 +161,8 @@ def export_for_correction(
         z = int(z)
         ctx = _context(z, nz, radius)
         stackp = io.write_stack(out_dir / f"z{z:04d}_image.tif", np.asarray(image[ctx]), voxel_size=voxel_size)
-        maskp = io.write_stack(out_dir / mask_name(z), np.asarray(prefill[z], np.uint8)[None], voxel_size=voxel_size, kind="labels")
+        maskp = io.write_stack(out_dir / mask_name(z), np.asarray(prefill[z], np.uint8)[None], voxel_size=voxel_size,
+                               kind="labels")
         files = {"image": stackp, "mask": maskp}
         if preview:
             files["preview"] = _overlay_png(out_dir / f"z{z:04d}_preview.png", np.asarray(image[z]), prefill[z], z)

@@ -88,11 +88,11 @@ def preview_png(
     sl = np.asarray(image[z])
     reslice = np.asarray(image[z0:z1])[:, :, x]
     lo, hi = _display_range(sl)
-    panels = [("image z=%d" % z, sl, "gray", (lo, hi))]
+    panels = [(f"image z={z:d}", sl, "gray", (lo, hi))]
     if truth is not None:
         t = np.asarray(truth[z]).astype(np.float32)
         t[t == 255] = np.nan
-        panels.append(("truth z=%d (white = pore)" % z, t, "gray", (0, 1)))
+        panels.append((f"truth z={z:d} (white = pore)", t, "gray", (0, 1)))
     panels.append((f"y-z reslice at x={x} (z {z0}..{z1 - 1} down)", reslice, "gray", (lo, hi)))
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.4), squeeze=False)
     for ax, (name, data, cmap, (vmin, vmax)) in zip(axes[0], panels):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable
 from typing import Any, TypeVar
 
 __all__ = ["prefetch"]
@@ -35,7 +35,7 @@ def prefetch(
     *,
     depth: int = 1,
     name: str = "activeseg-prefetch",
-) -> Iterator[R]:
+) -> Generator[R, None, None]:
     """Yield ``fn(item)`` (or ``item`` when ``fn`` is None) for each item, in order,
     producing up to ``depth`` results ahead of the consumer in a background thread.
 
@@ -75,8 +75,9 @@ def prefetch(
                 free.acquire()
                 if stop.is_set():
                     return
-                item = next(it, _DONE)
-                if item is _DONE:
+                try:
+                    item = next(it)
+                except StopIteration:
                     results.put(_DONE)
                     return
                 results.put(item if fn is None else fn(item))

@@ -187,7 +187,9 @@ def atomic_save_npz(path: str | os.PathLike, **arrays) -> Path:
     """Save arrays to a compressed ``.npz`` atomically (no pickled objects allowed)."""
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
-            np.savez_compressed(fh, **{k: np.asarray(v) for k, v in arrays.items()})
+            # no pickle: an object array fails here, before anything replaces the target (the
+            # loaders read with allow_pickle=False and could not read it back)
+            np.savez_compressed(fh, allow_pickle=False, **{k: np.asarray(v) for k, v in arrays.items()})
     return Path(path)
 
 

@@ -32,6 +32,7 @@ import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 
@@ -113,7 +114,7 @@ class _Lock:
     def __init__(self, path: Path, command: str):
         self.path = Path(path)
         self.command = command
-        self._fh = None
+        self._fh: TextIO | None = None
 
     def _holder(self) -> dict:
         try:

@@ -27,6 +27,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -138,7 +139,8 @@ def plan_grid(
             for seed in seeds:
                 bs = [max(budgets)] if schedule == "iterative" else sorted(set(budgets))
                 for b in bs:
-                    runs.append(RunSpec(_name(strategy, b, schedule, seed), strategy, int(b), schedule, int(seed), k0, k, human=human))
+                    runs.append(RunSpec(_name(strategy, b, schedule, seed), strategy, int(b), schedule, int(seed), k0, k,
+                                        human=human))
     return runs
 
 
@@ -343,7 +345,7 @@ def run_study(
         merged = [asdict(r) for r in runs]
     atomic_write_json(spec_path, {"inputs": inputs, "config": config or {}, "runs": merged})
     todo = [r for r in runs if not _run_done(study_dir / "runs" / r.name, r)]
-    results = [{"name": r.name, "status": "done", "resumed": False} for r in runs if r not in todo]
+    results: list[dict[str, Any]] = [{"name": r.name, "status": "done", "resumed": False} for r in runs if r not in todo]
     total = len(runs)
     if progress:
         progress("runs", len(results), total)
@@ -371,9 +373,9 @@ def run_study(
                                     "error": f"{type(exc).__name__}: {exc} (run the study again to resume it)"})
                 if progress:
                     progress("runs", len(results), total)
-    for r in results:
-        if r["status"] == "failed":
-            log.error("run %s failed: %s", r["name"], r["error"])
+    for res in results:
+        if res["status"] == "failed":
+            log.error("run %s failed: %s", res["name"], res["error"])
     return results
 
 
@@ -408,14 +410,19 @@ def collect(study_dir: Path) -> tuple[list[dict], dict]:
                 "seed": run.seed,
                 "complete": complete,
                 "round": r["index"], "n_labelled": len(set(labelled)),
-                **{k: mt.get(k) for k in ("accuracy", "iou_solid", "iou_pore", "bce", "porosity_error", "grey_pore_error", "boundary_f1")},
-                "correction_cost": cost, "correction_cost_frac": (cost / (px * max(1, len(r.get("full_slices", []))))) if cost is not None else None,
+                **{k: mt.get(k) for k in ("accuracy", "iou_solid", "iou_pore", "bce", "porosity_error", "grey_pore_error",
+                                          "boundary_f1")},
+                "correction_cost": cost,
+                "correction_cost_frac": (
+                    (cost / (px * max(1, len(r.get("full_slices", []))))) if cost is not None else None
+                ),
                 "train_seconds": (r.get("train") or {}).get("seconds"),
                 "labelled": sorted(set(labelled)),
             })
             if r.get("metrics_file"):
-                per_run[run.name] = {"file": str(study_dir / "runs" / run.name / r["metrics_file"]), "labelled": sorted(set(labelled)),
-                                     "trial": run.trial, "strategy": run.strategy, "budget": run.budget,
+                per_run[run.name] = {"file": str(study_dir / "runs" / run.name / r["metrics_file"]),
+                                     "labelled": sorted(set(labelled)), "trial": run.trial,
+                                     "strategy": run.strategy, "budget": run.budget,
                                      "seed": run.seed, "complete": complete, "run_dir": str(study_dir / "runs" / run.name)}
     return rows, per_run
 
@@ -455,11 +462,11 @@ def summarise(study_dir: Path, *, title: str = "activeseg study", preset: str | 
     out: dict = {"rows": rows}
     names = sorted({r["strategy"] for r in rows})
     colors = {k: v["color"] for k, v in plots.line_styles(names).items()}
-    sections = []
+    sections: list[tuple[str, str] | tuple[str, Path, str]] = []  # (heading, Markdown) or (heading, image, caption)
     ceiling_rows = [r for r in rows if r["run"] == CEILING]
     ceiling = ceiling_rows[-1]["iou_solid"] if ceiling_rows else None
     curve_rows = [r for r in rows if r["run"] != CEILING]
-    finals = {}
+    finals: dict[str, dict] = {}  # run -> its last round's row
     for r in curve_rows:  # last round of each run
         if r["run"] not in finals or r["round"] > finals[r["run"]]["round"]:
             finals[r["run"]] = r
@@ -481,8 +488,9 @@ def summarise(study_dir: Path, *, title: str = "activeseg study", preset: str | 
     unfinished = sorted(n for n, info in per_run.items() if not info["complete"])
     if trials:
         paper_cols = ("initial", "distributed")  # the paper's column order first: 20 initial, 20 distributed, 5 ...
-        order = sorted(trials, key=lambda t: (trials[t][0]["strategy"] not in paper_cols, -trials[t][0]["budget"],
-                                              paper_cols.index(trials[t][0]["strategy"]) if trials[t][0]["strategy"] in paper_cols else 2, t))
+        order = sorted(trials, key=lambda t: (
+            trials[t][0]["strategy"] not in paper_cols, -trials[t][0]["budget"],
+            paper_cols.index(trials[t][0]["strategy"]) if trials[t][0]["strategy"] in paper_cols else 2, t))
         per_slice = {t: _mean_per_slice([_load_per_slice(i) for i in trials[t]]) for t in order}
         labelled = {t: sorted({z for i in trials[t] for z in i["labelled"]}) for t in order}
         nz = len(next(iter(per_slice.values()))["accuracy"])
@@ -511,14 +519,17 @@ def summarise(study_dir: Path, *, title: str = "activeseg study", preset: str | 
         panel = _prediction_panel({t: min(trials[t], key=lambda i: i["seed"]) for t in order}, spec, idx[-1],
                                   plot_dir / "prediction_panel.png", lc)
         if panel:
-            sections.append((f"Predictions at Index-{idx[-1]} (Figure 2 style{', seed ' + str(seeds[0]) if len(seeds) > 1 else ''})",
+            seed_note = ", seed " + str(seeds[0]) if len(seeds) > 1 else ""
+            sections.append((f"Predictions at Index-{idx[-1]} (Figure 2 style{seed_note})",
                              panel, "orange: pore called solid; blue: solid called pore"))
     if any(r["schedule"] == "iterative" for r in curve_rows) or len({r["n_labelled"] for r in curve_rows}) > 1:
         plots.plot_learning_curves(curve_rows, plot_dir / "learning_curves.png", metric="iou_solid", ceiling=ceiling,
                                    fractions=(0.95, 0.99) if ceiling else (), colors=colors)
         sections.append(("Learning curves (solid-phase IoU)", plot_dir / "learning_curves.png", ""))
-        plots.plot_correction_cost([r for r in curve_rows if r["correction_cost"] is not None], plot_dir / "correction_cost.png", colors=colors)
-        sections.append(("Correction cost per round", plot_dir / "correction_cost.png", "pixels changed from the pre-filled masks"))
+        plots.plot_correction_cost([r for r in curve_rows if r["correction_cost"] is not None], plot_dir / "correction_cost.png",
+                                   colors=colors)
+        sections.append(("Correction cost per round", plot_dir / "correction_cost.png",
+                         "pixels changed from the pre-filled masks"))
     if ceiling is not None:
         eff = tables.label_efficiency(curve_rows, ceiling)
         md = tables.label_efficiency_markdown(eff, ceiling=ceiling)

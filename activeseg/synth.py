@@ -303,7 +303,8 @@ def _validate_params(p: SynthParams) -> None:
         raise ConfigError(f"bit_depth must be 8 or 16, got {p.bit_depth!r}")
     for name in ("porosity", "porosity_gradient", "corr_length", "particle_radius", "fibre_radius", "radius_spread", "neck_ratio",
                  "fibre_inplane", "alpha_deg", "depth_length", "face_yield", "pore_floor", "edge_eps",
-                 "edge_width", "shading", "texture", "face_texture", "texture_length", "ghost_blur", "psf_sigma", "curtain_amp", "charging_amp",
+                 "edge_width", "shading", "texture", "face_texture", "texture_length", "ghost_blur", "psf_sigma", "curtain_amp",
+                 "charging_amp",
                  "drift_gain", "drift_offset", "dose", "read_noise"):
         object.__setattr__(p, name, float(getattr(p, name)))
     object.__setattr__(p, "beam_sign", int(p.beam_sign))
@@ -669,8 +670,8 @@ def _fibres_field(block: tuple[int, int, int], params: SynthParams, rng: np.rand
         va = np.broadcast_to(ia[:, None, None], (len(ia), len(ob), len(oc)))
         vb = np.broadcast_to(vb, va.shape)
         vc = np.broadcast_to(vc, va.shape)
-        vox = [None, None, None]
-        vox[a], vox[others[0]], vox[others[1]] = va, vb, vc
+        by_axis = {a: va, others[0]: vb, others[1]: vc}
+        vox = [by_axis[ax] for ax in range(3)]
         rel = np.stack([vox[ax] * sc[ax] - p[ax] for ax in range(3)], axis=-1)
         along = rel @ d
         dist = np.sqrt(np.maximum(np.sum(rel * rel, axis=-1) - along * along, 0.0))
@@ -830,6 +831,7 @@ def _ramped_threshold(fld: np.ndarray, window: tuple[slice, ...], p: SynthParams
     if best_err > 0.02:
         logger.warning("porosity ramp followed within %.3f per slice (aimed at 0.01): the connected solid cannot be "
                        "that sparse; use a smaller --porosity-gradient or a lower --porosity", best_err)
+    assert best is not None  # rounds >= 1, and the first round's error is finite
     return best
 
 
@@ -911,9 +913,10 @@ def _march_core(solid: np.ndarray, params: SynthParams, win_shape: tuple[int, in
         if k < z:
             d = nxt[u0 + y0: u0 + y0 + y] - k
             out[k] = np.where(d <= m, d, 0)
-            if textured:
+            if hit_tex is not None:  # textured
                 hit_tex[k] = tnext[u0 + y0: u0 + y0 + y]
         if textured:
+            assert rng is not None and face_tex is not None  # set up above when textured
             w = ndimage.gaussian_filter(rng.standard_normal((yb, xb), dtype=np.float32), sig, mode="wrap",
                                         truncate=3.0) * np.float32(norm)
             if first:
@@ -1048,7 +1051,7 @@ def _render_signal(solid_win: np.ndarray, ghost: np.ndarray, params: SynthParams
             ghost_sig = blurred
         for i in range(k1 - k0):
             ghost_sig[i] = shift_rows(ghost_sig[i], float(delta[k0 + i]), edges="copy")
-        sig_img = np.where(sol, face, ghost_sig).astype(np.float32)
+        sig_img: np.ndarray = np.where(sol, face, ghost_sig).astype(np.float32)  # float32 throughout
         del face, ghost_sig, rim
         # instrument
         sig_img = _blur2d(sig_img, p.psf_sigma)
@@ -1252,7 +1255,9 @@ def render_volume(solid_zyx: np.ndarray, params: SynthParams | dict[str, Any] | 
             base = _coerce_params(params).to_dict()
             unknown = sorted(set(overrides) - set(base))
             if unknown:
-                raise ConfigError(f"unknown synth parameter(s) {', '.join(map(repr, unknown))}; valid names: {', '.join(_knob_names())}")
+                raise ConfigError(
+                    f"unknown synth parameter(s) {', '.join(map(repr, unknown))}; valid names: {', '.join(_knob_names())}"
+                )
             base.update(overrides)
             p = SynthParams.from_dict(base)
         else:
@@ -1299,7 +1304,9 @@ def load_synth(out_dir: str | Path) -> SynthVolume:
     d = Path(out_dir)
     missing = [n for n in ("image.tif", "truth.tif", "depth.tif", "synth.json") if not (d / n).exists()]
     if missing:
-        raise ConfigError(f"{d} is not a synth directory: missing {', '.join(missing)}; write one with save_synth or `activeseg synth`")
+        raise ConfigError(
+            f"{d} is not a synth directory: missing {', '.join(missing)}; write one with save_synth or `activeseg synth`"
+        )
     params = json.loads((d / "synth.json").read_text())
     image = np.asarray(read_stack(d / "image.tif"))
     truth = np.asarray(read_stack(d / "truth.tif")).astype(np.uint8)

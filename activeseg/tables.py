@@ -353,10 +353,10 @@ def index_proximity(
     for name, z in named:
         near: dict[tuple[int, int], list[str]] = {}  # (distance, labelled z) -> trials
         for trial, zs in labelled.items():
-            zs = np.asarray([to_int(v, f"labelled[{trial!r}]") for v in zs], dtype=np.int64)
-            if zs.size == 0:
+            zarr = np.asarray([to_int(v, f"labelled[{trial!r}]") for v in zs], dtype=np.int64)
+            if zarr.size == 0:
                 continue
-            nearest = int(zs[np.argmin(np.abs(zs - z))])
+            nearest = int(zarr[np.argmin(np.abs(zarr - z))])
             if abs(nearest - z) <= within:
                 near.setdefault((abs(nearest - z), nearest), []).append(str(trial))
         for (dist, lz), trials in sorted(near.items()):

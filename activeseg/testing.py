@@ -272,22 +272,27 @@ def check_strategy(
 
     cases: list[tuple[str, Callable[[int], QueryContext], int]] = [
         ("fresh stack", lambda s: random_context(z, seed=s, score_names=all_scores), 5),
-        ("partly labelled, some NaN", lambda s: random_context(z, seed=s, labelled=0.3, nan_fraction=0.2, score_names=all_scores), 7),
-        ("no embeddings", lambda s: random_context(z, seed=s, labelled=0.3, nan_fraction=0.2, embedding_dim=None, score_names=all_scores), 6),
+        ("partly labelled, some NaN",
+         lambda s: random_context(z, seed=s, labelled=0.3, nan_fraction=0.2, score_names=all_scores), 7),
+        ("no embeddings",
+         lambda s: random_context(z, seed=s, labelled=0.3, nan_fraction=0.2, embedding_dim=None, score_names=all_scores), 6),
         ("all scores NaN", lambda s: random_context(z, seed=s, labelled=0.2, nan_fraction=1.0, score_names=all_scores), 5),
-        ("NaN embeddings rows", lambda s: _nan_rows(random_context(z, seed=s, labelled=0.2, nan_fraction=0.3, score_names=all_scores)), 5),
-        ("only the declared scores", lambda s: random_context(z, seed=s, labelled=0.3, nan_fraction=0.1, score_names=required), 6),
+        ("NaN embeddings rows",
+         lambda s: _nan_rows(random_context(z, seed=s, labelled=0.2, nan_fraction=0.3, score_names=all_scores)), 5),
+        ("only the declared scores",
+         lambda s: random_context(z, seed=s, labelled=0.3, nan_fraction=0.1, score_names=required), 6),
         ("n = 0", lambda s: random_context(z, seed=s, labelled=0.3, score_names=all_scores), 0),
         ("n > unlabelled", lambda s: random_context(z, seed=s, labelled=0.8, nan_fraction=0.2, score_names=all_scores), z),
         ("all labelled", lambda s: random_context(z, seed=s, labelled=lab_mask_all, score_names=all_scores), 4),
         ("one slice", lambda s: random_context(1, seed=s, score_names=all_scores), 3),
-        ("two slices, one labelled", lambda s: random_context(2, seed=s, labelled=np.array([True, False]), score_names=all_scores), 1),
+        ("two slices, one labelled",
+         lambda s: random_context(2, seed=s, labelled=np.array([True, False]), score_names=all_scores), 1),
     ]
     torch_before = "torch" in sys.modules
     ran: list[str] = []
     for case, make, n in cases:
-        outs = []
-        for rep in range(2):
+        outs: list[np.ndarray | str] = []  # per repeat: the ids returned, or the refusal's message
+        for _rep in range(2):
             ctx = make(seed)
             snap = _snapshot(ctx)
             try:

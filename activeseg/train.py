@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -342,7 +342,7 @@ def _pad_patch(img: np.ndarray, lab: np.ndarray, multiple: int) -> tuple[np.ndar
     ph, pw = lab.shape
     py, px = (-ph) % multiple, (-pw) % multiple
     if py or px:
-        mode = "reflect" if (py < ph and px < pw) else "edge"
+        mode: Literal["reflect", "edge"] = "reflect" if (py < ph and px < pw) else "edge"
         img = np.pad(img, ((0, 0), (0, py), (0, px)), mode=mode)
         lab = np.pad(lab, ((0, py), (0, px)), constant_values=IGNORE_INDEX)
     return img, lab

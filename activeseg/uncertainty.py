@@ -450,7 +450,7 @@ def score_slices(
     image,
     names: Sequence[str] | str,
     *,
-    slices: Sequence[int] | None = None,
+    slices: Sequence[int] | np.ndarray | None = None,
     every: int = 1,
     sample: int | None = None,
     reference: ProbabilityModel | None = None,
@@ -536,9 +536,13 @@ def score_slices(
         if "proba" in needs:
             passes["proba"] = np.asarray(model.predict_proba(image, sl), dtype=np.float32)
         if "reference" in needs:
+            assert reference is not None  # checked above: a scorer that needs it has it
             passes["reference"] = np.asarray(reference.predict_proba(image, sl), dtype=np.float32)
         if "samples" in needs:
-            passes["samples"] = np.asarray(model.sample_proba(image, sl, n_samples=int(n_samples), rng=rng), dtype=np.float32)
+            # checked above: a scorer that needs samples has an EnsembleModel and an rng
+            assert isinstance(model, EnsembleModel) and rng is not None
+            samples = model.sample_proba(image, sl, n_samples=int(n_samples), rng=rng)
+            passes["samples"] = np.asarray(samples, dtype=np.float32)
         if "tta" in needs:
             passes["tta"] = tta_samples(model, image, sl)
         pore = None
@@ -552,6 +556,7 @@ def score_slices(
             if s.per_slice is not None:
                 vals = s.per_slice(passes)
             else:
+                assert s.pixel is not None  # a Scorer has exactly one of pixel and per_slice
                 vals = reduce_slices(s.pixel(passes), reduction, q=q, pore_prob=pore)
             out[s.name][blk] = vals
         del passes

@@ -48,7 +48,7 @@ def check_stack(image: Any) -> tuple[int, int, int]:
     dtype = np.dtype(getattr(image, "dtype", np.float32))
     if dtype.kind not in "uif" and dtype != np.bool_:
         raise StackError(f"image dtype must be integer or float, got {dtype}")
-    return shape  # type: ignore[return-value]
+    return shape
 
 
 def check_slices(slices: Any, n_slices: int) -> np.ndarray:

@@ -84,7 +84,7 @@ def speed(args) -> None:
             stamps = {}
             cfg = TrainConfig(steps=args.steps, batch_size=8, patch_size=128, val_fraction=0.0, device="cpu", **tover)
             model, _ = train_model(vol.image, labels, config=cfg, model_config=mc, rng=np.random.default_rng(0),
-                                   callback=lambda s, t, i: stamps.__setitem__(s, time.perf_counter()))
+                                   callback=lambda s, t, i, stamps=stamps: stamps.__setitem__(s, time.perf_counter()))
             best_it[name] = max(best_it[name], (args.steps - 2) / (stamps[args.steps] - stamps[2]))
             predict_stack(model, image512[:1], options=InferenceOptions(device="cpu"))
             t = time.perf_counter()
@@ -167,7 +167,8 @@ def main() -> None:
     ap.add_argument("--speed", action="store_true")
     ap.add_argument("--accuracy", action="store_true")
     ap.add_argument("--threads", type=int, default=0)
-    ap.add_argument("--steps", type=int, default=0, help="speed: steps per candidate and round (default 8); accuracy: override TrainConfig.steps")
+    ap.add_argument("--steps", type=int, default=0,
+                    help="speed: steps per candidate and round (default 8); accuracy: override TrainConfig.steps")
     ap.add_argument("--candidates", nargs="*", default=None, choices=list(CANDIDATES))
     ap.add_argument("--no-ablations", action="store_true")
     ap.add_argument("--rounds", type=int, default=3)

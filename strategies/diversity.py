@@ -43,16 +43,17 @@ def _min_sq_dist(x: np.ndarray, centres: np.ndarray, chunk: int = 1024) -> np.nd
 
 
 def _fill_unembedded(ctx: QueryContext, picks: list[int] | np.ndarray, embedded: np.ndarray, n: int) -> np.ndarray:
-    picks = as_ids(picks)
-    if picks.size >= n:
-        return picks
+    ids = as_ids(picks)
+    if ids.size >= n:
+        return ids
     taken = np.array(ctx.labelled)
-    taken[picks] = True
-    more = fill_spread(taken, ~embedded, n - picks.size)
-    return np.concatenate([picks, more]).astype(np.intp)
+    taken[ids] = True
+    more = fill_spread(taken, ~embedded, n - ids.size)
+    return np.concatenate([ids, more]).astype(np.intp)
 
 
-@strategy(requires=(EMBEDDINGS,), description="greedy k-center (core-set) on slice embeddings: most different from all labelled slices")
+@strategy(requires=(EMBEDDINGS,),
+          description="greedy k-center (core-set) on slice embeddings: most different from all labelled slices")
 def coreset(ctx: QueryContext, n: int, /, *, standardise: bool = True) -> np.ndarray:
     """Greedy k-center selection (Sener & Savarese 2018) on ``ctx.embeddings``.
 

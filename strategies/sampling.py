@@ -24,7 +24,7 @@ def random(ctx: QueryContext, n: int, /) -> np.ndarray:
 
 
 def _positive(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not float(value) > 0:
         raise ConfigError(f"porosity_random: {name} must be a number > 0, got {value!r}")
     return float(value)
 

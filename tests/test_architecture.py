@@ -238,7 +238,9 @@ def test_function_level_imports_are_heavy_or_explained(name):
         i = line - 2
         while i >= 0 and lines[i].strip().startswith(("from ", "import ")) and "#" not in lines[i]:
             i -= 1
-        commented = "#" in lines[line - 1] or (i >= 0 and "#" in lines[i] and lines[i].strip().startswith(("#", "from ", "import ")))
+        commented = "#" in lines[line - 1] or (
+            i >= 0 and "#" in lines[i] and lines[i].strip().startswith(("#", "from ", "import "))
+        )
         if not heavy:
             bad.append(f"{path.relative_to(ROOT)}:{line}: function-level import of light {target}")
         elif not commented:

@@ -797,7 +797,9 @@ def test_query_disk_full_mid_export_then_retry_with_another_strategy(case, monke
               new=[s / "rounds", s / "scores", s / "activeseg.json"])
     assert "round 1: random picked" in out
     zs = queried_slices(s)
-    expected = {"INSTRUCTIONS.txt", "prefill.npz"} | {f"z{z:04d}_{k}" for z in zs for k in ("image.tif", "mask.tif", "preview.png")}
+    expected = {"INSTRUCTIONS.txt", "prefill.npz"} | {
+        f"z{z:04d}_{k}" for z in zs for k in ("image.tif", "mask.tif", "preview.png")
+    }
     assert {p.name for p in (s / "rounds" / "r001").iterdir()} == expected
 
 

@@ -157,7 +157,8 @@ def test_estimate_beam_sign_recovers_sign(sign):
 def test_estimate_beam_sign_on_synth(sign):
     synth = pytest.importorskip("activeseg.synth")
     vol = synth.synthesize(
-        (16, 64, 64), structure="blobs", porosity=0.8, difficulty="hard", rng=np.random.default_rng(5), beam_sign=sign, connected=False
+        (16, 64, 64), structure="blobs", porosity=0.8, difficulty="hard", rng=np.random.default_rng(5), beam_sign=sign,
+        connected=False,
     )
     assert vol.geometry.beam_sign == sign
     assert estimate_beam_sign(vol.image, geometry=vol.geometry) == sign

@@ -267,7 +267,6 @@ def test_query_carries_pending_slices_over_and_revert_takes_labels_back(data, se
 def test_bad_imports_are_refused_and_change_nothing(data, session, tmp_path):
     ok(["bootstrap", session, "--slices", "3"])
     ok(["query", session, "-n", 2, "--strategy", "distributed"])
-    folder = session / "rounds" / "r001"
     zs = _write_truth_into_masks(session, data, 1)
     before = _manifest(session)
     bad = tmp_path / "bad"

@@ -129,7 +129,9 @@ def test_porosity_random_leaves_unscored_slices_for_last():
 # ----------------------------------------------------------------------- scored
 
 
-@pytest.mark.parametrize("name, score", [("entropy", "entropy"), ("margin", "margin"), ("bald", "bald"), ("disagreement", "rf_disagreement")])
+@pytest.mark.parametrize(
+    "name, score", [("entropy", "entropy"), ("margin", "margin"), ("bald", "bald"), ("disagreement", "rf_disagreement")]
+)
 def test_top_n_by_the_named_score(name, score):
     ctx = random_context(50, seed=4, labelled=0.3)
     ids = run_strategy(name, ctx, 6)

@@ -36,5 +36,5 @@ class Single2DError(StackError):
     """A path holds one 2D image where a stack was expected (read_labels accepts it)."""
 
 
-def shape_text(shape: Sequence[int]) -> str:
+def shape_text(shape: Sequence[int | None]) -> str:
     return "(" + ", ".join("?" if s is None else str(int(s)) for s in shape) + ")"

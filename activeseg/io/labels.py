@@ -12,6 +12,7 @@ import logging
 import os
 import re
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -189,15 +190,16 @@ def read_labels(
     """
     n = _check_label_args(n_classes, kind)
     path = Path(os.path.expanduser(os.fspath(path)))
+    grid: tuple[int | None, ...] | None = None  # (Z, Y, X); Z is None when only (Y, X) was given
     if shape is not None:
         try:
-            shape = tuple(int(s) for s in shape)
+            grid = tuple(int(s) for s in shape)
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"shape must be (Z, Y, X) or (Y, X) integers, got {shape!r}") from exc
-        if len(shape) == 2:
-            shape = (None, *shape)
-        elif len(shape) != 3:
-            raise ConfigError(f"shape must be (Z, Y, X) or (Y, X), got {shape!r}")
+        if len(grid) == 2:
+            grid = (None, *grid)
+        elif len(grid) != 3:
+            raise ConfigError(f"shape must be (Z, Y, X) or (Y, X), got {grid!r}")
     wanted = None if slices is None else {int(z) for z in slices}
     if not path.exists():
         raise LabelError(f"no such label file or folder: {path}")
@@ -222,17 +224,17 @@ def read_labels(
                     "label stack"
                 ) from exc
             if wanted is None or z in wanted:
-                items = [(z, lambda p=path: read_slice_file(p, "labels"), f"label file {path.name} (slice z={z})")]
+                items = [(z, partial(read_slice_file, path, "labels"), f"label file {path.name} (slice z={z})")]
         except StackError as exc:
             raise LabelError(f"cannot read labels from {path}: {exc}") from exc
     n_binary = 0
     result: dict[int, np.ndarray] = {}
     try:
         if stack is not None:
-            if shape is not None and (stack.shape[1:] != shape[1:] or shape[0] not in (None, stack.shape[0])):
+            if grid is not None and (stack.shape[1:] != grid[1:] or grid[0] not in (None, stack.shape[0])):
                 raise LabelError(
                     f"label stack {path} has shape {shape_text(stack.shape)} but the image is "
-                    f"{shape_text(shape)}; labels must cover the same (Z, Y, X) grid as the stack "
+                    f"{shape_text(grid)}; labels must cover the same (Z, Y, X) grid as the stack "
                     "they label"
                 )
             zs = range(stack.shape[0]) if wanted is None else sorted(wanted)
@@ -245,18 +247,18 @@ def read_labels(
                     result[z] = out
         else:
             for z, load, where in items:
-                if shape is not None and shape[0] is not None and not 0 <= z < shape[0]:
-                    raise LabelError(f"{where}: slice index {z} is outside the stack's 0..{shape[0] - 1}")
+                if grid is not None and grid[0] is not None and not 0 <= z < grid[0]:
+                    raise LabelError(f"{where}: slice index {z} is outside the stack's 0..{grid[0] - 1}")
                 try:
                     arr = load()
                 except StackError as exc:
                     raise LabelError(f"{where} could not be read: {exc}") from exc
                 if arr.ndim != 2:
                     raise LabelError(f"{where} has shape {shape_text(arr.shape)}, expected one 2D (Y, X) slice")
-                if shape is not None and arr.shape != shape[1:]:
+                if grid is not None and arr.shape != grid[1:]:
                     raise LabelError(
                         f"{where} has shape {shape_text(arr.shape)} but the stack's slices are "
-                        f"{shape_text(shape[1:])}; labels must match the (cropped) image slices"
+                        f"{shape_text(grid[1:])}; labels must match the (cropped) image slices"
                     )
                 out, b = _convert_labels(arr, n, kind, where)
                 n_binary += b
@@ -279,7 +281,7 @@ def _label_folder_items(path: Path, wanted: set[int] | None) -> list[tuple[int, 
     )
     files = [p for p in files if p.suffix.lower() in SLICE_SUFFIXES]
     seen: dict[int, str] = {}
-    items = []
+    items: list[tuple[int, Callable[[], np.ndarray], str]] = []
     no_index = [f.name for f in files if slice_index_from_name(f) is None]
     if no_index:
         raise LabelError(
@@ -295,5 +297,5 @@ def _label_folder_items(path: Path, wanted: set[int] | None) -> list[tuple[int, 
         seen[z] = f.name
         if wanted is not None and z not in wanted:
             continue
-        items.append((z, lambda p=f: read_slice_file(p, "labels"), f"label file {f.name} (slice z={z})"))
+        items.append((z, partial(read_slice_file, f, "labels"), f"label file {f.name} (slice z={z})"))
     return items

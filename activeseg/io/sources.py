@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import tifffile
 from PIL import Image, UnidentifiedImageError
 
@@ -53,12 +54,15 @@ def natural_sort_key(name: str | os.PathLike[str]) -> tuple:
 
 
 class _MemmapSource:
-    """Slices from a read-only memmap of contiguous, uncompressed image data."""
+    """Slices from a read-only memmap of contiguous, uncompressed image data.
+
+    ``mm`` is a (Z, Y, X) view of a read-only ``np.memmap``.
+    """
 
     memmapped = True
 
-    def __init__(self, mm: np.memmap) -> None:
-        self._mm: np.memmap | None = mm
+    def __init__(self, mm: np.ndarray) -> None:
+        self._mm: np.ndarray | None = mm
 
     def read(self, z: int, ys: slice, xs: slice) -> np.ndarray:
         if self._mm is None:
@@ -342,7 +346,7 @@ def _open_tiff(tif: tifffile.TiffFile, path: Path, purpose: str, file_size: int,
                 f"file has {file_size} bytes (about {complete} complete slices); the copy or "
                 "acquisition was interrupted: copy it again"
             )
-        mm = np.memmap(path, dtype=native, mode="r", offset=int(dataoffset), shape=shape, order="C")
+        mm: np.ndarray = np.memmap(path, dtype=native, mode="r", offset=int(dataoffset), shape=shape, order="C")
         mm = mm.reshape(nz, ny, nx)
         tif.close()
         source: _MemmapSource | _PageSource = _MemmapSource(mm)
@@ -413,9 +417,9 @@ def _slice_header(path: Path, purpose: str) -> tuple[tuple[int, ...], np.dtype, 
                 mode, (w, h) = im.mode, im.size
         except (UnidentifiedImageError, OSError, ValueError) as exc:
             raise StackError(f"slice file {path} is not a readable PNG ({exc}); export it again") from exc
-        dtype = _PNG_MODES.get(mode)
+        dtype: npt.DTypeLike | None = _PNG_MODES.get(mode)
         if dtype is None or (mode == "P" and purpose != "labels"):
-            shape = (h, w) if mode in ("P", "1", "L") else (h, w, len(mode))
+            shape: tuple[int, ...] = (h, w) if mode in ("P", "1", "L") else (h, w, len(mode))
             what = "palette (indexed colour)" if mode == "P" else f"{mode}"
             raise StackError(
                 f"slice file {path} is a {what} PNG of shape {shape_text(shape)}: it looks like RGB "

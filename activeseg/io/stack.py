@@ -33,7 +33,7 @@ from activeseg.io.sources import SliceSource, open_file, open_folder
 logger = logging.getLogger("activeseg.io")  # one logger for the whole package (records named "activeseg.io")
 
 IMAGE_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.float32))
-_CONVERT_DTYPES = {
+_CONVERT_DTYPES: dict[np.dtype, np.dtype] = {
     np.dtype(bool): np.dtype(np.uint8),
     np.dtype(np.int8): np.dtype(np.float32),
     np.dtype(np.int16): np.dtype(np.float32),
@@ -70,7 +70,7 @@ class Crop:
                     f"crop {axis} must be a (start, stop) pair, got {rng!r}; "
                     "e.g. Crop(z=(0, 100)) or Crop.parse('0:100,:,:')"
                 )
-            vals = []
+            vals: list[int | None] = []
             for v in rng:
                 if v is None:
                     vals.append(None)
@@ -104,7 +104,7 @@ class Crop:
                 f"crop {text!r} must have three comma-separated ranges z,y,x, got {len(parts)}; "
                 "e.g. '0:100,:,200:712' (':' keeps the whole axis)"
             )
-        ranges = []
+        ranges: list[tuple[int | None, int | None]] = []
         for axis, part in zip("zyx", parts):
             if part in ("", ":"):
                 ranges.append((None, None))
@@ -258,7 +258,7 @@ class Stack:
         )
 
     # -- reading ---------------------------------------------------------------
-    def _read_slices(self, zs: Sequence[int], ys: range, xs: range) -> np.ndarray:
+    def _read_slices(self, zs: Sequence[int] | np.ndarray, ys: range, xs: range) -> np.ndarray:
         """Read stack slices ``zs`` (indices into this stack) restricted to raw ranges."""
         if self._closed:
             raise StackError(f"stack {self.path} is closed; open it again with open_stack(path)")
@@ -338,7 +338,7 @@ class Stack:
         ys, xs = self._region[1], self._region[2]
         basic = all(isinstance(k, slice) or _is_int(k) for k in rest)
         if basic:
-            post = []
+            post: list[slice | int] = []
             ranges = [ys, xs]
             for i, k in enumerate(rest):
                 n = len(ranges[i])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal, cast
 
 import numpy as np
 
@@ -37,7 +38,8 @@ def stack_summary(stack: Stack, *, n_sample: int = 16) -> dict:
 
 def label_summary(path: str | Path, shape: tuple[int, int, int], *, kind: str = "partial") -> dict:
     """Labelled slices and pixels, class fractions and porosity of a label file or folder."""
-    found = read_labels(path, shape=shape, kind=kind)
+    # kind is text from the command line; read_labels checks it against its choices
+    found = read_labels(path, shape=shape, kind=cast(Literal["mask", "partial", "scribble"], kind))
     counts = np.zeros(256, np.int64)
     for mask in found.values():
         counts += np.bincount(mask.ravel(), minlength=256)

@@ -30,7 +30,7 @@ from activeseg.safety import atomic_write_bytes, check_free_space, check_output,
 from activeseg.session import Session
 
 
-def check_output_values(values: Sequence[int]) -> tuple[int, int]:
+def check_output_values(values: Sequence[int | str]) -> tuple[int, int]:
     """The two uint8 values written for solid and pore (``--values``)."""
     try:
         vals = tuple(int(v) for v in values)
@@ -151,7 +151,8 @@ def export_segmentation(
     return {"out": str(out), "porosity_csv": str(csv), "model": version, "kind": kind, "porosity": float(np.mean(porosity))}
 
 
-def predict_to_file(model_path: Path, stack: Path, out: Path, *, values: tuple[int, int] = (0, 1), probabilities: bool = False, progress: Progress = no_progress) -> dict:
+def predict_to_file(model_path: Path, stack: Path, out: Path, *, values: tuple[int, int] = (0, 1), probabilities: bool = False,
+                    progress: Progress = no_progress) -> dict:
     """Apply a trained network (a session's latest, or a model directory) to another stack."""
     from activeseg.network import load_model  # torch
 
@@ -162,7 +163,9 @@ def predict_to_file(model_path: Path, stack: Path, out: Path, *, values: tuple[i
     if (model_path / "activeseg.json").exists():
         s = Session.open(model_path)
         if not s.manifest.get("model"):
-            raise SessionError(f"session {model_path} has no trained network yet; run `activeseg train {shell_quote(model_path)}`")
+            raise SessionError(
+                f"session {model_path} has no trained network yet; run `activeseg train {shell_quote(model_path)}`"
+            )
         model_dir = s.path(s.manifest["model"]["path"])
         inputs += [("session's network", str(model_dir)), *session_inputs(s)]
         sessions.append(s.root)  # named as a session (OUT may go to its exports/ folder)

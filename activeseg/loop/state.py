@@ -235,7 +235,9 @@ def fit_session_rf(session: Session, image, *, progress: Progress = no_progress,
     cfg = session_config(session)
     labels = labels_dict(session, manifest=m)
     if not labels:
-        raise SessionError(f"session {session.root} has no labels yet; run `activeseg bootstrap {shell_quote(session.root)}` first")
+        raise SessionError(
+            f"session {session.root} has no labels yet; run `activeseg bootstrap {shell_quote(session.root)}` first"
+        )
     seed = int(m["bootstrap"]["rf_seed"])
     progress("fit RF", 0, 1)
     rf = fit_rf(image, labels, rng=np.random.default_rng(seed), geometry=cfg.geometry, n_classes=cfg.n_classes, **cfg.rf)
@@ -251,7 +253,8 @@ def current_model(session: Session, image, *, progress: Progress = no_progress):
     if m.get("model"):
         from activeseg.network import load_model  # torch: only once a network exists
 
-        return "resunet", m["model"]["version"], load_model(session.path(m["model"]["path"]), device=m["model"].get("device", "auto"))
+        net = load_model(session.path(m["model"]["path"]), device=m["model"].get("device", "auto"))
+        return "resunet", m["model"]["version"], net
     return "rf", "rf-" + labels_version(m), fit_session_rf(session, image, progress=progress)
 
 

@@ -48,7 +48,9 @@ def status(session: Session) -> dict:
             "full_slices": [z for z in full if (r["index"], z) not in reverted_pairs(m)],
             "scribble_pixels": r.get("scribble_pixels", 0),
             "correction_cost_px": int(sum(costs.get(str(z), 0) for z in full)) if r["index"] > 0 else None,
-            "correction_cost_frac": (float(np.mean([costs[str(z)] / px for z in full if str(z) in costs])) if r["index"] > 0 and full else None),
+            "correction_cost_frac": (
+                float(np.mean([costs[str(z)] / px for z in full if str(z) in costs])) if r["index"] > 0 and full else None
+            ),
             "metrics": r.get("metrics"),
             "reverted": sorted(reverted_in(m, r)),
         }

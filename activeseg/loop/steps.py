@@ -20,6 +20,7 @@ import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -112,7 +113,7 @@ def init_session(
         geo["voxel_size"] = list(vs)
     cfg_dict["geometry"] = geo
     cfg = validate_config(SessionConfig.from_dict(cfg_dict))
-    manifest = {
+    manifest: dict[str, Any] = {
         "stack": {
             **file_fingerprint(image),
             "shape": list(shape),
@@ -217,7 +218,9 @@ def bootstrap(
                 full = [Correction(z, np.asarray(truth[z]).astype(np.uint8), int(np.prod(shape[1:])), "oracle") for z in zs]
                 part, source = [], "oracle"
         else:
-            path = Path(scribbles or labels)
+            given_path = scribbles or labels
+            assert given_path is not None  # exactly one source was given (checked above)
+            path = Path(given_path)
             found = io.read_labels(path, shape=shape, n_classes=cfg.n_classes, kind="scribble" if scribbles else "partial")
             if not found:
                 raise LabelError(f"{path} holds no labelled pixels; draw some labels first")
@@ -326,7 +329,8 @@ def query(
         carried = pending_slices(last) if last["index"] > 0 else []
         if last["index"] > 0 and last.get("status") != "trained" and set(last.get("imported", [])) - reverted_in(m, last):
             raise SessionError(
-                f"round {last['index']}'s corrections are not in a model yet; run `activeseg train {shell_quote(session.root)}` first"
+                f"round {last['index']}'s corrections are not in a model yet; "
+                f"run `activeseg train {shell_quote(session.root)}` first"
                 + (f" (slices {carried} still pending are carried over into the next round)" if carried else "")
             )
         cfg = session_config(session)
@@ -362,7 +366,8 @@ def query(
             if not queried:
                 raise SessionError(
                     f"the strategy picked no slices: all {nz} slices are labelled or skipped "
-                    f"({int(labelled.sum())} of {nz}); export the segmentation (activeseg export {shell_quote(session.root)} OUT.tif)"
+                    f"({int(labelled.sum())} of {nz}); export the segmentation "
+                    f"(activeseg export {shell_quote(session.root)} OUT.tif)"
                 )
             idx = len(m["rounds"])
             rnd = {
@@ -546,6 +551,7 @@ def revert(session: Session, *, slices: Sequence[int] | None = None, round_index
                 r["reverted_pending"] = pending_slices(r)
                 r["status"] = "skipped" if not r.get("imported") else r.get("status")
         else:
+            assert slices is not None  # exactly one of slices and round_index (checked above)
             zs = sorted({int(z) for z in slices})
             if not zs:
                 raise ConfigError("--slice needs at least one slice number, e.g. --slice 40")
@@ -646,7 +652,9 @@ def train(
         m = session.manifest
         rnd = last_round(m)
         if rnd is None:
-            raise SessionError(f"session {session.root} has no labels; run `activeseg bootstrap {shell_quote(session.root)}` first")
+            raise SessionError(
+                f"session {session.root} has no labels; run `activeseg bootstrap {shell_quote(session.root)}` first"
+            )
         cfg = session_config(session)
         labels = labels_dict(session, kinds=LABEL_KINDS if cfg.train_on_scribbles else ("full", "pseudo"))
         if not labels:
@@ -665,7 +673,8 @@ def train(
                 f"import them first (activeseg import {shell_quote(session.root)})"
             )
         if pending_slices(rnd):
-            log.warning("round %d still waits for slices %s; training on what is imported so far", rnd["index"], pending_slices(rnd))
+            log.warning("round %d still waits for slices %s; training on what is imported so far",
+                        rnd["index"], pending_slices(rnd))
         tkw = dict(cfg.train)
         tkw.setdefault("val_seed", int(cfg.seed))  # the same held-out pixels in every round
         if steps is not None:
