@@ -331,7 +331,6 @@ def _progress():
 
 def _plain_progress(out: Console, every: float = 10.0):
     """``progress(stage, done, total)`` printing ``stage: done/total (pct), elapsed`` lines."""
-
     start: dict[str, float] = {}
     last: dict[str, float] = {}
 
@@ -367,7 +366,6 @@ def _parse_ints(text: str | None, what: str) -> list[int] | None:
 
 def _parse_values(text: str) -> tuple[int, int]:
     """``--values solid,pore``, checked (two different numbers 0..255), with that message."""
-
     return check_output_values([t for t in text.replace(" ", "").split(",") if t])
 
 

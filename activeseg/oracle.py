@@ -41,7 +41,6 @@ UNLABELLED = 255
 @dataclass(frozen=True)
 class Correction:
     """A corrected slice: the mask (uint8 (Y, X), 0..C-1 or 255 unlabelled) and its cost."""
-
     z: int
     mask: np.ndarray
     cost: int

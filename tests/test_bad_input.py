@@ -42,26 +42,6 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 runner = CliRunner()
 
-TINY = """
-[session]
-score_max_slices = 8
-export_radius = 1
-
-[rf]
-n_estimators = 8
-max_depth = 6
-
-[model]
-encoder = "resnet18"
-encoder_depth = 3
-decoder_channels = [16, 8, 4]
-
-[train]
-steps = 2
-patch_size = 32
-batch_size = 2
-eval_every = 2
-"""
 
 SHAPE = (12, 48, 48)
 
@@ -176,10 +156,10 @@ def _wide_console(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
+def data(tmp_path_factory, tiny_config):
     d = tmp_path_factory.mktemp("data")
     ok(["synth", d / "vol", "--shape", *SHAPE, "--seed", 1])
-    (d / "tiny.toml").write_text(TINY)
+    tiny_config(d / "tiny.toml", rf={"n_estimators": 8}, train={"steps": 2})
     return d
 
 

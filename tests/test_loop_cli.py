@@ -16,26 +16,6 @@ from activeseg.cli import app
 
 runner = CliRunner()
 
-TINY_CONFIG = """
-[session]
-score_max_slices = 8
-export_radius = 1
-
-[rf]
-n_estimators = 4
-max_depth = 6
-
-[model]
-encoder = "resnet18"
-encoder_depth = 3
-decoder_channels = [16, 8, 4]
-
-[train]
-steps = 3
-patch_size = 32
-batch_size = 2
-eval_every = 2
-"""
 
 
 def ok(args):
@@ -53,10 +33,10 @@ def fails(args):
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
+def data(tmp_path_factory, tiny_config):
     d = tmp_path_factory.mktemp("synth")
     ok(["synth", d / "vol", "--shape", 12, 48, 48, "--seed", 1])
-    (d / "tiny.toml").write_text(TINY_CONFIG)
+    tiny_config(d / "tiny.toml")
     return d
 
 

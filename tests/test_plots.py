@@ -5,6 +5,7 @@ import sys
 
 import numpy as np
 import pytest
+from study_rows import row, study_rows
 
 from activeseg import plots
 from activeseg.errors import ConfigError
@@ -28,37 +29,6 @@ def _count_color(img, color, tol=0.06):
 
     rgb = np.asarray(to_rgb(color))
     return int((np.abs(img[..., :3] - rgb).max(axis=-1) < tol).sum())
-
-
-def _row(strategy, seed, n, value, *, rnd=None, cost=None, schedule="iterative", **extra):
-    r = {
-        "run": f"{strategy}-{schedule}-s{seed}",
-        "strategy": strategy,
-        "schedule": schedule,
-        "seed": seed,
-        "round": n // 2 - 1 if rnd is None else rnd,
-        "n_labelled": n,
-        "accuracy": None if value is None else 0.8 + 0.1 * value,
-        "iou_solid": value,
-        "bce": 0.5,
-        "porosity_error": 0.01,
-        "grey_pore_error": None,
-        "boundary_f1": float("nan"),
-        "correction_cost": cost,
-        "labelled": list(range(0, 4 * n, 4)),
-    }
-    r.update(extra)
-    return r
-
-
-def _study_rows():
-    rows = []
-    for s, strategy in enumerate(["distributed", "spaced_entropy"]):
-        for seed in range(3):
-            for k, n in enumerate((2, 4, 6, 8)):
-                value = 0.5 + 0.05 * n + 0.1 * s + 0.01 * seed
-                rows.append(_row(strategy, seed, n, value, rnd=k, cost=None if k == 0 else 1000 * (4 - k) + seed))
-    return rows
 
 
 # --- colours ------------------------------------------------------------------------
@@ -89,9 +59,9 @@ def test_importing_plots_does_not_import_matplotlib():
 
 
 def test_learning_curves_png_has_fixed_size_and_one_line_per_strategy(tmp_path):
-    rows = _study_rows()
+    rows = study_rows()
     # a third strategy whose metric is missing everywhere: not drawn, no crash
-    rows += [_row("hybrid", seed, n, None) for seed in range(2) for n in (2, 4)]
+    rows += [row("hybrid", seed, n, None) for seed in range(2) for n in (2, 4)]
     out = plots.plot_learning_curves(rows, tmp_path / "lc.png", ceiling=0.95, fractions=(0.95,), figsize=(6, 3.5), dpi=DPI)
     assert out == tmp_path / "lc.png"
     img = _read_png(out)
@@ -102,7 +72,7 @@ def test_learning_curves_png_has_fixed_size_and_one_line_per_strategy(tmp_path):
 
 
 def test_learning_curves_survive_nan_none_and_csv_strings(tmp_path):
-    rows = _study_rows()
+    rows = study_rows()
     rows[0]["iou_solid"] = float("nan")
     rows[1]["iou_solid"] = None
     rows[2]["iou_solid"] = "nan"
@@ -123,7 +93,7 @@ def test_learning_curves_reject_bad_rows_with_a_useful_message(tmp_path):
     with pytest.raises(ConfigError, match="n_labelled"):
         plots.plot_learning_curves([{"strategy": "a", "seed": 0, "iou_solid": 0.5}], tmp_path / "x.png")
     with pytest.raises(ConfigError, match="must be a number"):
-        plots.plot_learning_curves([_row("a", 0, 2, 0.5, iou_solid="high")], tmp_path / "x.png")
+        plots.plot_learning_curves([row("a", 0, 2, 0.5, iou_solid="high")], tmp_path / "x.png")
 
 
 def test_slice_metric_marks_labelled_slices_in_trial_colours(tmp_path):
@@ -170,7 +140,7 @@ def test_porosity_profile_draws_truth_and_trials(tmp_path):
 
 
 def test_correction_cost_per_round_and_cumulative(tmp_path):
-    rows = _study_rows()
+    rows = study_rows()
     out = plots.plot_correction_cost(rows, tmp_path / "c.png", figsize=(8, 3.5), dpi=DPI)
     img = _read_png(out)
     assert img.shape[:2] == (210, 480)

@@ -10,23 +10,8 @@ from activeseg.cli import app
 from activeseg.errors import ConfigError, SessionError
 
 runner = CliRunner()
+STUDY_CONFIG = {"session": {"score_max_slices": 6, "export_radius": 3}, "train": {"steps": 2}}
 
-TINY = """
-[session]
-score_max_slices = 6
-[rf]
-n_estimators = 4
-max_depth = 6
-[model]
-encoder = "resnet18"
-encoder_depth = 3
-decoder_channels = [16, 8, 4]
-[train]
-steps = 2
-patch_size = 32
-batch_size = 2
-eval_every = 2
-"""
 
 
 def test_run_spec_rounds_and_grid():
@@ -62,8 +47,8 @@ def test_demo_quick_runs_end_to_end(tmp_path):
     assert (tmp_path / "demo" / "study" / "plots" / "learning_curves.png").stat().st_size > 5000
 
 
-def test_two_run_study_with_paper_table_resumes(tmp_path):
-    (tmp_path / "tiny.toml").write_text(TINY)
+def test_two_run_study_with_paper_table_resumes(tmp_path, tiny_config):
+    tiny_config(tmp_path / "tiny.toml", **STUDY_CONFIG)
     args = ["study", str(tmp_path / "st"), "--strategies", "initial,distributed", "--budgets", "2",
             "--shape", "12", "48", "48", "--config", str(tmp_path / "tiny.toml")]
     res = runner.invoke(app, args)
@@ -85,7 +70,7 @@ def test_two_run_study_with_paper_table_resumes(tmp_path):
     assert (tmp_path / "st" / "runs" / rows[0]["run"] / "activeseg.json").read_bytes() == manifest
 
 
-def test_study_with_ceiling_gives_label_efficiency(tmp_path):
+def test_study_with_ceiling_gives_label_efficiency(tmp_path, tiny_config):
     import numpy as np
 
     from activeseg import synth
@@ -94,7 +79,7 @@ def test_study_with_ceiling_gives_label_efficiency(tmp_path):
     synth.save_synth(tmp_path / "data", vol)
     from activeseg.loop import load_config
 
-    (tmp_path / "tiny.toml").write_text(TINY)
+    tiny_config(tmp_path / "tiny.toml", **STUDY_CONFIG)
     cfg = load_config(tmp_path / "tiny.toml")
     runs = [study.RunSpec("distributed-it", "distributed", 2, "iterative", 0, k0=1, k=1),
             study.RunSpec(study.CEILING, study.CEILING, 0)]
@@ -111,12 +96,12 @@ def test_study_with_ceiling_gives_label_efficiency(tmp_path):
                         truth=tmp_path / "data" / "truth.tif", config={"seed": 5})
 
 
-def test_trials_are_averaged_over_seeds_and_changed_runs_are_refused(tmp_path):
+def test_trials_are_averaged_over_seeds_and_changed_runs_are_refused(tmp_path, tiny_config):
     from activeseg import synth
     from activeseg.loop import load_config
 
     synth.save_synth(tmp_path / "data", synth.synthesize((12, 48, 48), seed=3))
-    (tmp_path / "tiny.toml").write_text(TINY)
+    tiny_config(tmp_path / "tiny.toml", **STUDY_CONFIG)
     cfg = load_config(tmp_path / "tiny.toml")
     runs = study.plan_grid(["distributed"], [2], [0, 1])
     kw = dict(image=tmp_path / "data" / "image.tif", truth=tmp_path / "data" / "truth.tif", config=cfg)

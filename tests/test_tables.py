@@ -8,44 +8,12 @@ import sys
 
 import numpy as np
 import pytest
+from study_rows import row, study_rows
 
 from activeseg import metrics, plots, report, tables
 from activeseg.errors import ConfigError
 
 DPI = 60
-
-
-def _row(strategy, seed, n, value, *, rnd=None, cost=None, schedule="iterative", **extra):
-    """One study row (as in tests/test_plots.py)."""
-    r = {
-        "run": f"{strategy}-{schedule}-s{seed}",
-        "strategy": strategy,
-        "schedule": schedule,
-        "seed": seed,
-        "round": n // 2 - 1 if rnd is None else rnd,
-        "n_labelled": n,
-        "accuracy": None if value is None else 0.8 + 0.1 * value,
-        "iou_solid": value,
-        "bce": 0.5,
-        "porosity_error": 0.01,
-        "grey_pore_error": None,
-        "boundary_f1": float("nan"),
-        "correction_cost": cost,
-        "labelled": list(range(0, 4 * n, 4)),
-    }
-    r.update(extra)
-    return r
-
-
-def _study_rows():
-    rows = []
-    for s, strategy in enumerate(["distributed", "spaced_entropy"]):
-        for seed in range(3):
-            for k, n in enumerate((2, 4, 6, 8)):
-                value = 0.5 + 0.05 * n + 0.1 * s + 0.01 * seed
-                rows.append(_row(strategy, seed, n, value, rnd=k, cost=None if k == 0 else 1000 * (4 - k) + seed))
-    return rows
-
 
 
 def test_importing_tables_and_report_does_not_import_matplotlib():
@@ -127,8 +95,8 @@ def test_index_proximity_names_indices_next_to_training_slices():
 
 def test_table_csv_round_trip(tmp_path):
     rows = [
-        _row("distributed", 0, 4, 0.123456789012345, cost=1234),
-        _row("random", 1, 6, None, cost=None, note="a, quoted \"text\"", flag=True),
+        row("distributed", 0, 4, 0.123456789012345, cost=1234),
+        row("random", 1, 6, None, cost=None, note="a, quoted \"text\"", flag=True),
     ]
     rows[0]["bce"] = float("nan")
     path = tables.table_csv(rows, tmp_path / "sub" / "rows.csv")
@@ -154,13 +122,13 @@ def test_table_csv_round_trip(tmp_path):
 def test_label_efficiency_hand_computed():
     rows = [
         # A: seed means at 2, 4, 6 = 0.85, 0.93, 0.98
-        _row("A", 0, 2, 0.80), _row("A", 0, 4, 0.90), _row("A", 0, 6, 0.96),
-        _row("A", 1, 2, 0.90), _row("A", 1, 4, 0.96), _row("A", 1, 6, 1.00),
+        row("A", 0, 2, 0.80), row("A", 0, 4, 0.90), row("A", 0, 6, 0.96),
+        row("A", 1, 2, 0.90), row("A", 1, 4, 0.96), row("A", 1, 6, 1.00),
         # B: at 2 only seed 0 is finite (0.96); at 4 the mean is exactly 0.99
-        _row("B", 0, 2, 0.96), _row("B", 1, 2, float("nan")), _row("B", 2, 2, None),
-        _row("B", 0, 4, 0.99), _row("B", 1, 4, 0.98), _row("B", 2, 4, 1.00),
+        row("B", 0, 2, 0.96), row("B", 1, 2, float("nan")), row("B", 2, 2, None),
+        row("B", 0, 4, 0.99), row("B", 1, 4, 0.98), row("B", 2, 4, 1.00),
         # C never gets there
-        _row("C", 0, 2, 0.5), _row("C", 0, 4, 0.6),
+        row("C", 0, 2, 0.5), row("C", 0, 4, 0.6),
     ]  # fmt: skip
     eff = tables.label_efficiency(rows, 1.0)
     assert list(eff) == ["A", "B", "C"]
@@ -181,7 +149,7 @@ def test_label_efficiency_hand_computed():
 
 
 def test_label_efficiency_scales_with_ceiling_and_averages_duplicates():
-    rows = [_row("A", 0, 2, 0.4), _row("A", 0, 2, 0.6), _row("A", 0, 4, 0.7)]
+    rows = [row("A", 0, 2, 0.4), row("A", 0, 2, 0.6), row("A", 0, 4, 0.7)]
     eff = tables.label_efficiency(rows, 0.6, fractions=(0.8, 1.0, 1.2))
     assert eff["A"]["curve"]["mean"] == pytest.approx([0.5, 0.7])
     assert eff["A"][0.8] == 2  # 0.5 >= 0.48
@@ -190,7 +158,7 @@ def test_label_efficiency_scales_with_ceiling_and_averages_duplicates():
 
 
 def test_label_efficiency_splits_schedules_and_rejects_bad_input():
-    rows = [_row("A", 0, 2, 0.9, schedule="one-shot"), _row("A", 0, 2, 0.5, schedule="iterative")]
+    rows = [row("A", 0, 2, 0.9, schedule="one-shot"), row("A", 0, 2, 0.5, schedule="iterative")]
     eff = tables.label_efficiency(rows, 1.0, fractions=(0.85,))
     assert eff["A (one-shot)"][0.85] == 2 and eff["A (iterative)"][0.85] is None
     with pytest.raises(ConfigError, match="ceiling"):
@@ -200,7 +168,7 @@ def test_label_efficiency_splits_schedules_and_rejects_bad_input():
 
 
 def test_label_efficiency_markdown():
-    rows = [_row("A", 0, 2, 0.96), _row("A", 0, 4, 0.99), _row("C", 0, 2, 0.5), _row("C", 0, 4, 0.6)]
+    rows = [row("A", 0, 2, 0.96), row("A", 0, 4, 0.99), row("C", 0, 2, 0.5), row("C", 0, 4, 0.6)]
     md = tables.label_efficiency_markdown(tables.label_efficiency(rows, 1.0))
     assert "solid-phase IoU = 1.000" in md
     table = [ln for ln in md.splitlines() if ln.startswith("|")]
@@ -213,7 +181,7 @@ def test_label_efficiency_markdown():
 
 
 def test_write_report_md_links_relative_images_and_embeds_tables(tmp_path):
-    png = plots.plot_learning_curves(_study_rows(), tmp_path / "plots" / "lc.png", dpi=DPI, figsize=(4, 3))
+    png = plots.plot_learning_curves(study_rows(), tmp_path / "plots" / "lc.png", dpi=DPI, figsize=(4, 3))
     table = tables.paper_table_markdown(tables.paper_table(_results(), [1]))
     out = report.write_report_md(
         tmp_path / "report.md",

@@ -22,7 +22,6 @@ from activeseg.session import Session
 
 def evaluate_model(session: Session, model, image, *, progress: Progress = no_progress) -> dict:
     """Predict the whole stack and compare with the session's truth (streamed to disk)."""
-
     truth = open_truth(session)
     if truth is None:
         return {}

@@ -59,7 +59,6 @@ def segment_to_file(model, image, out: Path, *, voxel_size, probabilities: bool,
     ``out`` (its porosity table) before it is moved into place, so that a failure there
     also leaves ``out`` as it was.
     """
-
     lo, hi = values
     fixed = fixed or {}
     nz, ny, nx = (int(s) for s in image.shape)

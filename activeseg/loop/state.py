@@ -48,7 +48,6 @@ def open_image(session: Session):
 
 def open_truth(session: Session):
     """The ground-truth labels (lazy) or None."""
-
     t = session.manifest.get("truth")
     if not t:
         return None
@@ -113,7 +112,6 @@ def open_session(root: Path, *, relink_to: Path | None = None, check_inputs: boo
 
 def relink(session: Session, new_path: Path) -> None:
     """Point the session at a moved or re-saved stack with the same shape and dtype."""
-
     new_path = Path(new_path).resolve()
     with session.writing("relink"):
         m = session.manifest
@@ -227,7 +225,6 @@ _RF_CACHE: dict = {}
 def fit_session_rf(session: Session, image, *, progress: Progress = no_progress, manifest: dict | None = None):
     """The RF on all committed labels (or those of ``manifest``, before it is committed),
     refit deterministically (cached per process)."""
-
     m = session.manifest if manifest is None else manifest
     key = (str(session.root.resolve()), labels_version(m))
     if key in _RF_CACHE:

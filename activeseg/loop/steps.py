@@ -87,7 +87,6 @@ def init_session(
     given, and the acquisition geometry is read from ``synth.json`` there, else from the
     stack's metadata, else from the config.
     """
-
     image = Path(image)
     if isinstance(config, (str, Path)):
         config = load_config(Path(config))
@@ -181,7 +180,6 @@ def bootstrap(
     (global z taken from the session's ground truth; with ``simulate_scribbles``,
     simulated strokes drawn from the truth of those slices instead).
     """
-
     given = [x is not None for x in (scribbles, labels, slices)]
     if sum(given) != 1:
         raise ConfigError("bootstrap needs exactly one of --scribbles FILE, --labels FILE or --slices Z,Z,...")
@@ -262,7 +260,6 @@ def _compute_scores(session: Session, image, names: Sequence[str], kind: str, ve
                     *, save: bool = True) -> dict:
     """Scores (and embeddings) for the current model, cached per model version
     (``save=False``: the caller writes ``scores/VERSION.npz`` with what it commits)."""
-
     cfg = session_config(session)
     rel = f"scores/{version}.npz"
     cached = session.load_npz(rel) if session.path(rel).exists() else {}
@@ -315,7 +312,6 @@ def query(
     a person corrects. ``audit`` adds one uniformly random unlabelled slice whose
     correction cost estimates the current error honestly.
     """
-
     if n < 1:
         raise ConfigError(f"-n must be at least 1, got {n}")
     prepared = registry.prepare_query(strategy, params or {})
@@ -452,7 +448,6 @@ def import_corrections(
     ``directory``, every mask file found there for a pending slice is imported.
     Everything is validated before anything is committed.
     """
-
     with session.writing("import"):
         m = session.manifest
         rnd = last_round(m)
@@ -579,14 +574,19 @@ def revert(session: Session, *, slices: Sequence[int] | None = None, round_index
     return {"reverted": {int(k): v for k, v in hits.items()}, "labelled_slices": labelled_slices(session.manifest)}
 
 
+def _waiting_round(m: dict, what: str) -> dict:
+    """The open round whose queried slices wait for ``what``, or a SessionError."""
+    rnd = last_round(m)
+    if rnd is None or rnd["index"] == 0 or not pending_slices(rnd):
+        raise SessionError(f"no queried slices are waiting for {what}; run a query first")
+    return rnd
+
+
 def oracle_correct(session: Session, *, effort: int | None = None) -> dict:
     """Simulation: ground truth corrects every pending slice of the open round."""
-
     with session.writing("oracle"):
         m = session.manifest
-        rnd = last_round(m)
-        if rnd is None or rnd["index"] == 0 or not pending_slices(rnd):
-            raise SessionError("no queried slices are waiting for corrections; run a query first")
+        rnd = _waiting_round(m, "corrections")
         truth = open_truth(session)
         if truth is None:
             raise SessionError("the ground-truth oracle needs a session with --truth")
@@ -607,12 +607,9 @@ def pseudo_label(session: Session, *, threshold: float | None = None, progress: 
     Recorded with source "rf" (before any network) or "pseudo" and kind "partial": the
     unconfident pixels stay unlabelled, and the slices do not count as corrected.
     """
-
     with session.writing("pseudo-label"):
         m = session.manifest
-        rnd = last_round(m)
-        if rnd is None or rnd["index"] == 0 or not pending_slices(rnd):
-            raise SessionError("no queried slices are waiting for labels; run a query first")
+        rnd = _waiting_round(m, "labels")
         cfg = session_config(session)
         thr = cfg.pseudo_threshold if threshold is None else threshold
         with open_image(session) as image:
