@@ -1002,3 +1002,9 @@ def test_the_commit_itself_hits_a_full_disk(case, monkeypatch, scratch_tmp, step
 def test_train_unknown_device(case):
     s = case.session()
     cli(["train", s, "--device", "tpu"], says=["'tpu'", "auto", "cpu", "cuda"], watch=case.watch, one_line=False)
+
+
+def test_export_to_a_name_that_is_not_a_tiff(case):
+    s = case.session()
+    cli(["export", s, case.dir / "seg.png"], says=["does not end in .tif or .tiff", f"{case.dir / 'seg.tif'}"],
+        watch=case.watch)

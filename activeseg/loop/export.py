@@ -121,6 +121,15 @@ def _replace(tmp: Path, out: Path) -> None:
         raise OutputError(os_error_message(exc, out)) from exc
 
 
+def _tiff_name(out: Path) -> None:
+    """Outputs are ImageJ TIFFs: a name ending in another format's suffix would mislead."""
+    if out.suffix.lower() not in (".tif", ".tiff"):
+        raise OutputError(
+            f"OUT {out} does not end in .tif or .tiff; activeseg writes ImageJ TIFF stacks: "
+            f"give a name like {out.with_suffix('.tif')}"
+        )
+
+
 def export_segmentation(
     session: Session,
     out: Path,
@@ -136,6 +145,7 @@ def export_segmentation(
     csv = out.with_suffix(".porosity.csv")
     for path, option in ((out, "OUT"), (csv, "the porosity table")):
         check_output(path, inputs=session_inputs(session), sessions=[session.root], option=option)
+    _tiff_name(out)
     cfg = session_config(session)
     full = labels_dict(session, kinds=("full",))
 
@@ -172,6 +182,7 @@ def predict_to_file(model_path: Path, stack: Path, out: Path, *, values: tuple[i
         model_dir = model_path
         inputs.append(("model", str(model_path)))  # nothing is written into a model folder
     check_output(out, inputs=inputs, sessions=sessions, option="OUT")
+    _tiff_name(Path(out))
     model = load_model(model_dir)
     with io.open_stack(stack) as image:
         segment_to_file(model, image, Path(out), voxel_size=image.voxel_size, probabilities=probabilities,
