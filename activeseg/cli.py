@@ -682,6 +682,7 @@ def predict_cmd(
     out: Path = typer.Argument(..., help="Output TIFF; never an input (the stack, the model, the session's files)."),
     probabilities: bool = _flag("Write the pore probability instead of labels.", "--probabilities"),
     values: str = typer.Option("0,1", "--values", help="Values written for solid,pore."),
+    axes: str | None = _AXES,
 ) -> None:
     """Apply a trained network to another stack (the deliverable for your next sample).
 
@@ -690,7 +691,8 @@ def predict_cmd(
     vals = _parse_values(values)
     existed = out.exists()
     with _progress() as progress:
-        res = loop.predict_to_file(model, stack, out, values=vals, probabilities=probabilities, progress=progress)
+        res = loop.predict_to_file(model, stack, out, values=vals, probabilities=probabilities, axes=axes,
+                                     progress=progress)
     console.print(f"{'replaced' if existed else 'wrote'} {res['out']} with {res['model']}")
 
 

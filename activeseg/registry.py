@@ -417,7 +417,7 @@ def validate_params(fn_or_name: Callable | str, params: Mapping[str, Any] | None
             close = difflib.get_close_matches(str(key), list(defaults), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise StrategyError(
-                f"strategy {name!r} has no parameter {key!r}{hint} Valid parameters (with defaults): {valid}"
+                f"strategy {name!r} has no parameter {key!r}{hint}; valid parameters (with defaults): {valid}"
             )
         try:
             json.dumps(value, allow_nan=False)

@@ -1008,3 +1008,22 @@ def test_export_to_a_name_that_is_not_a_tiff(case):
     s = case.session()
     cli(["export", s, case.dir / "seg.png"], says=["does not end in .tif or .tiff", f"{case.dir / 'seg.tif'}"],
         watch=case.watch)
+
+
+def test_export_onto_the_bootstrap_labels_or_a_corrections_folder(case):
+    s = case.session("fresh")
+    truth = io.read_stack(case.truth)
+    lab = np.full(SHAPE, 255, np.uint8)
+    lab[[2, 9]] = truth[[2, 9]]
+    labels = _write(case.dir / "labels.tif", lab)
+    ok(["bootstrap", s, "--labels", labels])
+    cli(["export", s, labels], says=["is the session's bootstrap labels", "never writes over its inputs"],
+        watch=case.watch)
+    ok(["query", s, "-n", 1, "--strategy", "distributed"])
+    z = json.loads(ok(["status", s, "--json"]))["rounds"][-1]["queried"][0]
+    fixes = case.dir / "fixes"
+    fixes.mkdir()
+    io.write_stack(fixes / f"z{z:04d}_mask.tif", truth[z][None], kind="labels")
+    ok(["import", s, fixes])
+    cli(["export", s, fixes / "seg.tif"], says=["inside the folder of corrections imported into the session"],
+        watch=case.watch)

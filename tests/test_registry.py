@@ -190,7 +190,7 @@ def test_validate_params_fills_defaults_and_rejects_bad_ones():
         validate_params("entropy", {"min_gap": 2.5})
     with pytest.raises(StrategyError, match="expects int"):
         validate_params("entropy", {"min_gap": True})
-    with pytest.raises(StrategyError, match="has no parameter 'k'.*Valid parameters \\(with defaults\\): none"):
+    with pytest.raises(StrategyError, match="has no parameter 'k'.*valid parameters \\(with defaults\\): none"):
         validate_params("initial", {"k": 1})
 
 

@@ -161,7 +161,7 @@ def export_segmentation(
 
 
 def predict_to_file(model_path: Path, stack: Path, out: Path, *, values: tuple[int, int] = (0, 1), probabilities: bool = False,
-                    progress: Progress = no_progress) -> dict:
+                    axes: str | None = None, progress: Progress = no_progress) -> dict:
     """Apply a trained network (a session's latest, or a model directory) to another stack."""
     from activeseg.network import load_model  # torch
 
@@ -184,7 +184,7 @@ def predict_to_file(model_path: Path, stack: Path, out: Path, *, values: tuple[i
     check_output(out, inputs=inputs, sessions=sessions, option="OUT")
     _tiff_name(Path(out))
     model = load_model(model_dir)
-    with io.open_stack(stack) as image:
+    with io.open_stack(stack, axes=axes) as image:
         segment_to_file(model, image, Path(out), voxel_size=image.voxel_size, probabilities=probabilities,
                          values=values, progress=progress)
     return {"out": str(out), "model": str(model_dir)}

@@ -310,7 +310,11 @@ def discard_uncommitted(session: Session, rels) -> None:
 
 
 def session_inputs(session: Session) -> list[tuple[str, str | None]]:
-    """``(what, path)`` of every file a session reads: stack, truth, depth."""
+    """``(what, path)`` of every file a session reads: stack, truth, depth, the bootstrap
+    labels or scribbles, and folders corrections were imported from."""
     m = session.manifest
-    return [(what, (m.get(key) or {}).get("path")) for key, what in
-            (("stack", "session's image stack"), ("truth", "session's ground truth"), ("depth", "session's depth map"))]
+    out = [(what, (m.get(key) or {}).get("path")) for key, what in
+           (("stack", "session's image stack"), ("truth", "session's ground truth"), ("depth", "session's depth map"))]
+    out.append(("session's bootstrap labels", (m.get("bootstrap") or {}).get("path")))
+    out += [("folder of corrections imported into the session", d) for r in m["rounds"] for d in r.get("import_dirs", [])]
+    return out

@@ -241,6 +241,9 @@ def bootstrap(
         rnd["scribble_pixels"] = int(sum(np.count_nonzero(c.mask != 255) for c in part))
         rnd["source"] = source
         m["bootstrap"] = {"source": source, "rf_seed": int(rng.integers(2**31 - 1))}
+        label_file = scribbles or labels
+        if label_file is not None:  # an input of the session from now on: outputs never overwrite it
+            m["bootstrap"]["path"] = str(Path(label_file).resolve())
         m["rounds"].append(rnd)
         store_rng(m, rng)
         # fit before the commit: labels the RF cannot learn from leave the session as it was
@@ -508,6 +511,8 @@ def import_corrections(
             write_labels(session, m, rnd, corr, kind="full")
         rnd["imported"] = sorted(set(rnd["imported"]) | set(masks))
         rnd["skipped"] = sorted(set(rnd["skipped"]) | set(skip))
+        if directory is not None and masks:  # the person's corrections: an input, never an output's target
+            rnd["import_dirs"] = sorted(set(rnd.get("import_dirs", [])) | {str(Path(directory).resolve())})
         rnd["status"] = "queried" if pending_slices(rnd) else ("labelled" if rnd["imported"] else "skipped")
         m["rounds"][-1] = rnd
         session.commit(m)
