@@ -31,6 +31,7 @@ from activeseg import bootstrap as bs
 from activeseg.errors import ConfigError
 from activeseg.features import FeatureConfig
 from activeseg.geometry import Geometry
+from activeseg.uncertainty import REDUCTIONS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -42,7 +43,6 @@ __all__ = ["SessionConfig", "TABLES", "load_config", "validate_config", "model_k
 TABLES = ("geometry", "session", "rf", "model", "train")
 """The tables of a config file, in the order they are documented."""
 
-_REDUCTIONS = ("mean", "quantile", "boundary")  # activeseg.uncertainty.REDUCTIONS (checked by a test)
 _DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
@@ -152,7 +152,7 @@ class SessionConfig:
         _range("session", "export_radius", 0 <= self.export_radius <= 64, "an integer from 0 to 64 (context slices on each side)",
                self.export_radius, "")
         _range("session", "score_max_slices", self.score_max_slices >= 1, "an integer >= 1", self.score_max_slices, "")
-        _range("session", "score_reduction", self.score_reduction in _REDUCTIONS, f"one of {', '.join(_REDUCTIONS)}",
+        _range("session", "score_reduction", self.score_reduction in REDUCTIONS, f"one of {', '.join(REDUCTIONS)}",
                self.score_reduction, "")
         _range("session", "bald_samples", self.bald_samples >= 2, "an integer >= 2 (MC-dropout samples)", self.bald_samples, "")
         _range("session", "pseudo_threshold", 0.5 <= self.pseudo_threshold <= 1.0, "a probability from 0.5 to 1",

@@ -2,7 +2,6 @@
 
 import pytest
 
-from activeseg import config, uncertainty
 from activeseg.config import SessionConfig, load_config, validate_config
 from activeseg.errors import ConfigError
 
@@ -11,10 +10,6 @@ def _toml(tmp_path, text):
     p = tmp_path / "c.toml"
     p.write_text(text)
     return p
-
-
-def test_reductions_match_the_uncertainty_module():
-    assert config._REDUCTIONS == uncertainty.REDUCTIONS
 
 
 def test_a_valid_file_reads_into_session_settings(tmp_path):

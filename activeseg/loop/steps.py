@@ -339,7 +339,7 @@ def query(
             kind, version, model = current_model(session, image, progress=progress)
             # the score cache is written with the round: a refused or failed query leaves no file
             scores_rel = f"scores/{version}.npz"
-            scores_before = set(session.load_npz(scores_rel)) if session.path(scores_rel).exists() else None
+            scores_before = _npz_keys(session.path(scores_rel))
             scores = _compute_scores(session, image, [*needs, "porosity"], kind, version, model, rng, progress, save=False)
             labelled = np.zeros(nz, bool)
             labelled[labelled_slices(m)] = True
@@ -577,6 +577,14 @@ def revert(session: Session, *, slices: Sequence[int] | None = None, round_index
             log.warning("no labels are left after this revert; bootstrap labels are needed before the next train")
         session.commit(m)
     return {"reverted": {int(k): v for k, v in hits.items()}, "labelled_slices": labelled_slices(session.manifest)}
+
+
+def _npz_keys(path: Path) -> set[str] | None:
+    """The array names of an ``.npz`` (without reading the arrays), or None when it does not exist."""
+    if not path.exists():
+        return None
+    with np.load(path, allow_pickle=False) as data:
+        return set(data.files)
 
 
 def _waiting_round(m: dict, what: str) -> dict:
