@@ -461,8 +461,10 @@ def test_rgb_and_multichannel(tmp_path):
         io.open_stack(tmp_path / "ch.tif")
     folder = tmp_path / "rgbpng"
     folder.mkdir()
+    colour = np.zeros((8, 8, 3), np.uint8)
+    colour[..., 0] = 200  # truly colour (an RGB file whose channels are equal is read as grey)
     for i in range(3):
-        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(folder / f"s{i}.png")
+        Image.fromarray(colour).save(folder / f"s{i}.png")
     with pytest.raises(StackError, match=r"s0\.png.*RGB.*grayscale"):
         io.open_stack(folder)
 

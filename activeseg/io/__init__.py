@@ -27,11 +27,16 @@ with numpy semantics reads only the slices asked for:
   of I/O and RSS, however large the file (``Stack.memmapped`` is True);
 - compressed or non-contiguous TIFF: page by page (``TiffFile.pages[i].asarray()``),
   the file stays open between reads;
-- a folder of single-slice TIFF/PNG files in natural sort order (``slice_2`` before
-  ``slice_10``): the files of the slices asked for.
+- a folder of single-slice TIFF, PNG, BMP or JPEG files in natural sort order
+  (``slice_2`` before ``slice_10``): the files of the slices asked for.
 
 Supported sources: multipage TIFF, ImageJ hyperstack (singleton C/T axes are
-squeezed; a real channel axis is an error), OME-TIFF, and folders of slices.
+squeezed; a real channel axis is an error), OME-TIFF, and folders of slices. PNG (8
+and 16 bit), BMP and JPEG slices are decoded by Pillow; an RGB/RGBA file whose
+channels are equal (JPEG: within 2 levels) is read as grey, a truly colour one is
+refused, as is a 16-bit colour PNG. A folder whose files differ in shape or bit depth
+is refused naming the first odd file. These formats carry no voxel size: give it. One
+2D image (TIFF, PNG, BMP, JPEG) is not a stack and is refused as such.
 
 Axes: the file's one axis besides Y and X holds the slices, whatever tifffile calls it
 (Z, or Q/I/T for files without axis metadata). A file whose only such axis is C with
@@ -96,12 +101,29 @@ Labels
 ------
 :func:`read_labels` reads labels people drew or corrected (docs/architecture.md §3)
 into the in-memory convention (uint8, 0..C-1, 255 = unlabelled), one (Y, X) array per
-global slice index.
+global slice index. A binary 0/255 mask (anti-aliased edges 252..254 included) says
+nothing about which value is pore: ``read_labels(..., pore_value=0 or 255)`` and
+:func:`decode_pore_mask` read it split at 128, :class:`PoreMaskStack` decodes a truth
+stack lazily, and :func:`pick_pore_value` chooses the polarity that agrees with a
+pre-filled mask.
 """
 
 from __future__ import annotations
 
-from activeseg.io.labels import LABEL_KINDS, normalize_labels, read_labels, slice_index_from_name
+from activeseg.io.labels import (
+    LABEL_KINDS,
+    PORE_VALUES,
+    PoreMaskStack,
+    check_pore_value,
+    decode_pore_mask,
+    describe_255_values,
+    mask_255_values,
+    normalize_labels,
+    pick_pore_value,
+    read_label_planes,
+    read_labels,
+    slice_index_from_name,
+)
 from activeseg.io.metadata import detect_infobar
 from activeseg.io.sources import natural_sort_key
 from activeseg.io.sources import slice_files as slice_files  # outside __all__, as before: used by activeseg.session
@@ -119,7 +141,15 @@ __all__ = [
     "write_stack",
     "create_stack",
     "read_labels",
+    "read_label_planes",
     "normalize_labels",
+    "PORE_VALUES",
+    "PoreMaskStack",
+    "check_pore_value",
+    "decode_pore_mask",
+    "describe_255_values",
+    "mask_255_values",
+    "pick_pore_value",
     "detect_infobar",
     "intensity_warning",
     "natural_sort_key",

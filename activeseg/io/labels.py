@@ -2,16 +2,19 @@
 
 The file conventions (:data:`LABEL_KINDS`, docs/architecture.md §3), one slice
 (:func:`normalize_labels`), label stacks, single 2D files and folders of per-slice
-files whose names carry the slice index (:func:`read_labels`,
-:func:`slice_index_from_name`). See the ``Labels`` section of :mod:`activeseg.io`.
+files whose names carry the slice index (:func:`read_labels`, :func:`read_label_planes`,
+:func:`slice_index_from_name`), and binary 0/255 masks of either polarity
+(:func:`mask_255_values`, :func:`decode_pore_mask`, :func:`pick_pore_value`,
+:class:`PoreMaskStack`). See the ``Labels`` section of :mod:`activeseg.io`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
@@ -39,7 +42,7 @@ def slice_index_from_name(name: str | os.PathLike[str]) -> int | None:
     several appear, the last one counts. Returns None when the name carries none.
     """
     stem = Path(name).name
-    for suffix in (".ome.tif", ".ome.tiff", ".tif", ".tiff", ".png"):
+    for suffix in (".ome.tif", ".ome.tiff", ".tif", ".tiff", ".png", ".bmp", ".jpg", ".jpeg"):
         if stem.lower().endswith(suffix):
             stem = stem[: -len(suffix)]
             break
@@ -57,6 +60,145 @@ _KIND_FIX = {
     "partial": "if 0 marks unlabelled pixels (ilastik) use kind='scribble'; check n_classes",
     "scribble": "if 0 is a class (complete masks) use kind='mask' or 'partial'; check n_classes",
 }
+
+
+PORE_VALUES = (0, 255)
+"""The values a binary mask may mark pore with (``pore_value``, ``--pore-value``)."""
+_EDGE_VALUES = frozenset({252, 253, 254})
+_MASK_255_VALUES = frozenset({0, 255}) | _EDGE_VALUES
+_MASK_255_THRESHOLD = 128
+
+
+def check_pore_value(pore_value: Any) -> int | None:
+    """``pore_value`` checked: None, 0 or 255; ConfigError otherwise."""
+    if pore_value is None:
+        return None
+    if isinstance(pore_value, (int, np.integer)) and not isinstance(pore_value, bool) and int(pore_value) in PORE_VALUES:
+        return int(pore_value)
+    raise ConfigError(
+        f"pore_value must be 0 or 255 (the value that marks pore in a binary 0/255 mask; command line "
+        f"--pore-value 0 or --pore-value 255), got {pore_value!r}"
+    )
+
+
+def mask_255_values(values: Any) -> list[int] | None:
+    """The sorted values when they are those of a binary 0/255 mask, else None.
+
+    A 0/255 mask holds 0 and 255 only, or also the anti-aliased edge values 252..254;
+    at least one of 252..255 must be present (a file of zeros is not one).
+    """
+    vset = {int(v) for v in np.asarray(values).ravel()}
+    if vset and vset <= _MASK_255_VALUES and vset - {0}:
+        return sorted(vset)
+    return None
+
+
+def describe_255_values(values: Sequence[int]) -> str:
+    """``"values 0 and 255 (and 252-254)"`` for the values of a 0/255 mask, in messages."""
+    vset = {int(v) for v in values}
+    main = [v for v in (0, 255) if v in vset]
+    text = ("values " + " and ".join(map(str, main))) if len(main) > 1 else f"value {main[0]}" if main else "values"
+    edge = sorted(vset & _EDGE_VALUES)
+    if edge:
+        text += f" (and {'-'.join(map(str, (edge[0], edge[-1]))) if len(edge) > 1 else edge[0]}, anti-aliased edges)"
+    return text
+
+
+def decode_pore_mask(values: Any, pore_value: int) -> np.ndarray:
+    """A binary 0/255 mask as 0 = solid, 1 = pore: values >= 128 are pore when
+    ``pore_value`` is 255 and solid when it is 0; values below 128 the other class.
+
+    Parameters
+    ----------
+    values : integer array of any shape (anti-aliased edges 252..254 split with the rest).
+    pore_value : 0 or 255.
+
+    Returns
+    -------
+    uint8 array of the same shape, 0/1.
+    """
+    pv = check_pore_value(pore_value)
+    high = np.asarray(values) >= _MASK_255_THRESHOLD
+    return (high if pv == 255 else ~high).astype(np.uint8)
+
+
+def pick_pore_value(values: Any, reference: Any) -> tuple[int, float]:
+    """The polarity of a 0/255 mask that agrees more with ``reference`` (0/1).
+
+    Decodes ``values`` both ways (:func:`decode_pore_mask`) and keeps the reading whose
+    pixels match ``reference`` more often; a tie reads 255 as pore (Fiji's default).
+
+    Returns
+    -------
+    (pore_value, agreement) : 0 or 255, and the fraction of pixels (0..1) on which that
+    reading equals ``reference``.
+    """
+    ref = np.asarray(reference)
+    as255 = decode_pore_mask(values, 255)
+    if as255.shape != ref.shape:
+        raise LabelError(f"mask of shape {shape_text(as255.shape)} cannot be compared with {shape_text(ref.shape)}")
+    agree = float(np.count_nonzero(as255 == ref)) / max(1, ref.size)
+    other = float(np.count_nonzero((1 - as255) == ref)) / max(1, ref.size)
+    return (255, agree) if agree >= other else (0, other)
+
+
+class PoreMaskStack:
+    """A lazy label stack read through :func:`decode_pore_mask` (a 0/255 truth file).
+
+    Indexing reads the slices asked for from the wrapped :class:`Stack` and decodes them;
+    ``shape``, ``path``, ``len``, ``close`` and the context manager are the stack's.
+    """
+
+    ndim = 3
+    dtype = np.dtype(np.uint8)
+
+    def __init__(self, stack: Stack, pore_value: int) -> None:
+        pv = check_pore_value(pore_value)
+        if pv is None:
+            raise ConfigError("PoreMaskStack needs pore_value 0 or 255")
+        self.stack = stack
+        self.pore_value = pv
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return self.stack.shape
+
+    @property
+    def path(self) -> Path:
+        return self.stack.path
+
+    def __len__(self) -> int:
+        return len(self.stack)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        return decode_pore_mask(self.stack[key], self.pore_value)
+
+    def read(self, z0: int, z1: int) -> np.ndarray:
+        return decode_pore_mask(self.stack.read(z0, z1), self.pore_value)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        for z in range(len(self)):
+            yield self[z]
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        data = self[:]
+        return data if dtype is None else data.astype(dtype, copy=False)
+
+    def close(self) -> None:
+        self.stack.close()
+
+    @property
+    def closed(self) -> bool:
+        return self.stack.closed
+
+    def __enter__(self) -> PoreMaskStack:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"PoreMaskStack({self.stack!r}, pore_value={self.pore_value})"
 
 
 def _check_label_args(n_classes: Any, kind: Any) -> int:
@@ -97,22 +239,29 @@ def _convert_labels(arr: np.ndarray, n_classes: int, kind: str, where: str) -> t
     else:
         allowed = set(range(n_classes))
         vset = {int(v) for v in values}
-        if n_classes == 2 and 255 in vset and vset <= {0, 255}:
+        if n_classes == 2 and 255 in vset and vset <= _MASK_255_VALUES:
             binary255 = True
-            allowed = {0, 255}
+            allowed = set(_MASK_255_VALUES)
     bad = [int(v) for v in values if int(v) not in allowed]
     if bad:
         shown = ", ".join(str(v) for v in bad[:10]) + (" ..." if len(bad) > 10 else "")
         given = ", ".join(str(int(v)) for v in values[:12]) + (" ..." if len(values) > 12 else "")
+        seen = mask_255_values(values) if n_classes == 2 and kind != "scribble" else None
+        hint = (
+            f"; it looks like a binary 0/255 mask ({describe_255_values(seen)}): say which value is pore with "
+            "pore_value=0 or pore_value=255 (command line --pore-value 0 or --pore-value 255)"
+            if seen is not None
+            else ""
+        )
         raise LabelError(
             f"{where} holds label values {shown} outside the declared classes: expected {expected} "
-            f"(n_classes={n_classes}, kind={kind!r}); values present: {given}. Fix: {_KIND_FIX[kind]}"
+            f"(n_classes={n_classes}, kind={kind!r}); values present: {given}. Fix: {_KIND_FIX[kind]}{hint}"
         )
     a = arr if arr.dtype == np.uint8 else arr.astype(np.int64)
     if kind == "scribble":
         out = np.where(a == 0, 255, a - 1).astype(np.uint8)
     elif binary255:
-        out = (a == 255).astype(np.uint8)
+        out = decode_pore_mask(a, 255)
     else:
         out = a.astype(np.uint8)
     return out, binary255
@@ -131,7 +280,8 @@ def normalize_labels(
     values : (Y, X) integer (or bool / integral float) array, e.g. a napari int32
         labels layer or a Fiji 0/255 mask.
     n_classes : number of classes C (2: solid/pore).
-    kind : "mask" (0..C-1; binary 0/255 read as 0/1 with a warning), "partial"
+    kind : "mask" (0..C-1; binary 0/255, anti-aliased 252..254 included, read as 0/1
+        with 255 = pore and a warning), "partial"
         (0..C-1 plus 255 = unlabelled) or "scribble" (ilastik: 0 = unlabelled, class c
         stored as c + 1).
 
@@ -160,6 +310,7 @@ def read_labels(
     n_classes: int = 2,
     kind: Literal["mask", "partial", "scribble"] = "mask",
     slices: Sequence[int] | None = None,
+    pore_value: int | None = None,
 ) -> dict[int, np.ndarray]:
     """Read a label file into ``{global z: (Y, X) uint8}`` in the in-memory convention.
 
@@ -172,10 +323,16 @@ def read_labels(
         (Y, X); checked when given.
     n_classes : number of classes C.
     kind : file convention (docs/architecture.md §3): "mask" (complete masks
-        0..C-1; a 0/255 binary mask is read as 0/1 with a warning; napari int32 labels
-        in range are fine), "partial" (0..C-1 plus 255 = unlabelled), "scribble"
-        (ilastik: 0 = unlabelled, class c stored as c + 1).
+        0..C-1; a 0/255 binary mask, anti-aliased edges 252..254 included, is read as
+        0/1 with 255 = pore and a warning; napari int32 labels in range are fine),
+        "partial" (0..C-1 plus 255 = unlabelled), "scribble" (ilastik: 0 = unlabelled,
+        class c stored as c + 1).
     slices : read only these global slice indices (e.g. the queried ones); None = all.
+    pore_value : None (values as the convention says) or 0 / 255: the file is a binary
+        0/255 mask (:func:`decode_pore_mask`, split at 128) whose value ``pore_value``
+        marks pore; every pixel of a decoded slice is labelled. With "partial", a slice
+        of one value only (an undrawn slice of a mask stack) holds no labels. Only for
+        two classes and "mask"/"partial".
 
     Returns
     -------
@@ -186,10 +343,84 @@ def read_labels(
     ------
     LabelError : values outside the declared classes (naming values, slice and the
         convention expected), shape mismatch, files without a slice index,
-        duplicate indices.
+        duplicate indices, ``pore_value`` given for a file that is not a 0/255 mask.
+    ConfigError : bad ``n_classes``, ``kind``, ``shape`` or ``pore_value``.
     """
     n = _check_label_args(n_classes, kind)
+    pv = check_pore_value(pore_value)
+    if pv is not None and (n != 2 or kind == "scribble"):
+        raise ConfigError(
+            f"pore_value applies to two-class 'mask' or 'partial' labels (a binary 0/255 mask), got "
+            f"n_classes={n}, kind={kind!r}; leave pore_value out"
+        )
     path = Path(os.path.expanduser(os.fspath(path)))
+    n_binary = 0
+    n_blank = 0
+    raw_values: set[int] = set()  # with pore_value: every value of the file
+    result: dict[int, np.ndarray] = {}
+    with contextlib.closing(_label_planes(path, shape, slices)) as planes:
+        for z, arr, where in planes:
+            if pv is not None:
+                values = _label_values(arr) if arr.dtype.kind in "biuf" else np.empty(0)
+                vset = {int(v) for v in values}
+                raw_values |= vset
+                if 1 in raw_values and 255 in raw_values and raw_values <= {0, 1, 255}:
+                    raise LabelError(
+                        f"{path} holds values 0, 1 and 255 (0/1 labels with 255 = unlabelled; seen up to {where}), "
+                        "not a binary 0/255 mask; leave pore_value out (command line: drop --pore-value)"
+                    )
+                if kind == "partial" and len(vset) <= 1:
+                    n_blank += 1
+                    continue
+                arr = decode_pore_mask(arr, pv)
+            out, b = _convert_labels(arr, n, kind, where)
+            n_binary += b
+            if kind == "mask" or (out != 255).any():
+                result[z] = out
+    if pv is not None and (result or n_blank) and not any(v >= _MASK_255_THRESHOLD for v in raw_values):
+        raise LabelError(
+            f"{path} holds no value of 128 or more, so it is not a binary 0/255 mask (0 = solid, 1 = pore is "
+            "read as it is); leave pore_value out (command line: drop --pore-value)"
+        )
+    if n_blank:
+        logger.info("%s: %d slice(s) of one value only were taken as not drawn", path, n_blank)
+    if pv is not None and result:
+        logger.info("%s: read as a binary 0/255 mask with %d = pore (%d slice(s))", path, pv, len(result))
+    if n_binary:
+        logger.warning(
+            "%s: read %d binary 0/255 mask slice(s) as 0/1 (255 -> pore = 1)", path, n_binary
+        )
+    return dict(sorted(result.items()))
+
+
+def read_label_planes(
+    path: str | os.PathLike[str],
+    *,
+    shape: Sequence[int] | None = None,
+    slices: Sequence[int] | None = None,
+) -> dict[int, np.ndarray]:
+    """The planes of a label file as stored, ``{global z: (Y, X) array}``, unconverted.
+
+    Reads what :func:`read_labels` reads (a stack, a folder of per-slice files, or one
+    2D file named with its slice), with the same shape checks, but keeps the file's own
+    values and dtype: for callers that decide the convention from the values (e.g. the
+    polarity of a 0/255 mask, :func:`pick_pore_value`).
+
+    Raises
+    ------
+    LabelError : unreadable file, shape mismatch, files without a slice index,
+        duplicate indices.
+    """
+    path = Path(os.path.expanduser(os.fspath(path)))
+    with contextlib.closing(_label_planes(path, shape, slices)) as planes:
+        return {z: arr for z, arr, _ in sorted(planes, key=lambda t: t[0])}
+
+
+def _label_planes(
+    path: Path, shape: Sequence[int] | None, slices: Sequence[int] | None
+) -> Generator[tuple[int, np.ndarray, str], None, None]:
+    """``(z, raw 2D plane, where)`` for each wanted plane of a label file, checked
+    against ``shape``; a label stack stays open only while planes are taken."""
     grid: tuple[int | None, ...] | None = None  # (Z, Y, X); Z is None when only (Y, X) was given
     if shape is not None:
         try:
@@ -227,8 +458,6 @@ def read_labels(
                 items = [(z, partial(read_slice_file, path, "labels"), f"label file {path.name} (slice z={z})")]
         except StackError as exc:
             raise LabelError(f"cannot read labels from {path}: {exc}") from exc
-    n_binary = 0
-    result: dict[int, np.ndarray] = {}
     try:
         if stack is not None:
             if grid is not None and (stack.shape[1:] != grid[1:] or grid[0] not in (None, stack.shape[0])):
@@ -241,10 +470,7 @@ def read_labels(
             for z in zs:
                 if not 0 <= z < stack.shape[0]:
                     raise LabelError(f"slice {z} requested but label stack {path} has {stack.shape[0]} slices")
-                out, b = _convert_labels(stack[z], n, kind, f"label stack {path.name}, slice z={z}")
-                n_binary += b
-                if kind == "mask" or (out != 255).any():
-                    result[z] = out
+                yield z, stack[z], f"label stack {path.name}, slice z={z}"
         else:
             for z, load, where in items:
                 if grid is not None and grid[0] is not None and not 0 <= z < grid[0]:
@@ -260,18 +486,10 @@ def read_labels(
                         f"{where} has shape {shape_text(arr.shape)} but the stack's slices are "
                         f"{shape_text(grid[1:])}; labels must match the (cropped) image slices"
                     )
-                out, b = _convert_labels(arr, n, kind, where)
-                n_binary += b
-                if kind == "mask" or (out != 255).any():
-                    result[z] = out
+                yield z, arr, where
     finally:
         if stack is not None:
             stack.close()
-    if n_binary:
-        logger.warning(
-            "%s: read %d binary 0/255 mask slice(s) as 0/1 (255 -> pore = 1)", path, n_binary
-        )
-    return dict(sorted(result.items()))
 
 
 def _label_folder_items(path: Path, wanted: set[int] | None) -> list[tuple[int, Callable[[], np.ndarray], str]]:

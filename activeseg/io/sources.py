@@ -2,9 +2,11 @@
 
 Format sniffing; TIFF files (series classification: slices, channels read as z, RGB,
 palette, axis order; truncation checks) read through a memmap or page by page;
-folders of single-slice TIFF/PNG files in natural sort order (:func:`slice_files`,
-:func:`natural_sort_key`). :func:`open_file` and :func:`open_folder` return the raw
-source that :class:`activeseg.io.stack.Stack` wraps.
+folders of single-slice TIFF/PNG/BMP/JPEG files in natural sort order
+(:func:`slice_files`, :func:`natural_sort_key`); PNG, BMP and JPEG are decoded by
+Pillow (8/16-bit grey; RGB/RGBA whose channels are equal is read as grey).
+:func:`open_file` and :func:`open_folder` return the raw source that
+:class:`activeseg.io.stack.Stack` wraps.
 """
 
 from __future__ import annotations
@@ -29,9 +31,13 @@ from activeseg.io.metadata import PartialVoxelSize, file_metadata
 logger = logging.getLogger("activeseg.io")  # one logger for the whole package (records named "activeseg.io")
 
 _TIFF_SUFFIXES = (".tif", ".tiff")
-SLICE_SUFFIXES = (".tif", ".tiff", ".png")
+SLICE_SUFFIXES = (".tif", ".tiff", ".png", ".bmp", ".jpg", ".jpeg")
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 _PNG_MAGIC = b"\x89PNG"
+_BMP_MAGIC = b"BM"
+_JPEG_MAGIC = b"\xff\xd8\xff"
+_PILLOW_KINDS = ("png", "bmp", "jpeg")
+"""Formats decoded by Pillow (one 2D image per file)."""
 
 
 def natural_sort_key(name: str | os.PathLike[str]) -> tuple:
@@ -133,7 +139,7 @@ SliceSource = _MemmapSource | _PageSource | _FolderSource
 
 
 def _sniff(path: Path) -> str:
-    """'tiff', 'png', 'empty' or 'other' from the first bytes of a file."""
+    """'tiff', 'png', 'bmp', 'jpeg', 'empty' or 'other' from the first bytes of a file."""
     try:
         with open(path, "rb") as fh:
             head = fh.read(8)
@@ -145,6 +151,10 @@ def _sniff(path: Path) -> str:
         return "tiff"
     if head[:4] == _PNG_MAGIC:
         return "png"
+    if head[:3] == _JPEG_MAGIC:
+        return "jpeg"
+    if head[:2] == _BMP_MAGIC:
+        return "bmp"
     return "other"
 
 
@@ -248,10 +258,10 @@ def open_file(path: Path, purpose: str, axes: str | None = None):
     suffix = "".join(path.suffixes[-2:]).lower() if path.suffixes else ""
     if kind == "empty":
         raise StackError(f"{path} is empty (0 bytes); the copy or export failed, write it again")
-    if kind == "png":
-        arr = read_slice_file(path, purpose)
+    if kind in _PILLOW_KINDS:
+        shape, _, _ = _slice_header(path, purpose)
         raise Single2DError(
-            f"{path}: got a single 2D image of shape {shape_text(arr.shape)} = (Y, X); give a "
+            f"{path}: got a single 2D image of shape {shape_text(shape)} = (Y, X); give a "
             f"stack of slices or a folder of slice images (e.g. the folder {path.parent})"
         )
     if kind != "tiff":
@@ -262,7 +272,7 @@ def open_file(path: Path, purpose: str, axes: str | None = None):
             )
         raise StackError(
             f"{path} is not an image stack: expected a TIFF file (.tif, .tiff, .ome.tif) or a "
-            f"folder of .tif/.png slices, got a {suffix or 'extension-less'} file"
+            f"folder of .tif/.png/.bmp/.jpg slices, got a {suffix or 'extension-less'} file"
         )
     file_size = path.stat().st_size
     try:
@@ -411,21 +421,11 @@ def _announced_size(tif: tifffile.TiffFile) -> tuple[str, int] | None:
 def _slice_header(path: Path, purpose: str) -> tuple[tuple[int, ...], np.dtype, str]:
     """(shape, dtype, kind) of one slice file without reading its pixels."""
     kind = _sniff(path)
-    if kind == "png":
-        try:
-            with Image.open(path) as im:
-                mode, (w, h) = im.mode, im.size
-        except (UnidentifiedImageError, OSError, ValueError) as exc:
-            raise StackError(f"slice file {path} is not a readable PNG ({exc}); export it again") from exc
-        dtype: npt.DTypeLike | None = _PNG_MODES.get(mode)
-        if dtype is None or (mode == "P" and purpose != "labels"):
-            shape: tuple[int, ...] = (h, w) if mode in ("P", "1", "L") else (h, w, len(mode))
-            what = "palette (indexed colour)" if mode == "P" else f"{mode}"
-            raise StackError(
-                f"slice file {path} is a {what} PNG of shape {shape_text(shape)}: it looks like RGB "
-                "or colour, not grayscale; convert to grayscale (8 or 16 bit) and save again"
-            )
-        return (h, w), np.dtype(dtype), "png"
+    if kind in _PILLOW_KINDS:
+        with _open_pillow(path, kind) as im:
+            dtype, _ = _pillow_plan(im, path, kind, purpose)
+            w, h = im.size
+        return (h, w), dtype, kind
     if kind == "tiff":
         try:
             with tifffile.TiffFile(path) as tif:
@@ -455,36 +455,138 @@ def _slice_header(path: Path, purpose: str) -> tuple[tuple[int, ...], np.dtype, 
         return (dims["Y"], dims["X"]), np.dtype(dtype), "tiff"
     if kind == "empty":
         raise StackError(f"slice file {path} is empty (0 bytes); export it again")
-    raise StackError(f"slice file {path} is not a TIFF or PNG image (bad header); remove it or export it again")
+    raise StackError(
+        f"slice file {path} is not a TIFF, PNG, BMP or JPEG image (bad header); remove it or export it again"
+    )
 
 
-_PNG_MODES = {
+_PIL_GREY_MODES: dict[str, npt.DTypeLike] = {
     "L": np.uint8,
     "1": np.bool_,
-    "P": np.uint8,
     "I;16": np.uint16,
     "I;16L": np.uint16,
     "I;16B": np.uint16,
     "I": np.int32,
     "F": np.float32,
 }
+"""Pillow modes of one grey channel, and the dtype they are read as."""
+_PIL_COLOUR_MODES = {"RGB": 3, "RGBA": 4, "LA": 2}
+"""Pillow modes with several channels, read as grey when their colour channels are equal."""
+_JPEG_GREY_TOLERANCE = 2
+"""Largest difference between the R, G and B of a JPEG pixel that still counts as grey
+(lossy chroma coding leaves a grey image's channels a level or two apart)."""
+_PIL_NAMES = {"png": "PNG", "bmp": "BMP", "jpeg": "JPEG"}
+
+
+def _open_pillow(path: Path, kind: str) -> Image.Image:
+    """``Image.open(path)`` with Pillow's errors turned into a StackError naming the file."""
+    try:
+        return Image.open(path)
+    except Image.DecompressionBombError as exc:
+        raise StackError(
+            f"slice file {path} is larger than Pillow's safety limit ({exc}); save the slices as TIFF instead"
+        ) from exc
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise StackError(f"slice file {path} is not a readable {_PIL_NAMES[kind]} ({exc}); export it again") from exc
+
+
+def _png_depth(path: Path) -> tuple[int, int] | None:
+    """(bit depth, colour type) from a PNG's IHDR chunk, or None when it cannot be read."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(26)
+    except OSError:
+        return None
+    if len(head) < 26 or head[12:16] != b"IHDR":
+        return None
+    return head[24], head[25]
+
+
+def _colour_message(path: Path, shape: tuple[int, ...], mode: str, why: str) -> str:
+    return (
+        f"slice file {path} has shape {shape_text(shape)} (mode {mode}): it looks like RGB ({why}); "
+        "activeseg needs grayscale slices: convert to grayscale (Fiji: Image > Type > 8-bit) and save again"
+    )
+
+
+def _pillow_plan(im: Image.Image, path: Path, kind: str, purpose: str) -> tuple[np.dtype, str]:
+    """(dtype, how) for an open Pillow image; ``how`` is "grey" (read as it is),
+    "int16" (a 16-bit PNG that Pillow opens as 32-bit), "palette" (grey palette, read
+    through it) or "colour" (equal channels checked when read)."""
+    mode, (w, h) = im.mode, im.size
+    if w == 0 or h == 0:
+        raise StackError(f"slice file {path} holds an empty image of shape ({h}, {w})")
+    if kind == "png":
+        depth = _png_depth(path)
+        if depth is not None and depth[0] == 16 and depth[1] in (2, 4, 6):
+            raise StackError(
+                f"slice file {path} is a 16-bit colour PNG of shape {shape_text((h, w))}; Pillow reads such files "
+                "as 8-bit colour, which would lose the low bits: save the slices as 16-bit grayscale PNG or TIFF"
+            )
+        if mode == "I" and depth is not None and depth[0] == 16:
+            return np.dtype(np.uint16), "int16"
+    if mode in _PIL_GREY_MODES:
+        return np.dtype(_PIL_GREY_MODES[mode]), "grey"
+    if mode == "P":
+        if purpose == "labels":
+            return np.dtype(np.uint8), "grey"  # label values are the palette indices
+        palette = np.asarray(im.getpalette() or [], np.int64)
+        rgb = palette[: len(palette) // 3 * 3].reshape(-1, 3)
+        if rgb.size and (rgb == rgb[:, :1]).all():
+            return np.dtype(np.uint8), "palette"
+        raise StackError(
+            f"slice file {path} is a palette (indexed colour) {_PIL_NAMES[kind]} of shape {shape_text((h, w))}; "
+            "convert to grayscale (Fiji: Image > Type > 8-bit) and save again"
+        )
+    if mode in _PIL_COLOUR_MODES:
+        return np.dtype(np.uint8), "colour"
+    raise StackError(
+        f"slice file {path} is a {_PIL_NAMES[kind]} in mode {mode} of shape {shape_text((h, w))}, which activeseg "
+        "does not read: convert to grayscale (8 or 16 bit) and save again"
+    )
+
+
+def _read_pillow(path: Path, kind: str, purpose: str) -> np.ndarray:
+    """Pixels of a PNG, BMP or JPEG file as one 2D grey array (see :func:`_pillow_plan`)."""
+    with _open_pillow(path, kind) as im:
+        dtype, how = _pillow_plan(im, path, kind, purpose)
+        try:
+            if how == "palette":
+                arr = np.asarray(im.convert("L"))
+            else:
+                arr = np.asarray(im)
+        except (OSError, ValueError) as exc:  # a truncated or corrupt file fails when decoded
+            raise StackError(f"slice file {path} is a truncated or corrupt {_PIL_NAMES[kind]} ({exc}); export it again") from exc
+        if how == "colour":
+            mode = im.mode
+            n = _PIL_COLOUR_MODES[mode]
+            if mode in ("RGBA", "LA") and (arr[..., -1] != 255).any():
+                raise StackError(
+                    f"slice file {path} (mode {mode}) is partly transparent (its alpha channel is not 255 "
+                    "everywhere); save the slices as grayscale without transparency"
+                )
+            if n >= 3:
+                rgb = arr[..., :3].astype(np.int16)
+                spread = int((rgb.max(axis=-1) - rgb.min(axis=-1)).max())
+                tolerance = _JPEG_GREY_TOLERANCE if kind == "jpeg" else 0
+                if spread > tolerance:
+                    raise StackError(_colour_message(path, arr.shape, mode, f"its R, G and B differ by up to {spread}"))
+                arr = np.asarray(im.convert("L")) if spread else arr[..., 0]
+            else:
+                arr = arr[..., 0]
+    if how == "int16":
+        if arr.size and (int(arr.min()) < 0 or int(arr.max()) > 65535):
+            raise StackError(f"slice file {path} is a 16-bit PNG holding values outside 0..65535; export it again")
+        return arr.astype(np.uint16)
+    arr = np.asarray(arr, dtype=dtype) if arr.dtype != dtype else arr
+    return np.array(arr, copy=True) if not arr.flags.writeable else arr
 
 
 def read_slice_file(path: Path, purpose: str) -> np.ndarray:
-    """Pixels of one 2D slice file (TIFF page 0 or PNG) as a 2D array."""
+    """Pixels of one 2D slice file (TIFF page 0, PNG, BMP or JPEG) as a 2D array."""
     kind = _sniff(path)
-    if kind == "png":
-        try:
-            with Image.open(path) as im:
-                if im.mode not in _PNG_MODES or (im.mode == "P" and purpose != "labels"):
-                    raise StackError(
-                        f"{path} is a {im.mode} PNG of size {im.size[0]}x{im.size[1]}: it looks like "
-                        "RGB or colour, not grayscale; convert to grayscale and save again"
-                    )
-                arr = np.asarray(im)
-        except (UnidentifiedImageError, OSError, ValueError) as exc:
-            raise StackError(f"{path} is not a readable PNG ({exc}); export it again") from exc
-        return np.array(arr, copy=True) if not arr.flags.writeable else arr
+    if kind in _PILLOW_KINDS:
+        return _read_pillow(path, kind, purpose)
     if kind == "tiff":
         try:
             with tifffile.TiffFile(path) as tif:
@@ -500,12 +602,13 @@ def read_slice_file(path: Path, purpose: str) -> np.ndarray:
         return arr
     if kind == "empty":
         raise StackError(f"{path} is empty (0 bytes); export it again")
-    raise StackError(f"{path} is not a TIFF or PNG image (bad header)")
+    raise StackError(f"{path} is not a TIFF, PNG, BMP or JPEG image (bad header)")
 
 
 def slice_files(folder: str | os.PathLike[str]) -> list[Path]:
     """The slice images of a folder, as :func:`open_stack` reads them: ``.tif``,
-    ``.tiff`` and ``.png`` files, hidden files skipped, in natural order."""
+    ``.tiff``, ``.png``, ``.bmp``, ``.jpg`` and ``.jpeg`` files, hidden files skipped, in
+    natural order."""
     entries = [p for p in Path(folder).iterdir() if p.is_file() and not p.name.startswith(".")]
     return sorted((p for p in entries if p.suffix.lower() in SLICE_SUFFIXES), key=natural_sort_key)
 
@@ -517,10 +620,12 @@ def open_folder(path: Path, purpose: str):
         others = sorted(p.name for p in entries)[:5]
         found = f"; it holds {len(entries)} other file(s), e.g. {', '.join(others)}" if others else " (it is empty)"
         raise StackError(
-            f"folder {path} holds no slice images: expected .tif, .tiff or .png files, one 2D "
-            f"slice each{found}"
+            f"folder {path} holds no slice images: expected .tif, .tiff, .png, .bmp or .jpg files, "
+            f"one 2D slice each{found}"
         )
     shape0, dtype0, _ = _slice_header(files[0], purpose)
+    if _sniff(files[0]) in _PILLOW_KINDS:
+        read_slice_file(files[0], purpose)  # colour files show whether they are grey only when decoded
     for f in files[1:]:
         shape, dtype, _ = _slice_header(f, purpose)
         if shape != shape0:
@@ -531,8 +636,8 @@ def open_folder(path: Path, purpose: str):
             )
         if dtype != dtype0:
             raise StackError(
-                f"folder {path} mixes dtypes: {f.name} is {dtype} but {files[0].name} is {dtype0}; "
-                "save all slices with the same bit depth"
+                f"folder {path} mixes dtypes: {f.name} is {dtype} but {files[0].name} (the first slice) is "
+                f"{dtype0}; save all slices with the same bit depth, or remove the odd file"
             )
     meta_sources: list[tuple[str, PartialVoxelSize]] = []
     fei = None

@@ -36,18 +36,36 @@ def stack_summary(stack: Stack, *, n_sample: int = 16) -> dict:
     }
 
 
-def label_summary(path: str | Path, shape: tuple[int, int, int], *, kind: str = "partial") -> dict:
-    """Labelled slices and pixels, class fractions and porosity of a label file or folder."""
+def label_summary(
+    path: str | Path, shape: tuple[int, int, int], *, kind: str = "partial", pore_value: int | None = None
+) -> dict:
+    """Labelled slices and pixels, class fractions and porosity of a label file or folder.
+
+    ``pore_value`` (0 or 255) reads the file as a binary 0/255 mask of that polarity
+    (:func:`activeseg.io.read_labels`). Without it, a file that reads as class 0 and
+    unlabelled (255) only, the way a 0/255 mask reads as partial labels, gets a one-line
+    ``"warning"`` naming ``--pore-value``.
+    """
     # kind is text from the command line; read_labels checks it against its choices
-    found = read_labels(path, shape=shape, kind=cast(Literal["mask", "partial", "scribble"], kind))
+    found = read_labels(
+        path, shape=shape, kind=cast(Literal["mask", "partial", "scribble"], kind), pore_value=pore_value
+    )
     counts = np.zeros(256, np.int64)
     for mask in found.values():
         counts += np.bincount(mask.ravel(), minlength=256)
     labelled = counts[:255].sum()
-    return {
+    out = {
         "path": str(path),
         "labelled_slices": len(found),
         "labelled_pixels": int(labelled),
         "class_fractions": {str(c): float(counts[c] / labelled) for c in range(255) if counts[c]} if labelled else {},
         "porosity": float(counts[1] / labelled) if labelled else None,
     }
+    total = int(counts.sum())
+    if pore_value is None and kind == "partial" and labelled and counts[255] and labelled == counts[0]:
+        out["warning"] = (
+            f"{path} reads as class 0 (solid) and {100 * counts[255] / total:.0f} % unlabelled (255) pixels only, "
+            "the way a binary 0/255 mask reads as partial labels; if it is such a mask, give --pore-value 255 "
+            "(255 = pore) or --pore-value 0 (0 = pore)"
+        )
+    return out
