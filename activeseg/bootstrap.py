@@ -12,9 +12,11 @@ network exists.
 - :class:`RFModel` predicts float32 ``(n, C, Y, X)`` probabilities for any slices
   (only their features are computed), draws per-tree-group samples for BALD, streams a
   whole stack to a memmap, and reduces entropy / margin / porosity to per-slice scores.
-- Persistence without pickle: :meth:`RFModel.spec` is a JSON-able dict (features,
-  forest hyperparameters, seed, geometry); :func:`refit_rf` rebuilds the same forest
-  from the stored labels and that spec (same predictions).
+- Persistence without pickle: :func:`save_rf` writes the fitted trees' arrays and the
+  model's :meth:`RFModel.spec` (features, forest hyperparameters, seed, geometry) to an
+  ``.npz``, and :func:`load_rf` rebuilds a model with bit-identical probabilities (same
+  scikit-learn release; a digest and bounds checks refuse a damaged file). :func:`refit_rf`
+  rebuilds the same forest from the stored labels and that spec instead.
 
 Defaults (8 trees, depth 10, at least 5 samples per leaf, half the training pixels per
 tree, class weights "auto", the default :class:`~activeseg.features.FeatureConfig`) were chosen with
@@ -23,11 +25,16 @@ tree, class weights "auto", the default :class:`~activeseg.features.FeatureConfi
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import mmap
+import zipfile
+import zlib
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 
 import numpy as np
 from joblib import effective_n_jobs
@@ -41,6 +48,7 @@ from activeseg.features import (
 )
 from activeseg.geometry import Geometry
 from activeseg.prefetch import prefetch
+from activeseg.safety import atomic_save_npz
 from activeseg.uncertainty import entropy, margin, reduce_slices
 from activeseg.validation import check_slices, check_stack
 
@@ -52,6 +60,8 @@ __all__ = [
     "RFModel",
     "fit_rf",
     "refit_rf",
+    "save_rf",
+    "load_rf",
     "labelled_slices",
 ]
 
@@ -392,6 +402,235 @@ def refit_rf(image, labels, spec: Mapping, *, n_jobs: int = -1) -> RFModel:
     except (KeyError, TypeError) as exc:
         raise ModelError(f"RF spec is incomplete or malformed: {exc}") from None
     return _fit(image, labels, params=params, features=features, geometry=geometry, seed=seed, n_jobs=n_jobs)
+
+# --- the fitted forest on disk (no pickle) --------------------------------------------
+
+
+RF_FILE_KIND = "activeseg.rf-trees"
+RF_FILE_VERSION = 1
+"""Layout of the files :func:`save_rf` writes; :func:`load_rf` refuses a newer one."""
+
+_TREE_ARRAYS = ("nodes", "values", "node_count", "max_depth", "tree_seed", "forest_classes", "tree_classes")
+
+
+def _sklearn_release() -> str:
+    import sklearn  # heavy: only when a forest is stored or loaded
+
+    return ".".join(sklearn.__version__.split(".")[:2])
+
+
+def _packed(dtype: np.dtype) -> np.dtype:
+    """A structured dtype without padding (what ``.npy`` files keep of scikit-learn's node layout)."""
+    fields = dtype.fields
+    assert dtype.names is not None and fields is not None  # a structured dtype (scikit-learn's tree nodes)
+    return np.dtype([(name, fields[name][0]) for name in dtype.names])
+
+
+def _repack(nodes: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """``nodes`` copied field by field into the structured ``dtype``."""
+    out = np.zeros(nodes.shape, dtype=dtype)
+    for name in dtype.names or ():
+        out[name] = nodes[name]
+    return out
+
+
+def _rf_digest(meta_text: str, arrays: Mapping[str, np.ndarray]) -> str:
+    """SHA-256 of the metadata and of every tree array (name, dtype, shape and bytes)."""
+    h = hashlib.sha256(meta_text.encode())
+    for name in _TREE_ARRAYS:
+        a = np.ascontiguousarray(arrays[name])
+        h.update(f"|{name}|{a.dtype.str}|{a.dtype.descr}|{a.shape}|".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def rf_arrays(rf: RFModel, *, key: str | None = None) -> dict[str, np.ndarray]:
+    """The arrays :func:`save_rf` writes: every tree's nodes and values, and the metadata.
+
+    ``nodes`` (structured, no Python objects) and ``values`` (float64 ``(N, 1, K)``) are
+    the trees' ``tree_.__getstate__()`` arrays one after another (``node_count`` (T,)
+    says where each tree starts); ``meta`` is JSON text (the model's :meth:`RFModel.spec`,
+    the scikit-learn release, the number of features and ``key``); ``digest`` is the
+    SHA-256 of all of it, checked by :func:`load_rf`.
+    """
+    forest = rf.forest
+    trees = list(forest.estimators_)
+    if not trees:
+        raise ModelError("the Random Forest has no trees; fit it (fit_rf) before saving it")
+    states = [t.tree_.__getstate__() for t in trees]
+    first = trees[0]
+    for t in trees[1:]:
+        if not np.array_equal(t.classes_, first.classes_):
+            raise ModelError("the forest's trees disagree on their classes; it cannot be stored as one set of arrays")
+    arrays = {
+        "nodes": np.concatenate([_repack(s["nodes"], _packed(s["nodes"].dtype)) for s in states]),
+        "values": np.concatenate([s["values"] for s in states]).astype(np.float64, copy=False),
+        "node_count": np.array([s["node_count"] for s in states], dtype=np.int64),
+        "max_depth": np.array([s["max_depth"] for s in states], dtype=np.int64),
+        "tree_seed": np.array([int(t.random_state) for t in trees], dtype=np.int64),
+        "forest_classes": np.asarray(forest.classes_),
+        "tree_classes": np.asarray(first.classes_),
+    }
+    meta = {
+        "kind": RF_FILE_KIND,
+        "version": RF_FILE_VERSION,
+        "sklearn": _sklearn_release(),
+        "key": key,
+        "n_features": int(forest.n_features_in_),
+        "max_features_": int(first.max_features_),
+        "class_weight": rf.training.get("class_weight"),
+        "spec": rf.spec(),
+    }
+    meta_text = json.dumps(meta, sort_keys=True)
+    return {**arrays, "meta": np.array(meta_text), "digest": np.array(_rf_digest(meta_text, arrays))}
+
+
+def save_rf(rf: RFModel, path, *, key: str | None = None) -> Path:
+    """Write a fitted :class:`RFModel` to an ``.npz`` atomically, without pickle.
+
+    Parameters
+    ----------
+    rf : the fitted model.
+    path : the ``.npz`` file to write (replaced atomically when it exists).
+    key : an optional text stored with the model; :func:`load_rf` can require it (a
+        session stores the hash of what the forest was fitted from).
+
+    Returns
+    -------
+    The path written. :func:`load_rf` rebuilds a model whose probabilities are
+    bit-identical to ``rf``'s (with the same scikit-learn release).
+    """
+    return atomic_save_npz(path, **rf_arrays(rf, key=key))
+
+
+def _bad_rf(path, what: str) -> ModelError:
+    return ModelError(f"stored Random Forest {path} {what}; the forest must be fitted again from its labels (fit_rf)")
+
+
+def _check_tree(i: int, nodes: np.ndarray, values: np.ndarray, max_depth: int, n_features: int, k: int, path) -> None:
+    """Refuse tree arrays scikit-learn would read out of bounds (a damaged or forged file)."""
+    n = nodes.shape[0]
+    left, right, feat = nodes["left_child"], nodes["right_child"], nodes["feature"]
+    leaf = left == -1
+    idx = np.arange(n)
+    ok = (
+        n >= 1
+        and values.shape == (n, 1, k)
+        and bool(np.all((right == -1) == leaf))
+        and bool(np.all((left[~leaf] > idx[~leaf]) & (left[~leaf] < n)))
+        and bool(np.all((right[~leaf] > idx[~leaf]) & (right[~leaf] < n)))
+        and bool(np.all((feat[~leaf] >= 0) & (feat[~leaf] < n_features)))
+        and bool(np.all(np.isfinite(values)))
+        and 0 <= max_depth < n
+    )
+    if not ok:
+        raise _bad_rf(path, f"holds a malformed tree {i} (child, feature or value arrays out of range)")
+
+
+def load_rf(path, *, key: str | None = None, n_jobs: int = -1) -> RFModel:
+    """Read a model written by :func:`save_rf` (``allow_pickle=False``).
+
+    Parameters
+    ----------
+    path : the ``.npz`` file.
+    key : when given, the key stored with the model must equal it.
+    n_jobs : threads for prediction (-1 = all cores).
+
+    Raises
+    ------
+    ModelError : the file is missing, truncated or not an ``.npz``; its contents do not
+        match their digest (changed after writing); it was written by a newer activeseg,
+        by another scikit-learn release, or for another key; or a tree is malformed.
+    """
+    from sklearn.ensemble import RandomForestClassifier  # heavy: only when a forest is loaded
+    from sklearn.tree import DecisionTreeClassifier
+    from sklearn.tree._tree import Tree
+
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            stored = {name: data[name] for name in data.files}
+    except FileNotFoundError:
+        raise _bad_rf(path, "is missing") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        raise _bad_rf(path, f"cannot be read (truncated or not an .npz written by activeseg: {exc})") from None
+    missing = [n for n in (*_TREE_ARRAYS, "meta", "digest") if n not in stored]
+    if missing:
+        raise _bad_rf(path, f"lacks the arrays {missing} (not a Random Forest written by activeseg)")
+    try:
+        meta_text = str(stored["meta"][()])
+        meta = json.loads(meta_text)
+    except (ValueError, TypeError, IndexError) as exc:
+        raise _bad_rf(path, f"has unreadable metadata ({exc})") from None
+    kind = meta.get("kind") if isinstance(meta, dict) else None
+    if kind != RF_FILE_KIND:
+        raise _bad_rf(path, f"is not a Random Forest written by activeseg (kind {kind!r}, expected {RF_FILE_KIND!r})")
+    version = meta.get("version")
+    if not isinstance(version, int) or version > RF_FILE_VERSION:
+        raise _bad_rf(path, f"was written by a newer activeseg (file version {version}; this one reads up to {RF_FILE_VERSION})")
+    if str(stored["digest"][()]) != _rf_digest(meta_text, stored):
+        raise _bad_rf(path, "does not match its digest (changed or damaged after it was written)")
+    if meta.get("sklearn") != _sklearn_release():
+        raise _bad_rf(path, f"was written with scikit-learn {meta.get('sklearn')}, and this is {_sklearn_release()}")
+    if key is not None and meta.get("key") != key:
+        raise _bad_rf(path, f"was fitted for key {meta.get('key')!r}, not {key!r} (other labels or settings)")
+    try:
+        spec = meta["spec"]
+        params = RFParams(**spec["forest"])
+        features = FeatureConfig.from_dict(spec["features"])
+        geometry = Geometry.from_dict(spec["geometry"])
+        seed, n_classes, training = int(spec["seed"]), int(spec["n_classes"]), dict(spec["training"])
+        n_features, max_features_ = int(meta["n_features"]), int(meta["max_features_"])
+    except (KeyError, TypeError, ValueError, ConfigError) as exc:
+        raise _bad_rf(path, f"has incomplete metadata ({exc})") from None
+    if n_features != features.n_features:
+        raise _bad_rf(path, f"was fitted on {n_features} features, but its feature settings give {features.n_features}")
+    counts, depths = stored["node_count"], stored["max_depth"]
+    nodes, values, tree_classes = stored["nodes"], stored["values"], stored["tree_classes"]
+    k = int(tree_classes.size)
+    node_dtype = Tree(n_features, np.array([k], dtype=np.intp), 1).__getstate__()["nodes"].dtype
+    if nodes.dtype != _packed(node_dtype):
+        raise _bad_rf(path, "holds tree nodes in a layout this scikit-learn does not use")
+    nodes = _repack(nodes, node_dtype)
+    if (counts.ndim != 1 or counts.size != params.n_estimators or depths.shape != counts.shape
+            or stored["tree_seed"].shape != counts.shape or np.any(counts < 1)
+            or int(counts.sum()) != nodes.shape[0] or values.shape[0] != nodes.shape[0]):
+        raise _bad_rf(path, "holds tree arrays whose sizes disagree")
+    forest = RandomForestClassifier(
+        n_estimators=params.n_estimators,
+        max_depth=params.max_depth,
+        min_samples_leaf=params.min_samples_leaf,
+        max_features=params.max_features,
+        max_samples=params.max_samples,
+        class_weight=meta.get("class_weight"),
+        n_jobs=n_jobs,
+        random_state=seed,
+    )
+    forest.estimator_ = DecisionTreeClassifier()
+    forest.n_features_in_ = n_features
+    forest.n_outputs_ = 1
+    forest.classes_ = stored["forest_classes"]
+    forest.n_classes_ = int(forest.classes_.size)
+    estimators = []
+    start = 0
+    for i, (n, depth) in enumerate(zip(counts.tolist(), depths.tolist())):
+        tree_nodes, tree_values = nodes[start : start + n], values[start : start + n]
+        start += n
+        _check_tree(i, tree_nodes, tree_values, int(depth), n_features, k, path)
+        tree = Tree(n_features, np.array([k], dtype=np.intp), 1)
+        tree.__setstate__({"max_depth": int(depth), "node_count": int(n), "nodes": tree_nodes.copy(),
+                           "values": np.ascontiguousarray(tree_values)})
+        est = DecisionTreeClassifier(**{p: getattr(forest, p) for p in forest.estimator_params})
+        est.random_state = int(stored["tree_seed"][i])
+        est.n_features_in_ = n_features
+        est.n_outputs_ = 1
+        est.classes_ = tree_classes
+        est.n_classes_ = np.intp(k)
+        est.max_features_ = max_features_
+        est.tree_ = tree
+        estimators.append(est)
+    forest.estimators_ = estimators
+    return RFModel(forest=forest, n_classes=n_classes, features=features, geometry=geometry, params=params, seed=seed,
+                   training=training, n_jobs=n_jobs)
 
 
 # --- the model ----------------------------------------------------------------------------

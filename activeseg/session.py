@@ -6,11 +6,16 @@ A session is everything one labelling campaign on one stack produces ::
       activeseg.json        manifest (the commit point; written last, atomically)
       labels/r000_i00.npz   append-only label files: slice ids, masks, provenance, cost
       rounds/r001/          files to correct, the round's model, scores, metrics
+      rf/rf-KEY.npz         the fitted Random Forest of the current labels (no pickle)
       lock                  who writes now (PID, host, command)
 
 Every write goes to a temporary file, is fsynced and moved into place with
 ``os.replace``; the manifest is written last. A crash at any moment leaves the previous
 committed state readable, and files the manifest does not reference are ignored.
+
+The manifest carries ``schema_version``; a session of an older version is migrated in
+memory on open (:data:`MIGRATIONS`, written back by the next commit), one of a newer
+version is refused.
 
 The lock is an ``fcntl.flock`` on ``lock``: the kernel releases it when the holder dies,
 so a lock left by a killed process is taken over safely, and the file records the PID so
@@ -47,6 +52,7 @@ from activeseg.safety import atomic_save_npz, atomic_write_bytes, atomic_write_j
 
 __all__ = [
     "SCHEMA_VERSION",
+    "MIGRATIONS",
     "MANIFEST",
     "Session",
     "atomic_write_bytes",
@@ -56,7 +62,7 @@ __all__ = [
     "sha256_file",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MANIFEST = "activeseg.json"
 LOCK = "lock"
 log = logging.getLogger("activeseg")
@@ -64,6 +70,50 @@ log = logging.getLogger("activeseg")
 
 # Atomic writes live in activeseg.safety (one helper for the whole project); the
 # session's own names stay importable from here.
+
+
+# --- schema migrations -------------------------------------------------------------------
+
+
+def _v1_to_v2(m: dict) -> dict:
+    """Version 2 keeps the fitted Random Forest in the session and gates new networks.
+
+    ``rf``: ``{"path": "rf/rf-KEY.npz", "key": KEY}``, the stored forest of the current
+    labels and RF settings, or None: no forest stored (a version-1 session refit it in
+    every command; the next step that fits it stores it).
+    ``current``: the model that pre-fills and exports, ``{"kind": "rf"}`` or
+    ``{"kind": "resunet", "path", "version", "round"}``, as the gate decided. A version-1
+    session's current model was its latest network, or the RF before any: that is what
+    ``current`` becomes. ``model`` keeps its meaning for such a session (the latest
+    network); from version 2 on it is the best network so far (warm starts, network-only
+    scores).
+    """
+    m.setdefault("rf", None)
+    if "current" not in m:
+        m["current"] = {"kind": "resunet", **m["model"]} if m.get("model") else {"kind": "rf"}
+    return m
+
+
+MIGRATIONS = {1: _v1_to_v2}
+"""``{version: f}``: ``f`` turns a manifest of ``version`` into one of ``version + 1``
+(in memory; it is written back by the next commit). Add a field to a migration by giving
+it the value that means what an older session did."""
+
+
+def migrate_manifest(manifest: dict, *, where: str = "the session") -> dict:
+    """Bring a manifest of an older schema version up to :data:`SCHEMA_VERSION` (in place)."""
+    version = int(manifest["schema_version"])
+    while version < SCHEMA_VERSION:
+        step = MIGRATIONS.get(version)
+        if step is None:
+            raise SessionError(
+                f"{where} has schema version {version}, which this activeseg cannot read (it reads versions "
+                f"{min(MIGRATIONS, default=SCHEMA_VERSION)} to {SCHEMA_VERSION}); open it with the activeseg that wrote it"
+            )
+        manifest = step(manifest)
+        version += 1
+        manifest["schema_version"] = version
+    return manifest
 
 
 # --- fingerprints of input files --------------------------------------------------------
@@ -236,14 +286,17 @@ class Session:
             manifest = json.loads(path.read_text())
         except ValueError as exc:
             raise SessionError(f"session manifest {path} is not valid JSON ({exc}); restore it from a backup") from None
-        version = manifest.get("schema_version")
-        if not isinstance(version, int):
+        version = manifest.get("schema_version") if isinstance(manifest, dict) else None
+        if not isinstance(version, int) or isinstance(version, bool):
             raise SessionError(f"{path} has no schema_version; it was not written by activeseg")
         if version > SCHEMA_VERSION:
             raise SessionError(
                 f"session {root} was written by a newer activeseg (schema {version}; this version "
                 f"reads up to {SCHEMA_VERSION}); upgrade activeseg to continue it"
             )
+        if version < SCHEMA_VERSION:
+            manifest = migrate_manifest(manifest, where=f"session {root}")
+            log.debug("session %s: manifest migrated from schema %d to %d in memory", root, version, SCHEMA_VERSION)
         return cls(root, manifest)
 
     # -- state ------------------------------------------------------------------------------
@@ -255,6 +308,12 @@ class Session:
     @property
     def rounds(self) -> list[dict]:
         return copy.deepcopy(self._manifest.get("rounds", []))
+
+    @property
+    def is_writing(self) -> bool:
+        """Whether this object holds the session lock now (inside :meth:`writing`), so
+        that it may write files and :meth:`commit`."""
+        return self._lock is not None
 
     def path(self, *parts: str) -> Path:
         """A path inside the session directory."""
