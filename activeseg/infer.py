@@ -82,7 +82,9 @@ class InferenceModel(Protocol):
         for MC dropout and embeddings); never modified, inference runs on a prepared copy.
     config : the :class:`~activeseg.model.ModelConfig` it was built from (classes,
         context offsets, encoder depth).
-    norm : (lo, hi) raw intensities mapped to -1 / +1.
+    norm : (lo, hi) raw intensities of the training stack mapped to -1 / +1; the input
+        itself comes from ``make_input``, which may normalise each stack by its own range
+        (:meth:`activeseg.network.SegModel.stack_norm`).
     device : the model's default device (the functions here use ``options.device``).
     """
 

@@ -9,6 +9,17 @@ train; :mod:`activeseg.infer` works on any object with the attributes it needs
 
 A trained model is saved as ``model.json`` (config, intensity normalisation, metadata)
 plus ``model.safetensors`` (weights); no pickle is involved (docs/architecture.md §5).
+
+Normalisation travels with the stack (docs/architecture.md §6): a model in mode
+``"stack_percentiles"`` (every model trained since) maps the robust percentiles of the
+stack it is applied to onto -1 / +1, so another bit depth, gain or a float copy of a
+stack gives the same segmentation, and on its training stack the range is the one it
+was trained with. ``model.json`` records ``norm_mode``, ``norm_percentiles``, ``norm``
+(the training stack's range) and ``intensity_profile`` (histogram and quantiles of the
+training stack's normalised intensities), which :meth:`SegModel.intensity_drift`
+compares with a new stack's. A ``model.json`` without ``norm_mode`` (saved before this
+existed) loads in mode ``"fixed"``: its stored range is applied to every stack, exactly
+as before, so old sessions predict what they predicted.
 """
 
 from __future__ import annotations
@@ -28,7 +39,7 @@ from safetensors.torch import load_file
 from safetensors.torch import save as st_save
 from torch import nn
 
-from activeseg.errors import ModelError
+from activeseg.errors import ConfigError, ModelError
 from activeseg.infer import (
     InferenceOptions,
     encoder_embeddings,
@@ -37,13 +48,31 @@ from activeseg.infer import (
     tta_proba,
     weights_fingerprint,
 )
-from activeseg.model import ModelConfig, build_model, make_input, network_multiple
+from activeseg.model import (
+    DEFAULT_PERCENTILES,
+    NORM_FIXED,
+    NORM_MODES,
+    NORM_STACK,
+    IntensityDrift,
+    IntensityProfile,
+    ModelConfig,
+    build_model,
+    intensity_profile,
+    intensity_range,
+    make_input,
+    network_multiple,
+    profile_distance,
+    stack_intensity,
+)
 from activeseg.safety import atomic_write_bytes
 
-__all__ = ["SegModel", "save_model", "load_model", "MODEL_FORMAT"]
+__all__ = ["SegModel", "save_model", "load_model", "training_normalisation", "MODEL_FORMAT"]
 
 MODEL_FORMAT = "activeseg.segmodel"
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2
+"""2: per-stack normalisation (``norm_mode``). A model in mode "fixed" is still written as
+version 1, which older activeseg reads alike; one in mode "stack_percentiles" as 2, which
+older activeseg refuses instead of applying the training stack's range to another stack."""
 _WEIGHTS_FILE = "model.safetensors"
 _CONFIG_FILE = "model.json"
 
@@ -63,9 +92,17 @@ class SegModel:
     ----------
     net : the torch module (kept on the CPU between uses).
     config : the :class:`~activeseg.model.ModelConfig` it was built from.
-    norm : (lo, hi) raw intensities mapped to -1 / +1 (from the training stack).
+    norm : (lo, hi) raw intensities of the training stack mapped to -1 / +1 (in mode
+        "fixed", of every stack).
     metadata : JSON-serialisable training metadata (steps, labelled slices, ...).
     device : where inference runs by default ("auto": CUDA -> MPS -> CPU).
+    norm_mode : "stack_percentiles" (each stack is normalised by its own
+        ``norm_percentiles``; what :func:`activeseg.train.train_model` gives) or "fixed"
+        (``norm`` for every stack; models saved before modes existed, and the default
+        here, so a model built with an explicit ``norm`` behaves as before).
+    norm_percentiles : the low and high percentiles of mode "stack_percentiles".
+    profile : the training stack's :class:`~activeseg.model.IntensityProfile` (its
+        intensities normalised by ``norm``), or None (older models: nothing to compare).
     """
 
     net: nn.Module
@@ -73,12 +110,23 @@ class SegModel:
     norm: tuple[float, float]
     metadata: dict = field(default_factory=dict)
     device: str = "auto"
+    norm_mode: str = NORM_FIXED
+    norm_percentiles: tuple[float, float] = DEFAULT_PERCENTILES
+    profile: IntensityProfile | None = None
 
     def __post_init__(self) -> None:
         lo, hi = (float(v) for v in self.norm)
         if not (math.isfinite(lo) and math.isfinite(hi) and hi > lo):
             raise ModelError(f"norm must be finite (lo, hi) with hi > lo, got {self.norm!r}")
         self.norm = (lo, hi)
+        if self.norm_mode not in NORM_MODES:
+            raise ModelError(f"norm_mode must be one of {', '.join(NORM_MODES)}, got {self.norm_mode!r}")
+        p_lo, p_hi = (float(v) for v in self.norm_percentiles)
+        if not 0.0 <= p_lo < p_hi <= 100.0:
+            raise ModelError(f"norm_percentiles must satisfy 0 <= low < high <= 100, got {self.norm_percentiles!r}")
+        self.norm_percentiles = (p_lo, p_hi)
+        if self.profile is not None and not isinstance(self.profile, IntensityProfile):
+            raise ModelError(f"profile must be an IntensityProfile or None, got {type(self.profile).__name__}")
 
     def weights_fingerprint(self) -> tuple:
         """Changes whenever ``net`` is replaced or any parameter/buffer is modified in place
@@ -100,9 +148,38 @@ class SegModel:
         """Input height and width are padded to a multiple of this."""
         return network_multiple(self.net, self.config)
 
+    def stack_norm(self, image: Any) -> tuple[float, float]:
+        """The (lo, hi) raw intensities of ``image`` mapped to -1 / +1.
+
+        Mode "stack_percentiles": the stack's own ``norm_percentiles``
+        (:func:`activeseg.model.stack_intensity`, computed once per stack object), which
+        on the training stack is ``norm``; mode "fixed": ``norm``.
+        """
+        if self.norm_mode == NORM_STACK:
+            return stack_intensity(image, self.norm_percentiles)[0]
+        return self.norm
+
+    def intensity_drift(self, image: Any) -> IntensityDrift | None:
+        """How far ``image``'s normalised intensities are from the training stack's.
+
+        Returns
+        -------
+        :class:`~activeseg.model.IntensityDrift` (its ``message`` is the warning to show,
+        or None when the stack is close enough), or None when the model holds no
+        training profile (saved before profiles existed).
+        """
+        if self.profile is None:
+            return None
+        if self.norm_mode == NORM_STACK:
+            profile = stack_intensity(image, self.norm_percentiles)[1]
+        else:
+            profile = intensity_profile(image, self.norm)
+        return IntensityDrift(distance=profile_distance(self.profile, profile))
+
     def make_input(self, image: Any, slices: Sequence[int] | np.ndarray) -> np.ndarray:
-        """Normalised 2.5D input float32 (n, K, Y, X) (see :func:`activeseg.model.make_input`)."""
-        return make_input(image, slices, self.config.offsets, self.norm)
+        """Normalised 2.5D input float32 (n, K, Y, X) (see :func:`activeseg.model.make_input`),
+        normalised by :meth:`stack_norm`."""
+        return make_input(image, slices, self.config.offsets, self.stack_norm(image))
 
     def predict_proba(self, image: Any, slices: Sequence[int] | None = None) -> np.ndarray:
         """Class probabilities float32 (n, C, Y, X) for global slice ids (all when None)."""
@@ -122,6 +199,41 @@ class SegModel:
     def embeddings(self, image: Any, slices: Sequence[int] | None = None) -> np.ndarray:
         """Per-slice encoder embeddings float32 (n, D) (see :func:`activeseg.infer.encoder_embeddings`)."""
         return encoder_embeddings(self, image, slices=slices, options=InferenceOptions(device=self.device))
+
+
+def training_normalisation(
+    image: Any, *, init: SegModel | None = None, norm: tuple[float, float] | None = None
+) -> tuple[tuple[float, float], dict[str, Any]]:
+    """The normalisation a training on ``image`` uses and the model it makes records.
+
+    - ``norm`` given: mode "fixed" with that range (for every stack).
+    - else a warm start keeps its ``init``'s mode: "stack_percentiles" takes ``image``'s
+      own percentiles (on the stack ``init`` was trained on, its ``norm``); "fixed" (an
+      older model) keeps ``init.norm``.
+    - else mode "stack_percentiles": ``image``'s 0.5 / 99.5 percentiles
+      (:func:`~activeseg.model.intensity_range`).
+
+    Returns
+    -------
+    ``((lo, hi), kwargs)``: the range to normalise the training stack with, and the
+    :class:`SegModel` keyword arguments ``norm``, ``norm_mode``, ``norm_percentiles``
+    and ``profile`` (the training stack's intensities normalised by the range).
+    """
+    if init is not None and not isinstance(init, SegModel):
+        raise ModelError(f"init must be a SegModel to warm-start from, got {type(init).__name__}")
+    pct = DEFAULT_PERCENTILES
+    if norm is not None:
+        mode, rng = NORM_FIXED, (float(norm[0]), float(norm[1]))
+    elif init is not None and init.norm_mode == NORM_FIXED:
+        mode, rng = NORM_FIXED, init.norm
+    else:
+        mode = NORM_STACK
+        pct = init.norm_percentiles if init is not None else DEFAULT_PERCENTILES
+        rng = intensity_range(image, percentiles=pct)
+    if not (math.isfinite(rng[0]) and math.isfinite(rng[1]) and rng[1] > rng[0]):
+        raise ConfigError(f"norm must be (lo, hi) with hi > lo, got {rng}; leave it None to use the stack's percentiles")
+    kwargs = {"norm": rng, "norm_mode": mode, "norm_percentiles": pct, "profile": intensity_profile(image, rng)}
+    return rng, kwargs
 
 
 # ----------------------------------------------------------------------------- save / load
@@ -156,9 +268,12 @@ def save_model(model: SegModel, directory: str | os.PathLike) -> Path:
     state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.net.state_dict().items()}
     meta = {
         "format": MODEL_FORMAT,
-        "version": _FORMAT_VERSION,
+        "version": _FORMAT_VERSION if model.norm_mode != NORM_FIXED else 1,
         "config": model.config.to_dict(),
         "norm": [model.norm[0], model.norm[1]],
+        "norm_mode": model.norm_mode,
+        "norm_percentiles": list(model.norm_percentiles),
+        "intensity_profile": None if model.profile is None else model.profile.to_dict(),
         "metadata": model.metadata,
         "torch_version": torch.__version__,
     }
@@ -218,4 +333,15 @@ def load_model(directory: str | os.PathLike, *, device: str = "auto") -> SegMode
     except RuntimeError as exc:
         raise ModelError(f"weights in {w_path} do not match the model config in {cfg_path}: {exc}") from exc
     net.eval()
-    return SegModel(net=net, config=config, norm=tuple(meta["norm"]), metadata=meta.get("metadata", {}), device=device)
+    # no "norm_mode": saved before normalisation travelled with the stack; the stored range
+    # applies to every stack, as it did then
+    mode = meta.get("norm_mode", NORM_FIXED)
+    prof = meta.get("intensity_profile")
+    try:
+        return SegModel(
+            net=net, config=config, norm=tuple(meta["norm"]), metadata=meta.get("metadata", {}), device=device,
+            norm_mode=mode, norm_percentiles=tuple(meta.get("norm_percentiles", DEFAULT_PERCENTILES)),
+            profile=None if prof is None else IntensityProfile.from_dict(prof),
+        )
+    except (ModelError, KeyError, TypeError, ValueError) as exc:
+        raise ModelError(f"{cfg_path} holds an invalid intensity normalisation: {exc}") from exc
