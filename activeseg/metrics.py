@@ -2,8 +2,13 @@
 
 Everything is computed from per-slice counts, so a whole stack is evaluated block by
 block (memmaps welcome) and the same counts give per-slice, per-index and whole-stack
-figures. Labels are integer arrays with 0 = solid, 1 = pore (more classes allowed);
-probabilities are the predicted pore probability, float in [0, 1].
+figures. Labels are integer arrays with 0 = solid, 1 = pore; with C >= 3 classes 0 is
+the first solid phase, 1 the pore and 2.. further solid phases (docs/architecture.md §3).
+Probabilities are the predicted pore probability, float in [0, 1].
+
+With C >= 3 the headline ``iou_solid`` is the mean IoU of the solid (non-pore) phases,
+and per-class IoU / Dice and phase fractions (``iou_c0``, ``fraction_true_c2``, ...)
+are added; porosity, BCE and the grey-pore error are pore-vs-rest figures.
 
 Conventions for degenerate slices (one class present):
 
@@ -33,6 +38,8 @@ __all__ = [
     "dice",
     "porosity",
     "porosity_error",
+    "per_class_iou",
+    "phase_fractions",
     "boundary_f1",
     "grey_pore_error",
     "Evaluation",
@@ -69,10 +76,17 @@ def _boundary(mask: np.ndarray) -> np.ndarray:
     return mask & ~ndimage.binary_erosion(mask, border_value=1)
 
 
-def _phase_boundary(labels: np.ndarray) -> np.ndarray:
-    """Pixels on the pore/solid interface of a 2D label image (both sides)."""
+def _phase_boundary(labels: np.ndarray, n_classes: int = 2) -> np.ndarray:
+    """Pixels on a phase interface of a 2D label image (both sides): the pore/solid
+    interface for two classes, every interface between two different classes for more."""
     pore = labels == PORE
-    return _boundary(pore) | _boundary(~pore)
+    if n_classes == 2:
+        return _boundary(pore) | _boundary(~pore)
+    out = _boundary(pore)
+    for k in range(n_classes):
+        if k != PORE:
+            out |= _boundary(labels == k)
+    return out
 
 
 @dataclass
@@ -111,7 +125,7 @@ class _Counts:
             self.grey_n.append(int(np.count_nonzero(grey)))
             self.grey_wrong.append(int(np.count_nonzero(grey & (p != PORE))))
         if with_boundary:
-            bp, bt = _phase_boundary(p), _phase_boundary(t)
+            bp, bt = _phase_boundary(p, c), _phase_boundary(t, c)
             # distance from every pixel to the nearest boundary pixel of the other map
             dt = ndimage.distance_transform_edt(~bt) if bt.any() else np.full(bt.shape, np.inf)
             dp = ndimage.distance_transform_edt(~bp) if bp.any() else np.full(bp.shape, np.inf)
@@ -197,11 +211,13 @@ def evaluate(
     Parameters
     ----------
     pred, truth : integer (Z, Y, X) array-likes (memmaps and lazy stacks work), values
-        in ``0..n_classes-1`` (0 = solid, 1 = pore).
-    prob : optional float (Z, Y, X) pore probability, for ``bce``.
+        in ``0..n_classes-1`` (0 = solid, 1 = pore; 2.. further solid phases).
+    prob : optional float (Z, Y, X) pore probability, for ``bce`` (pore vs the rest when
+        ``n_classes >= 3``).
     depth : optional float32 (Z, Y, X) back-wall depth map of the simulator (docs/architecture.md
         §8), for ``grey_pore_error``.
     slices : global z indices to evaluate (default: all).
+    n_classes : C, the number of classes (2 = solid / pore).
     grey_depth : pore pixels with ``0 < depth <= grey_depth`` count as grey pores.
     tolerance : boundary F1 match distance in pixels.
     boundary : compute boundary F1 (the slowest metric; off for quick scoring).
@@ -211,12 +227,19 @@ def evaluate(
     Evaluation with per-slice and overall ``accuracy``, ``iou_solid``, ``iou_pore``,
     ``dice_solid``, ``dice_pore``, ``porosity_pred``, ``porosity_true``, ``porosity_error``
     (predicted minus true; negative = underestimate), and, when their inputs are given,
-    ``bce``, ``grey_pore_error``, ``boundary_f1``.
+    ``bce``, ``grey_pore_error``, ``boundary_f1``. With ``n_classes >= 3``:
+    ``iou_solid`` / ``dice_solid`` are the means over the solid phases (every class but
+    1 = pore), and per class ``k`` there are ``iou_c{k}``, ``dice_c{k}``,
+    ``fraction_pred_c{k}``, ``fraction_true_c{k}`` (volume fraction of the class) and
+    ``fraction_error_c{k}`` (predicted minus true).
     """
     if getattr(pred, "shape", None) != getattr(truth, "shape", None):
         raise ConfigError(
             f"prediction shape {getattr(pred, 'shape', None)} does not match truth shape {getattr(truth, 'shape', None)}"
         )
+    if isinstance(n_classes, bool) or not isinstance(n_classes, (int, np.integer)) or not 2 <= n_classes <= 254:
+        raise ConfigError(f"n_classes must be an integer from 2 to 254, got {n_classes!r}")
+    n_classes = int(n_classes)
     if len(pred.shape) != 3:
         raise ConfigError(f"evaluate expects (Z, Y, X) volumes, got shape {pred.shape}; use accuracy()/iou() for single slices")
     for name, extra in (("prob", prob), ("depth", depth)):
@@ -254,11 +277,14 @@ def _summarise(zs, c: _Counts, with_bce: bool, with_depth: bool, with_boundary: 
     per, tot = {}, {}
     per["accuracy"] = np.asarray(c.correct, float) / n
     tot["accuracy"] = float(np.sum(c.correct) / n.sum())
-    for k, name in ((0, "solid"), (PORE, "pore")):
-        per[f"iou_{name}"] = _iou_from(inter[:, k], n_pred[:, k], n_truth[:, k])
-        tot[f"iou_{name}"] = float(_iou_from(inter[:, k].sum(), n_pred[:, k].sum(), n_truth[:, k].sum()))
-        per[f"dice_{name}"] = _dice_from(inter[:, k], n_pred[:, k], n_truth[:, k])
-        tot[f"dice_{name}"] = float(_dice_from(inter[:, k].sum(), n_pred[:, k].sum(), n_truth[:, k].sum()))
+    if c.n_classes == 2:
+        for k, name in ((0, "solid"), (PORE, "pore")):
+            per[f"iou_{name}"] = _iou_from(inter[:, k], n_pred[:, k], n_truth[:, k])
+            tot[f"iou_{name}"] = float(_iou_from(inter[:, k].sum(), n_pred[:, k].sum(), n_truth[:, k].sum()))
+            per[f"dice_{name}"] = _dice_from(inter[:, k], n_pred[:, k], n_truth[:, k])
+            tot[f"dice_{name}"] = float(_dice_from(inter[:, k].sum(), n_pred[:, k].sum(), n_truth[:, k].sum()))
+    else:
+        _summarise_classes(per, tot, inter, n_pred, n_truth, n)
     per["porosity_pred"] = n_pred[:, PORE] / n
     per["porosity_true"] = n_truth[:, PORE] / n
     per["porosity_error"] = per["porosity_pred"] - per["porosity_true"]
@@ -279,6 +305,31 @@ def _summarise(zs, c: _Counts, with_bce: bool, with_depth: bool, with_boundary: 
             _f1_from(sum(c.bf_tp_pred), sum(c.bf_n_pred), sum(c.bf_tp_truth), sum(c.bf_n_truth))
         )
     return Evaluation(slices=np.asarray(zs), per_slice=per, overall=tot)
+
+
+def _summarise_classes(per: dict, tot: dict, inter, n_pred, n_truth, n) -> None:
+    """C >= 3: per-class IoU / Dice / phase fractions, and the solid figures as means
+    over the solid phases (every class but the pore)."""
+    n_classes = inter.shape[1]
+    solids = [k for k in range(n_classes) if k != PORE]
+    s_inter, s_pred, s_truth = inter.sum(axis=0), n_pred.sum(axis=0), n_truth.sum(axis=0)
+    for k in range(n_classes):
+        per[f"iou_c{k}"] = _iou_from(inter[:, k], n_pred[:, k], n_truth[:, k])
+        tot[f"iou_c{k}"] = float(_iou_from(s_inter[k], s_pred[k], s_truth[k]))
+        per[f"dice_c{k}"] = _dice_from(inter[:, k], n_pred[:, k], n_truth[:, k])
+        tot[f"dice_c{k}"] = float(_dice_from(s_inter[k], s_pred[k], s_truth[k]))
+    for name in ("iou", "dice"):
+        per[f"{name}_solid"] = np.mean([per[f"{name}_c{k}"] for k in solids], axis=0)
+        tot[f"{name}_solid"] = float(np.mean([tot[f"{name}_c{k}"] for k in solids]))
+        per[f"{name}_pore"] = per[f"{name}_c{PORE}"]
+        tot[f"{name}_pore"] = tot[f"{name}_c{PORE}"]
+    for k in range(n_classes):
+        per[f"fraction_pred_c{k}"] = n_pred[:, k] / n
+        per[f"fraction_true_c{k}"] = n_truth[:, k] / n
+        per[f"fraction_error_c{k}"] = per[f"fraction_pred_c{k}"] - per[f"fraction_true_c{k}"]
+        tot[f"fraction_pred_c{k}"] = float(s_pred[k] / n.sum())
+        tot[f"fraction_true_c{k}"] = float(s_truth[k] / n.sum())
+        tot[f"fraction_error_c{k}"] = tot[f"fraction_pred_c{k}"] - tot[f"fraction_true_c{k}"]
 
 
 # --- single-call helpers over whole arrays (slices or small volumes) -----------------
@@ -319,6 +370,23 @@ def porosity(labels, pore_class: int = PORE) -> float:
     """Fraction of pixels labelled ``pore_class``."""
     labels = np.asarray(labels)
     return float(np.count_nonzero(labels == pore_class) / labels.size)
+
+
+def per_class_iou(pred, truth, n_classes: int) -> np.ndarray:
+    """IoU of every class ``0..n_classes-1``: float64 ``(C,)`` (a class absent from both is 1.0)."""
+    pred, truth = _check_pair(pred, truth)
+    return np.array([iou(pred, truth, k) for k in range(int(n_classes))], dtype=np.float64)
+
+
+def phase_fractions(labels, n_classes: int) -> np.ndarray:
+    """Volume fraction of every class ``0..n_classes-1``: float64 ``(C,)``, summing to 1
+    over labelled pixels (values outside ``0..C-1``, e.g. 255 = unlabelled, are not counted)."""
+    labels = np.asarray(labels).ravel()
+    n_classes = int(n_classes)
+    labels = labels[(labels >= 0) & (labels < n_classes)].astype(np.int64)
+    counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
+    total = counts.sum()
+    return counts / total if total > 0 else np.full(n_classes, np.nan)
 
 
 def porosity_error(pred, truth) -> float:
@@ -367,9 +435,13 @@ def paper_indices(n_slices: int, positions: Sequence[int] = (47, 434, 598), of: 
 def otsu_baseline(image, truth, *, depth=None) -> dict:
     """How a global Otsu threshold does on a stack with ground truth (the pore-back
     artifact in numbers: on hard volumes grey pores fool it). Returns the stack-wide
-    figures of :func:`evaluate` (accuracy, porosity, solid IoU, ...)."""
+    figures of :func:`evaluate` (accuracy, porosity, solid IoU, ...). A truth with
+    several solid phases is compared as pore vs the rest (a threshold has two sides)."""
     from skimage.filters import threshold_otsu  # skimage: heavy, needed only here
 
     image = np.asarray(image)
     pred = (image < threshold_otsu(image)).astype(np.uint8)
+    truth = np.asarray(truth)
+    if truth.max(initial=0) > PORE:  # several solid phases: a threshold separates pore from the rest only
+        truth = (truth == PORE).astype(np.uint8)
     return evaluate(pred, truth, depth=depth, boundary=False).overall

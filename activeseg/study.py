@@ -412,6 +412,7 @@ def collect(study_dir: Path) -> tuple[list[dict], dict]:
                 "round": r["index"], "n_labelled": len(set(labelled)),
                 **{k: mt.get(k) for k in ("accuracy", "iou_solid", "iou_pore", "bce", "porosity_error", "grey_pore_error",
                                           "boundary_f1")},
+                **{k: v for k, v in mt.items() if k.startswith("iou_c")},  # per-class IoU of C >= 3 classes
                 "correction_cost": cost,
                 "correction_cost_frac": (
                     (cost / (px * max(1, len(r.get("full_slices", []))))) if cost is not None else None
@@ -475,7 +476,8 @@ def summarise(study_dir: Path, *, title: str = "activeseg study", preset: str | 
         {"run": r["run"], "strategy": r["trial"] + ("" if r["complete"] else " (unfinished)"), "schedule": r["schedule"],
          "seed": r["seed"], "slices": r["n_labelled"],
          "accuracy": r["accuracy"], "solid IoU": r["iou_solid"], "BCE": r["bce"], "porosity error": r["porosity_error"],
-         "grey-pore error": r["grey_pore_error"]}
+         "grey-pore error": r["grey_pore_error"],
+         **({"class IoU": tables.class_iou_text(r)} if tables.class_ious(r) else {})}
         for r in sorted(finals.values(), key=lambda r: (r["n_labelled"], r["strategy"], r["seed"]))
     ]
     out["headline"] = headline

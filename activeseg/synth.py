@@ -16,14 +16,18 @@ Pipeline
    particles (spheres joined by necks along a minimum spanning tree), ``fibres`` =
    random straight cylinders (optionally lying mostly in x-z planes, as in a membrane).
    With ``connected=True`` (default) solid not attached to the largest component is
-   removed and the threshold re-tuned, so there are no floating islands.
+   removed and the threshold re-tuned, so there are no floating islands. With
+   ``phases=3`` a second random field splits the solid into two phases
+   (:func:`split_solid`, ``phase_fraction`` of the solid is the second one); the truth
+   is then 0 = first solid, 1 = pore, 2 = second solid.
 2. **Ray march** (:func:`march`): the first solid voxel along the beam behind every
    pixel. In the sheared frame ``u = y - round(z c)`` every ray is a straight column
    along ``z``, so one reverse scan over the slices ("next solid slice in this column")
    answers all rays at once: O(volume), independent of the march limit.
 3. **Signal** (:func:`render`), in full-scale units (1.0 = brightest digital value):
 
-   - cut face (solid on slice k): ``Y (1 + eps * rim) (1 + curtain)``; ``rim`` is the
+   - cut face (solid on slice k): ``Y (1 + eps * rim) (1 + curtain)`` (``Y`` times
+     ``phase_yield`` on the second solid phase, here and on the back walls it forms); ``rim`` is the
      local pore fraction within ``edge_width`` px (Gaussian window) on the slice, which
      brightens pore edges and more so convex corners (more free surface nearby);
    - pore with a back wall at depth ``d`` slices: ``I_floor + Y * Phi * A(d)``, depth law
@@ -88,6 +92,7 @@ __all__ = [
     "make_params",
     "structure_margin",
     "make_structure",
+    "split_solid",
     "march",
     "render",
     "render_volume",
@@ -170,6 +175,12 @@ class SynthParams:
     dose : electrons per pixel at full-scale signal (shot noise); 0 = no shot noise.
     read_noise : standard deviation of the Gaussian read noise.
     bit_depth : 8 or 16.
+    phases : 2 (solid / pore) or 3: the solid is split into two phases by a second
+        random field (blobs, ``corr_length``): label 0 = first solid, 1 = pore, 2 =
+        second solid (docs/architecture.md §3).
+    phase_fraction : phases = 3: fraction of the solid that is the second solid phase.
+    phase_yield : phases = 3: secondary-electron yield of the second solid relative to
+        the first (its cut faces and the back walls it forms are this much as bright).
     """
 
     structure: str = "blobs"
@@ -205,6 +216,9 @@ class SynthParams:
     dose: float = 200.0
     read_noise: float = 0.02
     bit_depth: int = 8
+    phases: int = 2
+    phase_fraction: float = 0.4
+    phase_yield: float = 0.6
 
     def __post_init__(self) -> None:
         _validate_params(self)
@@ -301,14 +315,20 @@ def _validate_params(p: SynthParams) -> None:
     _num(p, "read_noise", 0.0, 1.0)
     if p.bit_depth not in (8, 16) or isinstance(p.bit_depth, bool):
         raise ConfigError(f"bit_depth must be 8 or 16, got {p.bit_depth!r}")
+    if p.phases not in (2, 3) or isinstance(p.phases, bool):
+        raise ConfigError(f"phases must be 2 (solid, pore) or 3 (two solid phases and pore), got {p.phases!r}")
+    _num(p, "phase_fraction", 0.0, 1.0, lo_open=True, hi_open=True,
+         hint="; the fraction of the solid that is the second solid phase, e.g. 0.4")
+    _num(p, "phase_yield", 0.0, 3.0, lo_open=True, hint="; the second solid's brightness relative to the first, e.g. 0.6")
     for name in ("porosity", "porosity_gradient", "corr_length", "particle_radius", "fibre_radius", "radius_spread", "neck_ratio",
                  "fibre_inplane", "alpha_deg", "depth_length", "face_yield", "pore_floor", "edge_eps",
                  "edge_width", "shading", "texture", "face_texture", "texture_length", "ghost_blur", "psf_sigma", "curtain_amp",
                  "charging_amp",
-                 "drift_gain", "drift_offset", "dose", "read_noise"):
+                 "drift_gain", "drift_offset", "dose", "read_noise", "phase_fraction", "phase_yield"):
         object.__setattr__(p, name, float(getattr(p, name)))
     object.__setattr__(p, "beam_sign", int(p.beam_sign))
     object.__setattr__(p, "bit_depth", int(p.bit_depth))
+    object.__setattr__(p, "phases", int(p.phases))
     object.__setattr__(p, "connected", bool(p.connected))
 
 
@@ -399,7 +419,8 @@ class SynthVolume:
     Attributes
     ----------
     image : uint8 (or uint16) array (Z, Y, X), the simulated SEM stack.
-    truth : uint8 array (Z, Y, X), 0 = solid, 1 = pore (state on the cut plane).
+    truth : uint8 array (Z, Y, X), 0 = solid, 1 = pore (state on the cut plane); with
+        three phases 0 = first solid, 1 = pore, 2 = second solid.
     depth : float32 array (Z, Y, X), 0 on solid, back-wall depth in slices on pores,
         -1 where no wall was hit within the march limit.
     params : JSON-serialisable dict: all knobs, ``geometry`` (Geometry.to_dict()),
@@ -835,6 +856,35 @@ def _ramped_threshold(fld: np.ndarray, window: tuple[slice, ...], p: SynthParams
     return best
 
 
+def split_solid(solid: np.ndarray, params: SynthParams, rng: np.random.Generator, *,
+                window: tuple[slice, ...] | None = None) -> np.ndarray:
+    """The second solid phase of a three-phase material: True where solid belongs to it.
+
+    A Gaussian random field (the blobs field, ``corr_length``) over the same block is
+    thresholded inside the solid, so that ``params.phase_fraction`` of the solid in
+    ``window`` (the truth window; default the whole block) is the second phase (exact
+    to the quantile's resolution).
+
+    Parameters
+    ----------
+    solid : bool (Z, Y, X) block, True = solid (from :func:`make_structure`).
+    params : knobs (``corr_length``, ``phase_fraction``, voxel size).
+    rng : random generator.
+    window : the truth window inside the block.
+
+    Returns
+    -------
+    numpy.ndarray of bool, the shape of ``solid``.
+    """
+    solid = np.asarray(solid, dtype=bool)
+    window = (slice(None),) * 3 if window is None else window
+    fld = _blobs_field(solid.shape, params, rng)
+    inside = fld[window][solid[window]]
+    if inside.size == 0:
+        return np.zeros_like(solid)
+    return solid & (fld > _quantile(inside, 1.0 - params.phase_fraction))
+
+
 # ----------------------------------------------------------------------------- ray march
 
 
@@ -873,7 +923,8 @@ def march(solid: np.ndarray, params: SynthParams, *, out_shape: Sequence[int] | 
 
 
 def _march_core(solid: np.ndarray, params: SynthParams, win_shape: tuple[int, int, int], y0: int,
-                rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+                rng: np.random.Generator | None = None, phase: np.ndarray | None = None
+                ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray | None]:
     """Reverse scan over the slices in the sheared frame (see module docstring).
 
     With ``rng`` (and ``params.texture > 0``) it also samples a solid-attached material
@@ -881,10 +932,14 @@ def _march_core(solid: np.ndarray, params: SynthParams, win_shape: tuple[int, in
     AR(1) along z with the same physical length) at the cut face and at the back-wall
     hit of every pixel; back-wall texture then travels with the wall (parallax).
 
+    With ``phase`` (bool, the shape of ``solid``: the second solid phase) it also
+    records which phase every back wall belongs to.
+
     Returns
     -------
     ghost : int16 (Z, Y, X) depth of the first solid strictly behind, 0 = none.
     face_tex, hit_tex : float16 (Z, Y, X) texture at the face / at the hit, or None.
+    hit_phase : bool (Z, Y, X), True where the back wall is the second phase, or None.
     """
     zb, yb, xb = solid.shape
     z, y, x = win_shape
@@ -898,6 +953,10 @@ def _march_core(solid: np.ndarray, params: SynthParams, win_shape: tuple[int, in
     out = np.zeros((z, y, x), dtype=np.int16)
     textured = rng is not None and (params.texture > 0 or params.face_texture > 0)
     face_tex = hit_tex = None
+    hit_phase = nphase = None
+    if phase is not None:
+        nphase = np.zeros((nu, xb), dtype=bool)
+        hit_phase = np.zeros((z, y, x), dtype=bool)
     if textured:
         sig = params.texture_length
         ell_z = params.texture_length * params.voxel_size[1] / params.voxel_size[0]  # slices
@@ -913,6 +972,9 @@ def _march_core(solid: np.ndarray, params: SynthParams, win_shape: tuple[int, in
         if k < z:
             d = nxt[u0 + y0: u0 + y0 + y] - k
             out[k] = np.where(d <= m, d, 0)
+            if hit_phase is not None:
+                assert nphase is not None  # set up with hit_phase
+                hit_phase[k] = nphase[u0 + y0: u0 + y0 + y]
             if hit_tex is not None:  # textured
                 hit_tex[k] = tnext[u0 + y0: u0 + y0 + y]
         if textured:
@@ -929,7 +991,10 @@ def _march_core(solid: np.ndarray, params: SynthParams, win_shape: tuple[int, in
             if k < z:
                 face_tex[k] = tex[y0: y0 + y]
         np.copyto(nxt[u0: u0 + yb], k, where=solid[k])
-    return out, face_tex, hit_tex
+        if nphase is not None:
+            assert phase is not None  # nphase exists only with a phase volume
+            np.copyto(nphase[u0: u0 + yb], phase[k], where=solid[k])
+    return out, face_tex, hit_tex, hit_phase
 
 
 def _check_out_shape(block_shape, out_shape, params) -> tuple[tuple[int, int, int], int]:
@@ -979,8 +1044,12 @@ def _blur2d(a: np.ndarray, sigma: float) -> np.ndarray:
 
 def _render_signal(solid_win: np.ndarray, ghost: np.ndarray, params: SynthParams,
                    rng: np.random.Generator, *, z_offsets: np.ndarray, face_tex: np.ndarray | None = None,
-                   hit_tex: np.ndarray | None = None) -> np.ndarray:
-    """Image (Z, Y, X) uint8/uint16 from the truth-window solid mask and ghost depths."""
+                   hit_tex: np.ndarray | None = None, phase_win: np.ndarray | None = None,
+                   hit_phase: np.ndarray | None = None) -> np.ndarray:
+    """Image (Z, Y, X) uint8/uint16 from the truth-window solid mask and ghost depths.
+
+    ``phase_win`` / ``hit_phase`` (bool (Z, Y, X)): the second solid phase on the cut
+    face / at the back wall; its yield is ``phase_yield`` times the first solid's."""
     z, y, x = solid_win.shape
     p = params
     g = p.geometry
@@ -1027,6 +1096,8 @@ def _render_signal(solid_win: np.ndarray, ghost: np.ndarray, params: SynthParams
         if face_tex is not None:
             face *= np.maximum(1.0 + p.face_texture * face_tex[k0:k1].astype(np.float32), 0.0)
         face *= 1.0 + curtain[k0:k1, None, :]
+        if phase_win is not None:
+            face *= np.where(phase_win[k0:k1], np.float32(p.phase_yield), np.float32(1.0))
         # back walls: incidence from the gradient of the smoothed depth map
         dmap = np.where(hit, gd, np.float32(m + 1))
         dmap = _blur2d(dmap, _NORMAL_SIGMA)
@@ -1037,7 +1108,10 @@ def _render_signal(solid_win: np.ndarray, ghost: np.ndarray, params: SynthParams
         phi = (1.0 - p.shading) + p.shading * cos_ratio
         if hit_tex is not None:
             phi *= np.maximum(1.0 + p.texture * hit_tex[k0:k1].astype(np.float32), 0.0)
-        ghost_sig = np.where(hit, p.face_yield * phi * _depth_law(gd, p), 0.0).astype(np.float32)
+        wall_yield: Any = p.face_yield
+        if hit_phase is not None:
+            wall_yield = np.where(hit_phase[k0:k1], np.float32(p.face_yield * p.phase_yield), np.float32(p.face_yield))
+        ghost_sig = np.where(hit, wall_yield * phi * _depth_law(gd, p), 0.0).astype(np.float32)
         ghost_sig += p.pore_floor
         del phi, cos_ratio
         if len(levels) > 1:
@@ -1083,7 +1157,7 @@ def _coerce_params(params: SynthParams | dict[str, Any] | None) -> SynthParams:
 
 
 def render(solid: np.ndarray, params: SynthParams | dict[str, Any], rng: np.random.Generator | None = None, *,
-           out_shape: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+           out_shape: Sequence[int] | None = None, phase: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Image a solid structure with the pore-back physics and the instrument model.
 
     Parameters
@@ -1094,6 +1168,9 @@ def render(solid: np.ndarray, params: SynthParams | dict[str, Any], rng: np.rand
     params : :class:`SynthParams` (or a dict of knobs).
     rng : random generator (noise, curtains, charging, drift).
     out_shape : (Z, Y, X) truth window inside the extended block.
+    phase : optional bool array the shape of ``solid``: the second solid phase (three
+        phases, :func:`split_solid`); its cut faces and back walls have ``phase_yield``
+        times the first solid's yield.
 
     Returns
     -------
@@ -1112,11 +1189,17 @@ def render(solid: np.ndarray, params: SynthParams | dict[str, Any], rng: np.rand
         win_shape, y0 = solid.shape, 0
     else:
         win_shape, y0 = _check_out_shape(solid.shape, out_shape, p)
-    ghost, face_tex, hit_tex = _march_core(solid, p, win_shape, y0, rng)
+    if phase is not None:
+        phase = np.asarray(phase, dtype=bool)
+        if phase.shape != solid.shape:
+            raise ConfigError(f"phase must have the shape of solid {solid.shape}, got {phase.shape}")
+    ghost, face_tex, hit_tex, hit_phase = _march_core(solid, p, win_shape, y0, rng, phase)
     z, y, x = ghost.shape
     win = solid[:z, y0:y0 + y]
     rsh = _shear(z, p.geometry.shift_per_slice)
-    image = _render_signal(win, ghost, p, rng, z_offsets=rsh, face_tex=face_tex, hit_tex=hit_tex)
+    phase_win = None if phase is None else phase[:z, y0:y0 + y] & win
+    image = _render_signal(win, ghost, p, rng, z_offsets=rsh, face_tex=face_tex, hit_tex=hit_tex,
+                           phase_win=phase_win, hit_phase=hit_phase)
     depth = np.where(win, np.float32(0), np.where(ghost > 0, ghost.astype(np.float32), np.float32(-1)))
     return image, depth.astype(np.float32)
 
@@ -1169,9 +1252,10 @@ def synthesize(shape: Sequence[int], *, structure: str = "blobs", porosity: floa
     difficulty : imaging preset "easy" | "medium" | "hard" (:func:`difficulty_params`).
     rng : random generator; its starting state is recorded in ``params["rng_state"]``.
     seed : alternatively an integer seed (recorded as ``params["seed"]``).
-    progress : optional ``callback(done, total)`` over the three phases.
+    progress : optional ``callback(done, total)`` over the three stages.
     **overrides : any :class:`SynthParams` knob (e.g. ``beam_sign=-1``,
-        ``voxel_size=(20, 10, 10)``, ``depth_length=8``).
+        ``voxel_size=(20, 10, 10)``, ``depth_length=8``; ``phases=3`` for two solid
+        phases and pore, ``phase_fraction``, ``phase_yield``).
 
     Returns
     -------
@@ -1189,15 +1273,18 @@ def synthesize(shape: Sequence[int], *, structure: str = "blobs", porosity: floa
     rng, rng_info = _rng_and_seed(rng, seed)
     t0 = time.perf_counter()
     block = make_structure(shape, params.structure, params.porosity, rng, params=params)
+    _, window = _block_and_window(shape, params)
+    phase = split_solid(block, params, rng, window=window) if params.phases == 3 else None
     if progress is not None:
         progress(1, 3)
     t1 = time.perf_counter()
-    image, depth = render(block, params, rng, out_shape=shape)
+    image, depth = render(block, params, rng, out_shape=shape, phase=phase)
     if progress is not None:
         progress(3, 3)
     t2 = time.perf_counter()
-    _, window = _block_and_window(shape, params)
     truth = (~block[window]).astype(np.uint8)
+    if phase is not None:
+        truth[phase[window]] = 2
     logger.debug("synthesize %s: structure %.2fs, render %.2fs", shape, t1 - t0, t2 - t1)
     meta = _meta(params, shape, truth, difficulty=difficulty, rng_info=rng_info)
     return SynthVolume(image=image, truth=truth, depth=depth, params=meta)
@@ -1213,6 +1300,8 @@ def _meta(params: SynthParams, shape, truth, *, difficulty: str | None, rng_info
     meta["difficulty"] = difficulty
     meta["porosity_requested"] = None if structure_name else float(params.porosity)
     meta["porosity_achieved"] = float(np.mean(truth == 1))
+    if params.phases > 2:
+        meta["phase_fractions_achieved"] = [float(np.mean(truth == k)) for k in range(params.phases)]
     meta["geometry"] = params.geometry.to_dict()
     meta["intensity_scale"] = (
         f"value = round(clip(I, 0, 1) * {2**params.bit_depth - 1}); cut face ~ face_yield, empty pore ~ pore_floor"
@@ -1263,6 +1352,11 @@ def render_volume(solid_zyx: np.ndarray, params: SynthParams | dict[str, Any] | 
         else:
             p = _coerce_params(params)
         difficulty = None  # type: ignore[assignment]
+    if p.phases != 2:
+        raise ConfigError(
+            f"render_volume images a two-phase volume (nonzero = solid), got phases={p.phases}; "
+            "for a three-phase volume use synthesize(..., phases=3) or render(solid, params, phase=second_phase)"
+        )
     rng, info = _rng_and_seed(rng, seed)
     image, depth = render(a, p, rng)
     truth = (~a).astype(np.uint8)

@@ -24,6 +24,7 @@ import csv
 import json
 import math
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,8 @@ __all__ = [
     "ZERO_IS_BEST",
     "metric_label",
     "better_hint",
+    "class_ious",
+    "class_iou_text",
     "to_float",
     "to_int",
     "json_float",
@@ -80,18 +83,57 @@ METRIC_LABELS: dict[str, str] = {
 # metrics whose best value is not the highest (see better_hint)
 LOWER_IS_BETTER = frozenset({"bce", "grey_pore_error", "correction_cost"})
 ZERO_IS_BEST = frozenset({"porosity_error"})
+# the per-class fraction errors (fraction_error_c0, ...) are 0-is-best too (see better_hint)
+
+
+_CLASS_METRIC = re.compile(r"^(iou|dice|fraction_pred|fraction_true|fraction_error)_c(\d+)$")
+_CLASS_LABELS = {
+    "iou": "IoU of class {k} (0-1)",
+    "dice": "Dice of class {k} (0-1)",
+    "fraction_pred": "predicted fraction of class {k}",
+    "fraction_true": "true fraction of class {k}",
+    "fraction_error": "class {k} fraction error (predicted - true)",
+}
 
 
 def metric_label(metric: str) -> str:
-    """Axis label of a metric: :data:`METRIC_LABELS`, else the name with spaces."""
-    return METRIC_LABELS.get(metric, metric.replace("_", " "))
+    """Axis label of a metric: :data:`METRIC_LABELS`, the per-class metrics of sessions
+    with C >= 3 classes (``iou_c2`` -> "IoU of class 2 (0-1)"), else the name with spaces."""
+    if metric in METRIC_LABELS:
+        return METRIC_LABELS[metric]
+    hit = _CLASS_METRIC.match(metric)
+    if hit:
+        return _CLASS_LABELS[hit.group(1)].format(k=int(hit.group(2)))
+    return metric.replace("_", " ")
+
+
+def class_ious(metrics: Mapping[str, Any] | None) -> list[float]:
+    """The per-class IoU ``iou_c0, iou_c1, ...`` of a metrics dict, in class order (empty for
+    a binary evaluation, which reports ``iou_solid`` / ``iou_pore`` only)."""
+    if not metrics:
+        return []
+    out = []
+    k = 0
+    while f"iou_c{k}" in metrics:
+        out.append(to_float(metrics[f"iou_c{k}"], f"iou_c{k}"))
+        k += 1
+    return out
+
+
+def class_iou_text(metrics: Mapping[str, Any] | None, *, digits: int = 2) -> str:
+    """Per-class IoU as one short cell, class 0 first (``"0.91/0.95/0.88"``; ``n/a`` for
+    a missing value), or "-" when the metrics have none (binary sessions)."""
+    vals = class_ious(metrics)
+    if not vals:
+        return "-"
+    return "/".join(f"{v:.{digits}f}" if math.isfinite(v) else "n/a" for v in vals)
 
 
 def better_hint(metric: str) -> str:
     """Which way is better for a metric: "higher is better", "lower is better" or "0 is best"."""
     if metric in LOWER_IS_BETTER:
         return "lower is better"
-    if metric in ZERO_IS_BEST:
+    if metric in ZERO_IS_BEST or metric.startswith("fraction_error_c"):
         return "0 is best"
     return "higher is better"
 
@@ -457,7 +499,7 @@ def label_efficiency(
     "per_seed": {f: {seed: int | None}},
     "curve": {"n_labelled": [int], "mean": [float | None], "n_seeds": [int]}}``.
     """
-    if metric in LOWER_IS_BETTER or metric in ZERO_IS_BEST:
+    if better_hint(metric) != "higher is better":
         raise ConfigError(
             f"label efficiency needs a higher-is-better metric (iou_solid, accuracy, boundary_f1, ...); "
             f"{metric!r} is {better_hint(metric)}"

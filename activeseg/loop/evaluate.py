@@ -15,7 +15,7 @@ import numpy as np
 
 from activeseg import metrics
 from activeseg.loop.state import Progress, no_progress, open_depth, open_truth
-from activeseg.metrics import paper_indices
+from activeseg.metrics import PORE, paper_indices
 from activeseg.safety import check_free_space, reserve
 from activeseg.session import Session
 
@@ -27,23 +27,36 @@ def evaluate_model(session: Session, model, image, *, progress: Progress = no_pr
         return {}
     depth = open_depth(session)
     nz, ny, nx = (int(s) for s in image.shape)
+    n_classes = model_classes(model)
     # scratch space of the session: the caller holds the lock, so leftovers of a killed
     # process can go before new files are made
     scratch = session.path("tmp")
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir()
     try:
-        check_free_space(scratch, nz * ny * nx * 5, what="the whole-stack evaluation's scratch arrays")
-        prob = scratch_array(scratch / "prob.npy", np.float32, (nz, ny, nx))
-        predict_pore_prob(model, image, prob, progress=progress)
-        pred = scratch_array(scratch / "pred.npy", np.uint8, (nz, ny, nx))
-        for z0 in range(0, nz, 16):
-            pred[z0 : z0 + 16] = prob[z0 : z0 + 16] >= 0.5
+        prob: np.ndarray
+        if n_classes == 2:
+            check_free_space(scratch, nz * ny * nx * 5, what="the whole-stack evaluation's scratch arrays")
+            prob = scratch_array(scratch / "prob.npy", np.float32, (nz, ny, nx))
+            predict_pore_prob(model, image, prob, progress=progress)
+            pred = scratch_array(scratch / "pred.npy", np.uint8, (nz, ny, nx))
+            for z0 in range(0, nz, 16):
+                pred[z0 : z0 + 16] = prob[z0 : z0 + 16] >= 0.5
+        else:  # class probabilities (Z, C, Y, X) on disk; labels = argmax; BCE on the pore channel
+            check_free_space(scratch, nz * ny * nx * (4 * n_classes + 1), what="the whole-stack evaluation's scratch arrays")
+            probs = scratch_array(scratch / "prob.npy", np.float32, (nz, n_classes, ny, nx))
+            predict_class_prob(model, image, probs, progress=progress)
+            pred = scratch_array(scratch / "pred.npy", np.uint8, (nz, ny, nx))
+            for z0 in range(0, nz, 4):
+                pred[z0 : z0 + 4] = np.argmax(probs[z0 : z0 + 4], axis=1)
+            prob = np.asarray(probs)[:, PORE]  # a strided view of the memmap (no copy): read slice by slice
         with truth:
-            ev = metrics.evaluate(pred, truth, prob=prob, depth=depth)
+            ev = metrics.evaluate(pred, truth, prob=prob, depth=depth, n_classes=n_classes)
         if depth is not None:
             depth.close()
         del prob, pred
+        if n_classes != 2:
+            del probs
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     d = ev.to_dict()
@@ -59,8 +72,23 @@ def scratch_array(path: Path, dtype, shape) -> np.memmap:
     return arr
 
 
+def model_classes(model) -> int:
+    """The number of classes C of a model (RF or network; 2 when it does not say)."""
+    return int(getattr(model, "n_classes", 2))
+
+
 def predict_pore_prob(model, image, out, *, progress: Progress = no_progress) -> None:
-    """Write the pore probability (Z, Y, X) of any model (RF or network) into ``out``."""
+    """Write the pore probability (Z, Y, X) of a binary model (RF or network) into ``out``."""
+    _stream_probabilities(model, image, out, progress)
+
+
+def predict_class_prob(model, image, out, *, progress: Progress = no_progress) -> None:
+    """Write the class probabilities (Z, C, Y, X) of any model (RF or network) into ``out``
+    (a memmap: streamed block by block, never the whole float volume in memory)."""
+    _stream_probabilities(model, image, out, progress)
+
+
+def _stream_probabilities(model, image, out, progress: Progress) -> None:
     callback = lambda d, t: progress("inference", d, t)  # noqa: E731
     if hasattr(model, "predict_stack") and not hasattr(model, "net"):  # the RF streams itself
         model.predict_stack(image, out=out, callback=callback)
