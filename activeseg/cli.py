@@ -139,6 +139,9 @@ def info(
     labels: Path | None = typer.Option(None, "--labels", help="Label stack or folder: report class fractions and porosity."),
     label_kind: str = typer.Option(
         "partial", "--label-kind", help="Label convention: partial (255 = unlabelled), mask, scribble (ilastik)."),
+    pore_value: int | None = typer.Option(
+        None, "--pore-value", metavar="{0,255}",
+        help="The --labels file is a binary 0/255 mask (anti-aliased 252-254 allowed): which value is pore."),
     voxel_size: tuple[float, float, float] | None = typer.Option(
         None, "--voxel-size", help="Voxel size z y x in nm (overrides metadata)."),
     crop: str | None = typer.Option(None, "--crop", help="Region z0:z1,y0:y1,x0:x1 (half-open; ':' keeps an axis)."),
@@ -150,13 +153,15 @@ def info(
 
     Example: activeseg info stack.tif --labels truth.tif --preview look.png
     """
+    if pore_value is not None and labels is None:
+        raise ConfigError("--pore-value says how to read a 0/255 mask given with --labels; give --labels FILE")
     if preview is not None:
         check_output(preview, inputs=[("stack", stack), ("labels", labels)], option="--preview")
     st = io.open_stack(stack, crop=io.Crop.parse(crop) if crop else None, voxel_size=voxel_size, axes=axes)
     with st:
         result = io.stack_summary(st)
         if labels is not None:
-            result["labels"] = io.label_summary(labels, st.shape, kind=label_kind)
+            result["labels"] = io.label_summary(labels, st.shape, kind=label_kind, pore_value=pore_value)
         if preview is not None:
             plots.preview_png(preview, st, title=st.path.name)
             result["preview"] = str(preview)
@@ -191,6 +196,8 @@ def info(
     if preview is not None:
         table.add_row("preview", str(preview))
     console.print(table)
+    if "labels" in result and result["labels"].get("warning"):
+        console.print(f"warning: {result['labels']['warning']}", highlight=False)
 
 
 _STRUCTURES = ("blobs", "spheres", "fibres")
@@ -217,6 +224,10 @@ def synth(
     difficulty: str = typer.Option(
         "hard", "--difficulty", help="easy | medium | hard (hard: back walls as bright as cut faces)."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
+    phases: int = typer.Option(
+        2, "--phases", help="2 (solid, pore) or 3 (two solids of different brightness and pore: truth 0/1/2, 1 = pore)."),
+    phase_fraction: float = typer.Option(
+        0.4, "--phase-fraction", help="--phases 3: fraction of the solid that is the second (darker) solid phase."),
     preview: Path | None = typer.Option(None, "--preview", help="Also write a PNG preview (slice, truth, y-z reslice)."),
 ) -> None:
     """Synthesize a FIB-SEM volume with pore-back artifacts and its ground truth.
@@ -224,6 +235,8 @@ def synth(
     Example: activeseg synth data/hard --shape 120 192 192 --porosity 0.8 --difficulty hard --preview data/hard/look.png
 
     Graded (porosity 0.6 at the top, 0.9 at the bottom): activeseg synth data/graded --porosity 0.75 --porosity-gradient 0.3
+
+    Three phases (an electrode: pore plus two solids): activeseg synth data/sofc --porosity 0.4 --phases 3
     """
     _choice(structure, _STRUCTURES, "--structure")
     _choice(difficulty, _DIFFICULTIES, "--difficulty")
@@ -239,7 +252,7 @@ def synth(
     with console.status(f"synthesizing {structure} volume {shape[0]}x{shape[1]}x{shape[2]} ({difficulty})..."):
         vol = synth_mod.synthesize(
             shape, structure=structure, porosity=porosity, porosity_gradient=porosity_gradient, difficulty=difficulty,
-            rng=np.random.default_rng(seed),
+            rng=np.random.default_rng(seed), phases=phases, phase_fraction=phase_fraction,
         )
         paths = synth_mod.save_synth(out_dir, vol)
     otsu = metrics.otsu_baseline(vol.image, vol.truth, depth=vol.depth)
@@ -247,13 +260,16 @@ def synth(
     table.add_row("shape (z, y, x)", " x ".join(map(str, vol.image.shape)))
     table.add_row("structure / difficulty", f"{structure} / {difficulty}")
     table.add_row("true porosity", f"{float(np.mean(vol.truth == 1)):.4f}")
+    if phases != 2:
+        fr = metrics.phase_fractions(vol.truth, phases)
+        table.add_row("phase fractions (0, 1 = pore, 2)", ", ".join(f"{f:.4f}" for f in fr))
     if porosity_gradient:
         pz = np.mean(vol.truth == 1, axis=(1, 2))
         table.add_row("porosity first / last slice", f"{pz[0]:.3f} / {pz[-1]:.3f}")
     grey = float(np.mean((vol.truth == 1) & (vol.depth > 0) & (vol.depth <= 5)))
     table.add_row("grey pores (wall <= 5 slices)", f"{grey:.3f} of all pixels")
     table.add_row(
-        "Otsu threshold",
+        "Otsu threshold" + (" (pore vs rest)" if phases != 2 else ""),
         f"accuracy {otsu['accuracy']:.3f}, porosity {otsu['porosity_pred']:.3f} "
         f"(error {otsu['porosity_error']:+.3f}), solid IoU {otsu['iou_solid']:.3f}",
     )
@@ -364,9 +380,15 @@ def _parse_ints(text: str | None, what: str) -> list[int] | None:
         raise ConfigError(f"{what} must be comma-separated slice numbers like 0,120,240; got {text!r}") from None
 
 
-def _parse_values(text: str) -> tuple[int, int]:
-    """``--values solid,pore``, checked (two different numbers 0..255), with that message."""
-    return check_output_values([t for t in text.replace(" ", "").split(",") if t])
+def _parse_values(text: str | None, n_classes: int = 2) -> tuple[int, ...]:
+    """``--values``, one number 0..255 per class (solid,pore for two), checked, with that message;
+    None gives the class ids ``0..C-1``."""
+    return check_output_values(None if text is None else [t for t in text.replace(" ", "").split(",") if t], n_classes)
+
+
+def _value_list(text: str | None) -> list[str] | None:
+    """``--values`` split at the commas (checked against the model's classes once it is known)."""
+    return None if text is None else [t for t in text.replace(" ", "").split(",") if t]
 
 
 def _parse_params(items: list[str]) -> dict:
@@ -406,23 +428,36 @@ def init(
     crop: str | None = typer.Option(None, "--crop", help="Region z0:z1,y0:y1,x0:x1 of the stack to work on."),
     seed: int | None = typer.Option(None, "--seed", help="Random seed of the session."),
     axes: str | None = _AXES,
+    sections: bool = _flag(
+        "The slices are independent 2D sections, not a z-stack: nothing uses a slice's neighbours "
+        "(2D RF features, single-slice network input, no beam sign).", "--sections"),
+    pore_value: int | None = typer.Option(
+        None, "--pore-value", metavar="{0,255}",
+        help="The --truth is a binary 0/255 mask (anti-aliased 252-254 allowed): which value is pore. "
+        "A 0/255 truth without it is refused."),
 ) -> None:
     """Create a labelling session for a stack.
 
     The config file is checked in full here (every table and key), before anything is
-    written.
+    written. Without --sections, adjacent slices are checked to correlate, and a warning
+    suggests --sections when they do not.
 
     Example: activeseg init runs/s1 --image data/hard/image.tif
     """
     sess = loop.init_session(session, image, truth=truth, depth=depth, config=config, voxel_size=voxel_size, crop=crop,
-                             seed=seed, axes=axes)
+                             seed=seed, axes=axes, sections=sections, pore_value=pore_value)
     m = sess.manifest
     geo = m["config"]["geometry"]
     console.print(f"created session {session} for {m['stack']['path']} "
                   f"({' x '.join(map(str, m['stack']['shape']))}, {m['stack']['dtype']})")
+    if m["config"].get("sections"):
+        sign = "not used (independent 2D sections)"
+    else:
+        sign = geo["beam_sign"] if geo["beam_sign"] is not None else "estimated from the stack"
     console.print(f"geometry: voxel {geo['voxel_size'] or 'unknown'} nm, alpha {geo['alpha_deg']:g} deg, "
-                  f"beam sign {geo['beam_sign'] if geo['beam_sign'] is not None else 'estimated from the stack'}; "
-                  f"ground truth: {'yes' if m.get('truth') else 'no'}", highlight=False)
+                  f"beam sign {sign}; ground truth: {'yes' if m.get('truth') else 'no'}", highlight=False)
+    if m["config"].get("sections"):
+        console.print("sections: independent 2D sections (2D RF features, single-slice network input)", highlight=False)
     _say_next(sess)
 
 
@@ -437,6 +472,10 @@ def bootstrap_cmd(
         None, "--slices", help="Take these slices from the session's ground truth, e.g. 0,120,240."),
     simulate_scribbles: bool = _flag(
         "With --slices: draw simulated strokes from the truth instead of whole slices.", "--simulate-scribbles"),
+    pore_value: int | None = typer.Option(
+        None, "--pore-value", metavar="{0,255}",
+        help="The --labels file is a binary 0/255 mask (anti-aliased 252-254 allowed): which value is pore. "
+        "A 0/255 file without it is refused."),
     relink: Path | None = _RELINK,
 ) -> None:
     """Round 0: first labels and a Random Forest pre-segmentation.
@@ -446,7 +485,7 @@ def bootstrap_cmd(
     sess = _open(session, relink)
     with _progress() as progress:
         res = loop.bootstrap(sess, scribbles=scribbles, labels=labels, slices=_parse_ints(slices, "--slices"),
-                             simulate_scribbles=simulate_scribbles, progress=progress)
+                             simulate_scribbles=simulate_scribbles, progress=progress, pore_value=pore_value)
     console.print(f"bootstrap: {len(res['slices'])} slice(s) {res['slices']} as {res['kind']} labels; {res['rf']}",
                   highlight=False)
     _say_next(sess)
@@ -542,25 +581,42 @@ def train_cmd(
     steps: int | None = typer.Option(None, "--steps", help="Training steps (mini-batches) for this round."),
     device: str | None = typer.Option(
         None, "--device", help="auto | cpu | cuda | mps (default: the session's [train] device, else auto)."),
+    no_gate: bool = _flag("Make the new network the current model even when it scores lower than the model it "
+                          "replaces on the held-out labelled pixels (the round records it).", "--no-gate"),
     relink: Path | None = _RELINK,
 ) -> None:
-    """Train the ResUNet on every label so far (warm start), evaluate when truth is known.
+    """Train a ResUNet on every label so far; it replaces the current model only if it is better.
+
+    The new network warm-starts from the best one so far and is compared with the current
+    model (the Random Forest before any network) on held-out blocks of your labels that
+    neither was fitted on; the better one pre-fills and exports. While few slices are
+    labelled, the current model's confident predictions of unlabelled slices are added
+    as down-weighted pseudo-labels ([session] pseudo_train). With ground truth, the stack
+    is evaluated (figures include the labelled slices).
 
     Example: activeseg train runs/s1 --steps 200 --device auto
     """
     sess = _open(session, relink)
     with _progress() as progress:
-        res = loop.train(sess, steps=steps, device=device, progress=progress)
+        res = loop.train(sess, steps=steps, device=device, gate=not no_gate, progress=progress)
     h = res["history"]
+    pseudo = h.get("pseudo")
+    extra = f", pseudo-labels on {len(pseudo['slices'])} more" if pseudo else ""
     console.print(f"round {res['round']}: trained {h['steps_run']} steps in {h['seconds']:.0f} s on {h['device']} "
-                  f"(labels on {len(h['labelled_slices'])} slices); model {res['model']}", highlight=False)
+                  f"(labels on {len(h['labelled_slices'])} slices{extra}); network {res['model']}", highlight=False)
     if h.get("kept_previous"):
-        console.print(Text.assemble(("no training step beat the previous model on the held-out pixels; its weights "
-                                     "are kept for this round", "yellow"), " (more steps: --steps, or label more slices)"))
-    if res.get("metrics"):
-        mt = res["metrics"]
-        console.print(f"whole stack vs truth: accuracy {mt['accuracy']:.4f}, solid IoU {mt['iou_solid']:.4f}, "
-                      f"porosity error {mt['porosity_error']:+.4f}", highlight=False)
+        console.print(Text.assemble(("no training step beat the network it started from on the held-out pixels; its "
+                                     "weights are kept", "yellow"), " (more steps: --steps, or label more slices)"))
+    style = "green" if res["gate"]["accepted"] and res["gate"]["verified"] else "yellow"
+    console.print(Text(res["gate_sentence"] + (" (--no-gate)" if not res["gate"]["gated"] else ""), style=style))
+    for what, mt in (("current model", res.get("metrics")), ("new network", res.get("candidate_metrics"))):
+        if mt and (what == "current model" or not res["gate"]["accepted"]):
+            console.print(f"{what}, whole stack vs truth (labelled slices included): accuracy {mt['accuracy']:.4f}, "
+                          f"solid IoU {mt['iou_solid']:.4f}", highlight=False)
+    if res.get("metrics_fell"):
+        f = res["metrics_fell"]
+        console.print(Text(f"the current model's whole-stack {f['metric']} fell from {f['before']:.4f} to {f['after']:.4f} "
+                           "this round", style="yellow"))
     _say_next(sess)
 
 
@@ -621,6 +677,8 @@ def status_cmd(
         return
     console.print(f"session {st['session']}: {st['stack']['path']} "
                   f"({' x '.join(map(str, st['stack']['shape']))}); {st['n_labelled']} of {st['n_slices']} slices labelled")
+    if st.get("sections"):
+        console.print("sections: independent 2D sections (no z context)", highlight=False)
     rows = []
     for r in st["rounds"]:
         mt = r.get("metrics") or {}
@@ -636,10 +694,25 @@ def status_cmd(
             "porosity (change)": (
                 "-" if por is None else f"{por:.3f}" + (f" ({r['porosity_change']:+.3f})" if "porosity_change" in r else "")
             ),
-            "solid IoU": "-" if "iou_solid" not in mt else f"{mt['iou_solid']:.4f}",
+            "solid IoU": "-" if "iou_solid" not in mt else f"{mt['iou_solid']:.4f}" + (" fell" if r.get("metrics_fell") else ""),
+            "class IoU": "-" if not r.get("class_iou") else "/".join(
+                "n/a" if v is None else f"{v:.2f}" for v in r["class_iou"]),
             "accuracy": "-" if "accuracy" not in mt else f"{mt['accuracy']:.4f}",
         })
-    console.print(_fitting_table(rows, left=("strategy", "status", "slices"), drop_order=("audit err", "accuracy", "strategy")))
+    console.print(_fitting_table(rows, left=("strategy", "status", "slices"),
+                                 drop_order=("audit err", "accuracy", "strategy", "class IoU")))
+    if st.get("n_classes", 2) > 2:
+        latest = next((r for r in reversed(st["rounds"]) if r.get("class_iou")), None)
+        classes = "/".join("1 pore" if k == 1 else str(k) for k in range(st["n_classes"]))
+        console.print("solid IoU: mean over the solid phases; " + (
+            f"class IoU ({classes})" if latest is None else f"class IoU r{latest['index']} ({classes}): "
+            + "/".join("n/a" if v is None else f"{v:.2f}" for v in latest["class_iou"])), style="dim", highlight=False)
+    cur = st["current_model"]
+    console.print(f"current model: {'Random Forest' if cur['kind'] == 'rf' else 'network ' + str(cur['version'])}; "
+                  f"{cur['why']}", highlight=False)
+    if any(r.get("metrics_fell") for r in st["rounds"]):
+        console.print("'fell': the current model's whole-stack figure (labelled slices included) dropped in that round",
+                      style="yellow")
     if st["uncertainty"]:
         line, under = _sparkline(st["uncertainty"]["values"], st["labelled_slices"])
         console.print(f"{st['uncertainty']['name']} along z (top of stack on the left; ▲ = labelled):", highlight=False)
@@ -654,8 +727,13 @@ def status_cmd(
 def export_cmd(
     session: Path = _SESSION_ARG,
     out: Path = typer.Argument(..., help="Output TIFF (uint8 segmentation, or float32 with --probabilities); never an input."),
-    probabilities: bool = _flag("Write the pore probability instead of labels.", "--probabilities"),
-    values: str = typer.Option("0,1", "--values", help="Values written for solid,pore (e.g. 0,255 for Fiji)."),
+    probabilities: bool = _flag(
+        "Write probabilities instead of labels: the pore probability (2 classes) or one channel per class.",
+        "--probabilities"),
+    values: str | None = typer.Option(
+        None, "--values",
+        help="One value per class: solid,pore (default 0,1; e.g. 0,255 for Fiji); with C classes C values "
+             "(default 0,1,...,C-1; e.g. 0,128,255)."),
     relink: Path | None = _RELINK,
 ) -> None:
     """Whole-stack segmentation from the latest model (corrected slices from their labels).
@@ -665,13 +743,17 @@ def export_cmd(
 
     Example: activeseg export runs/s1 seg.tif --values 0,255
     """
-    vals = _parse_values(values)  # before --relink changes anything
+    n_classes = int(loop.open_session(session, check_inputs=False).manifest["config"].get("n_classes", 2))
+    vals = _parse_values(values, n_classes)  # before --relink changes anything
     sess = _open(session, relink)
     existed = out.exists()
     with _progress() as progress:
         res = loop.export_segmentation(sess, out, probabilities=probabilities, values=vals, progress=progress)
     console.print(f"{'replaced' if existed else 'wrote'} {res['out']} (model {res['model']}); porosity per slice: "
                   f"{res['porosity_csv']}; mean porosity {res['porosity']:.4f}")
+    if res.get("phase_fractions"):
+        console.print("mean phase fractions (class 0, 1 = pore, 2, ...): "
+                      + ", ".join(f"{f:.4f}" for f in res["phase_fractions"]), highlight=False)
 
 
 @app.command("predict")
@@ -680,20 +762,25 @@ def predict_cmd(
     model: Path = typer.Argument(..., help="A session (its latest network) or a model directory."),
     stack: Path = typer.Argument(..., help="The stack to segment."),
     out: Path = typer.Argument(..., help="Output TIFF; never an input (the stack, the model, the session's files)."),
-    probabilities: bool = _flag("Write the pore probability instead of labels.", "--probabilities"),
-    values: str = typer.Option("0,1", "--values", help="Values written for solid,pore."),
+    probabilities: bool = _flag(
+        "Write probabilities instead of labels: the pore probability (2 classes) or one channel per class.",
+        "--probabilities"),
+    values: str | None = typer.Option(
+        None, "--values", help="One value per class of the network: solid,pore (default 0,1); C values for C classes."),
     axes: str | None = _AXES,
 ) -> None:
     """Apply a trained network to another stack (the deliverable for your next sample).
 
     Example: activeseg predict runs/s1 next_sample.tif next_sample_seg.tif
     """
-    vals = _parse_values(values)
+    vals = _value_list(values)  # checked against the network's classes when it is loaded
     existed = out.exists()
     with _progress() as progress:
         res = loop.predict_to_file(model, stack, out, values=vals, probabilities=probabilities, axes=axes,
                                      progress=progress)
     console.print(f"{'replaced' if existed else 'wrote'} {res['out']} with {res['model']}")
+    if res.get("warning"):
+        console.print(Text("warning: " + res["warning"], style="yellow"))
 
 
 @app.command("run")

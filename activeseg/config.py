@@ -4,7 +4,8 @@ A config file has up to five tables (every key optional)::
 
     [geometry]  voxel_size = [z, y, x] (nm), alpha_deg, beam_sign
     [session]   n_classes, seed, export_radius, score_max_slices, score_reduction,
-                bald_samples, pseudo_threshold, train_on_scribbles
+                bald_samples, pseudo_threshold, train_on_scribbles, sections,
+                pseudo_train, pseudo_slices, pseudo_below
     [rf]        keyword arguments of activeseg.bootstrap.fit_rf (n_estimators, ...)
     [model]     fields of activeseg.model.ModelConfig (arch, encoder, ...)
     [train]     fields of activeseg.train.TrainConfig (steps, patch_size, ...)
@@ -38,7 +39,7 @@ if sys.version_info >= (3, 11):
 else:  # Python 3.10
     import tomli as tomllib
 
-__all__ = ["SessionConfig", "TABLES", "load_config", "validate_config", "model_kwargs"]
+__all__ = ["SessionConfig", "TABLES", "load_config", "validate_config", "model_kwargs", "rf_kwargs"]
 
 TABLES = ("geometry", "session", "rf", "model", "train")
 """The tables of a config file, in the order they are documented."""
@@ -120,6 +121,11 @@ def _range(table: str, key: str, ok: bool, expected: str, value: Any, source: st
         raise ConfigError(f"{source}[{table}] {key}: expected {expected}, got {value!r}")
 
 
+PSEUDO_TRAIN = ("auto", "on", "off")
+"""When ``train`` adds pseudo-labels of unlabelled slices: "auto" while fewer than
+``pseudo_below`` whole slices are labelled, always, or never."""
+
+
 @dataclass(frozen=True)
 class SessionConfig:
     """Everything a session needs to run its steps, stored in the manifest.
@@ -127,6 +133,12 @@ class SessionConfig:
     ``rf``, ``model`` and ``train`` are keyword arguments for
     :func:`activeseg.bootstrap.fit_rf`, :class:`activeseg.model.ModelConfig` and
     :class:`activeseg.train.TrainConfig` (checked by :func:`validate_config`).
+
+    ``sections`` declares the stack a set of unrelated 2D sections, not a z-stack: the
+    RF uses 2D features only (:func:`rf_kwargs`), the network sees the single slice
+    (:func:`model_kwargs`), no beam sign is estimated, and the files to correct hold just
+    the slice (``export_radius`` is 0). False (the default, and what a session without
+    the key means): a z-stack whose neighbouring slices are neighbours.
     """
 
     geometry: Geometry = field(default_factory=Geometry)
@@ -138,6 +150,10 @@ class SessionConfig:
     bald_samples: int = 8
     pseudo_threshold: float = 0.9
     train_on_scribbles: bool = True
+    sections: bool = False
+    pseudo_train: str = "auto"
+    pseudo_slices: int = 8
+    pseudo_below: int = 10
     rf: dict = field(default_factory=dict)
     model: dict = field(default_factory=dict)
     train: dict = field(default_factory=dict)
@@ -158,6 +174,13 @@ class SessionConfig:
         _range("session", "pseudo_threshold", 0.5 <= self.pseudo_threshold <= 1.0, "a probability from 0.5 to 1",
                self.pseudo_threshold, "")
         object.__setattr__(self, "pseudo_threshold", float(self.pseudo_threshold))
+        _range("session", "pseudo_train", self.pseudo_train in PSEUDO_TRAIN, f"one of {', '.join(PSEUDO_TRAIN)}",
+               self.pseudo_train, "")
+        _range("session", "pseudo_slices", self.pseudo_slices >= 1, "an integer >= 1 (unlabelled slices pseudo-labelled)",
+               self.pseudo_slices, "")
+        _range("session", "pseudo_below", self.pseudo_below >= 1, "an integer >= 1 (labelled slices)", self.pseudo_below, "")
+        if self.sections:  # unrelated sections have no neighbours to show around a slice
+            object.__setattr__(self, "export_radius", 0)
 
     def to_dict(self) -> dict:
         d = {f.name: getattr(self, f.name) for f in fields(self)}
@@ -175,6 +198,12 @@ class SessionConfig:
                 f"unknown session setting(s) {', '.join(sorted(unknown))}; valid: "
                 f"{', '.join(sorted(known - {'geometry', 'rf', 'model', 'train'}))} "
                 "and the tables [geometry], [rf], [model], [train]"
+            )
+        if d.get("sections") is True and d.get("export_radius", 0) != 0:
+            raise ConfigError(
+                f"[session] export_radius: expected 0 (or leave it out) with sections = true (init --sections), "
+                f"got {d['export_radius']!r}; independent 2D sections have no neighbouring slices "
+                "to export around a slice to correct"
             )
         return cls(geometry=_geometry(geo or {}, ""), **d)
 
@@ -209,14 +238,58 @@ def _dataclass_hints(cls) -> dict[str, Any]:
 
 
 def model_kwargs(cfg: SessionConfig) -> dict:
-    """Keyword arguments for :class:`activeseg.model.ModelConfig` from a session config."""
+    """Keyword arguments for :class:`activeseg.model.ModelConfig` from a session config.
+
+    A ``sections`` session feeds the network the single slice (``offsets = (0,)``).
+    """
     kw = dict(cfg.model)
     if "offsets" in kw:
         kw["offsets"] = tuple(kw["offsets"])
+    if cfg.sections:
+        kw["offsets"] = (0,)
     if "decoder_channels" in kw and kw["decoder_channels"] is not None:
         kw["decoder_channels"] = tuple(kw["decoder_channels"])
     kw.setdefault("n_classes", cfg.n_classes)
     return kw
+
+
+def rf_kwargs(cfg: SessionConfig) -> dict:
+    """Keyword arguments for :func:`activeseg.bootstrap.fit_rf` from a session config.
+
+    ``[rf] features`` (a table) becomes a :class:`~activeseg.features.FeatureConfig`; a
+    ``sections`` session uses its 2D features only (:meth:`FeatureConfig.two_d`: no
+    z-context or parallax features, so no slice reads another and no beam sign is
+    estimated).
+    """
+    kw = dict(cfg.rf)
+    feats = kw.get("features")
+    if isinstance(feats, dict):
+        feats = FeatureConfig.from_dict(feats)
+    if cfg.sections:
+        feats = (feats if isinstance(feats, FeatureConfig) else FeatureConfig()).two_d()
+    if feats is not None:
+        kw["features"] = feats
+    return kw
+
+
+def _check_sections(cfg: SessionConfig, source: str) -> None:
+    """Settings that read neighbouring slices contradict ``sections = true``: refuse them."""
+    if not cfg.sections:
+        return
+    offsets = cfg.model.get("offsets")
+    if offsets is not None and list(offsets) != [0]:
+        raise ConfigError(
+            f"{source}[model] offsets: expected [0] (or leave it out) with sections = true (init --sections), "
+            f"got {offsets!r}; independent 2D sections give the network no z context"
+        )
+    feats = cfg.rf.get("features")
+    if isinstance(feats, dict):
+        for key in ("z_offsets", "parallax_offsets"):
+            if feats.get(key):
+                raise ConfigError(
+                    f"{source}[rf.features] {key}: expected [] (or leave it out) with sections = true "
+                    f"(init --sections), got {feats[key]!r}; independent 2D sections have no neighbouring slices to compare with"
+                )
 
 
 def validate_config(cfg: SessionConfig, *, source: str = "") -> SessionConfig:
@@ -230,6 +303,7 @@ def validate_config(cfg: SessionConfig, *, source: str = "") -> SessionConfig:
     if isinstance(cfg.rf.get("features"), dict):
         _check_table("rf.features", cfg.rf["features"], _dataclass_hints(FeatureConfig), source)
         _wrap(lambda: FeatureConfig.from_dict(cfg.rf["features"]), "rf.features", source)
+    _check_sections(cfg, source)
     for key in ("n_estimators", "min_samples_leaf", "max_pixels"):
         if key in cfg.rf:
             _range("rf", key, cfg.rf[key] >= 1, "an integer >= 1", cfg.rf[key], source)

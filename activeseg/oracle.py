@@ -137,12 +137,14 @@ def export_for_correction(
     radius: int = 3,
     voxel_size=None,
     preview: bool = True,
+    n_classes: int = 2,
 ) -> dict[int, dict[str, Path]]:
     """Write what a person needs to correct each queried slice.
 
     For slice z: ``z0120_image.tif`` (slices z-radius..z+radius, clamped at the stack
     edges, so the slice to correct is always the middle plane — a ghost can only be told
-    from a cut face by looking along z), ``z0120_mask.tif`` (the pre-filled 0/1 mask to
+    from a cut face by looking along z; ``radius = 0``, as a session of independent 2D
+    sections uses, writes the slice alone), ``z0120_mask.tif`` (the pre-filled 0/1 mask to
     edit; ImageJ TIFF with a LUT), and ``z0120_preview.png`` (image with the mask outline).
     An ``INSTRUCTIONS.txt`` says what to do.
 
@@ -150,7 +152,10 @@ def export_for_correction(
     ----------
     image : (Z, Y, X) array-like (a lazy stack is fine).
     slices : global z of the queried slices.
-    prefill : z -> uint8 (Y, X) pre-filled mask (the current best prediction).
+    prefill : z -> uint8 (Y, X) pre-filled mask (the current best prediction: the
+        most probable class id of every pixel, 0..C-1).
+    n_classes : C; with C >= 3 the instructions and the preview name every phase
+        (0 = first solid, 1 = pore, 2.. further solid phases).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -164,15 +169,26 @@ def export_for_correction(
                                kind="labels")
         files = {"image": stackp, "mask": maskp}
         if preview:
-            files["preview"] = _overlay_png(out_dir / f"z{z:04d}_preview.png", np.asarray(image[z]), prefill[z], z)
+            files["preview"] = _overlay_png(out_dir / f"z{z:04d}_preview.png", np.asarray(image[z]), prefill[z], z,
+                                            n_classes=n_classes)
         written[z] = files
+    if radius > 0:
+        image_note = (
+            "  zNNNN_image.tif  the slice to correct is the MIDDLE plane of this small stack;\n"
+            f"                   the other planes are its neighbours (+-{radius} slices) - a ghost\n"
+            "                   (back wall seen through a pore) drifts between planes, a cut face stays put\n"
+        )
+    else:  # independent 2D sections (or no context asked for): the slice alone
+        image_note = "  zNNNN_image.tif  the slice to correct (one plane)\n"
     atomic_write_text(
         out_dir / "INSTRUCTIONS.txt",
         "Correct the pre-filled masks, one per queried slice:\n\n"
-        "  zNNNN_mask.tif   edit this: 0 = solid, 1 = pore (a 0/255 mask is fine too)\n"
-        "  zNNNN_image.tif  the slice to correct is the MIDDLE plane of this small stack;\n"
-        f"                   the other planes are its neighbours (+-{radius} slices) - a ghost\n"
-        "                   (back wall seen through a pore) drifts between planes, a cut face stays put\n"
+        + (
+            "  zNNNN_mask.tif   edit this: 0 = solid, 1 = pore (a 0/255 mask is fine too, either way round)\n"
+            if n_classes == 2 else
+            f"  zNNNN_mask.tif   edit this: 0 = first solid, 1 = pore, 2..{n_classes - 1} = the further solid phases\n"
+        )
+        + image_note +
         "  zNNNN_preview.png a quick look: the image with the current mask outline\n\n"
         "Open both TIFFs in Fiji or napari, fix the mask, save it under the same name,\n"
         "then run `activeseg import SESSION`. Import a few now and the rest later if you like;\n"
@@ -181,7 +197,7 @@ def export_for_correction(
     return written
 
 
-def _overlay_png(path: Path, image_slice, mask, z: int) -> Path:
+def _overlay_png(path: Path, image_slice, mask, z: int, *, n_classes: int = 2) -> Path:
     plt = figures.pyplot()
     mask = np.asarray(mask)
     lo, hi = np.percentile(image_slice, [0.5, 99.5])
@@ -190,7 +206,15 @@ def _overlay_png(path: Path, image_slice, mask, z: int) -> Path:
     axes[0].set_title(f"slice z={z}", fontsize=9)
     axes[1].imshow(image_slice, cmap="gray", vmin=lo, vmax=max(hi, lo + 1))
     axes[1].contour(mask == 1, levels=[0.5], colors=["tab:orange"], linewidths=0.6)
-    axes[1].set_title("pre-filled mask outline (inside = pore)", fontsize=9)
+    if n_classes == 2:
+        axes[1].set_title("pre-filled mask outline (inside = pore)", fontsize=9)
+    else:  # every further solid phase outlined as well
+        colours = ["tab:cyan", "tab:green", "tab:purple", "tab:red"]
+        for k in range(2, n_classes):
+            if np.any(mask == k):
+                axes[1].contour(mask == k, levels=[0.5], colors=[colours[(k - 2) % len(colours)]], linewidths=0.6)
+        axes[1].set_title("pre-filled outlines: orange = pore, cyan = phase 2"
+                          + (", ..." if n_classes > 3 else ""), fontsize=9)
     for ax in axes:
         ax.set_xticks([])
         ax.set_yticks([])
@@ -222,47 +246,58 @@ def find_mask_files(directory: Path) -> dict[int, Path]:
 
 
 def read_corrections(files: dict[int, Path], shape: tuple[int, int], *, n_classes: int = 2,
-                     n_slices: int | None = None, radius: int | None = None) -> dict[int, np.ndarray]:
+                     n_slices: int | None = None, radius: int | None = None,
+                     prefill: dict[int, np.ndarray] | None = None) -> dict[int, np.ndarray]:
     """Read and validate edited masks ``{z: file}``.
 
-    Accepts 0..C-1 masks, a binary 0/255 mask (read as 0/1, with a log message), and
-    napari's int32 labels when in range (see :func:`activeseg.io.read_labels`). A file
-    of one plane is that slice's mask; a file of ``2 * radius + 1`` planes (a labels
-    layer painted on the exported ``zNNNN_image.tif`` context stack) gives its middle
-    plane, the slice that was queried; a file of ``n_slices`` planes (a labels layer over
-    the whole stack) gives plane ``z``. Any other number of planes is refused. Every
-    problem raises :class:`LabelError` naming the file and slice; nothing is returned
-    unless all files are valid.
+    Accepts 0..C-1 masks, a binary 0/255 mask (anti-aliased edges 252..254 included,
+    split at 128), and napari's int32 labels when in range (see
+    :func:`activeseg.io.read_labels`). A 0/255 mask does not say which value is pore: it
+    is decoded both ways and the reading that agrees more with the slice's pre-filled
+    mask ``prefill[z]`` is kept (:func:`activeseg.io.pick_pore_value`), which is logged
+    with the agreement; without a pre-fill 255 is pore. A file of one plane is that
+    slice's mask; a file of ``2 * radius + 1`` planes (a labels layer painted on the
+    exported ``zNNNN_image.tif`` context stack) gives its middle plane, the slice that
+    was queried; a file of ``n_slices`` planes (a labels layer over the whole stack)
+    gives plane ``z``. Any other number of planes is refused. Every problem raises
+    :class:`LabelError` naming the file and slice; nothing is returned unless all files
+    are valid.
     """
     out = {}
     for z, path in sorted(files.items()):
         name = Path(path).name
         try:
-            found = io.read_labels(path, shape=tuple(shape), n_classes=n_classes, kind="mask")
-        except LabelError as exc:
-            if n_classes == 2 and _is_01_with_255(path, shape):
-                raise LabelError(
-                    f"slice {z}: corrected mask {name} mixes pore = 1 with 255 (Fiji's default foreground "
-                    "colour); paint pore with value 1, or save a pure 0/255 mask (255 = pore everywhere)"
-                ) from None
-            raise LabelError(f"slice {z}: corrected mask {name}: {exc}") from None
-        except (OSError, ValueError) as exc:  # StackError is a ValueError; add the slice
+            found = io.read_label_planes(path, shape=tuple(shape))
+        except (OSError, ValueError) as exc:  # LabelError and StackError are ValueErrors; add the slice
             raise LabelError(f"slice {z}: corrected mask {name}: {exc}") from None
         planes = sorted(found)
         stacked = planes == list(range(len(planes)))
         if len(planes) == 1:
-            mask = found[planes[0]]
+            raw = found[planes[0]]
         elif stacked and radius is not None and len(planes) == 2 * radius + 1:
-            mask = found[planes[radius]]
+            raw = found[planes[radius]]
             log.info("slice %d: %s has %d planes (the exported context); took the middle one", z, name, len(planes))
         elif stacked and n_slices is not None and len(planes) == n_slices:
-            mask = found[z]
+            raw = found[z]
             log.info("slice %d: %s covers the whole stack; took its plane %d", z, name, z)
         else:
             raise LabelError(
                 f"slice {z}: {name} holds {len(planes)} planes; save only the corrected mask of slice {z} "
                 "(one plane, the zNNNN_mask.tif that was exported)"
             )
+        seen = io.mask_255_values(_values(raw)) if n_classes == 2 and raw.dtype.kind in "iu" else None
+        if seen is not None and 255 in seen:
+            mask = _decode_correction(z, raw, seen, None if prefill is None else prefill.get(z))
+        else:
+            try:
+                mask = io.normalize_labels(raw, n_classes=n_classes, kind="mask")
+            except LabelError as exc:
+                if n_classes == 2 and _is_01_with_255(raw):
+                    raise LabelError(
+                        f"slice {z}: corrected mask {name} mixes pore = 1 with 255 (Fiji's default foreground "
+                        "colour); paint pore with value 1, or save a pure 0/255 mask (255 or 0 = pore everywhere)"
+                    ) from None
+                raise LabelError(f"slice {z}: corrected mask {name}: {exc}") from None
         if np.any(mask == UNLABELLED):
             raise LabelError(
                 f"slice {z}: corrected mask {name} leaves pixels unlabelled (255); a corrected slice "
@@ -272,10 +307,26 @@ def read_corrections(files: dict[int, Path], shape: tuple[int, int], *, n_classe
     return out
 
 
-def _is_01_with_255(path: Path, shape: tuple[int, int]) -> bool:
-    """True when a file reads as 0/1 masks with some 255 pixels (pore painted as 255)."""
-    try:
-        found = io.read_labels(path, shape=tuple(shape), n_classes=2, kind="partial")
-    except (OSError, ValueError):
-        return False
-    return any(np.any(m == 1) for m in found.values()) and any(np.any(m == UNLABELLED) for m in found.values())
+def _values(arr: np.ndarray) -> np.ndarray:
+    return np.flatnonzero(np.bincount(arr.ravel(), minlength=256)) if arr.dtype == np.uint8 else np.unique(arr)
+
+
+def _decode_correction(z: int, raw: np.ndarray, seen: list[int], prefill: np.ndarray | None) -> np.ndarray:
+    """A 0/255 correction as 0/1, in the polarity that agrees more with the pre-fill."""
+    what = io.describe_255_values(seen)
+    if prefill is None or np.shape(prefill) != raw.shape:
+        log.info("z%04d: 0/255 mask (%s), 255 read as pore (no pre-filled mask to compare with)", z, what)
+        return io.decode_pore_mask(raw, 255)
+    pore_value, agree = io.pick_pore_value(raw, prefill)
+    log_at = log.info if agree >= 0.75 else log.warning
+    log_at(
+        "z%04d: 0/255 mask, %d read as pore (agrees %.0f %% with the pre-fill)%s", z, pore_value, 100 * agree,
+        "" if agree >= 0.75 else "; neither reading agrees well: check that the mask is of this slice",
+    )
+    return io.decode_pore_mask(raw, pore_value)
+
+
+def _is_01_with_255(raw: np.ndarray) -> bool:
+    """True when a plane holds 0/1 mask values with some 255 pixels (pore painted as 255)."""
+    vals = {int(v) for v in _values(raw)} if raw.dtype.kind in "iu" else set()
+    return 1 in vals and 255 in vals and vals <= {0, 1, 255}

@@ -28,17 +28,17 @@ import torch
 import torch.nn.functional as F
 
 from activeseg.errors import ConfigError, LabelError, ModelError
+from activeseg.holdout import VAL_BLOCK, VAL_FRACTION, held_out
 from activeseg.infer import resolve_autocast
 from activeseg.model import (
     ModelConfig,
     build_model,
     context_indices,
-    intensity_range,
     network_multiple,
     normalise,
     resolve_device,
 )
-from activeseg.network import SegModel
+from activeseg.network import SegModel, training_normalisation
 from activeseg.validation import check_stack
 
 __all__ = ["TrainConfig", "train_model", "segmentation_loss", "IGNORE_INDEX", "collect_labels"]
@@ -85,9 +85,14 @@ class TrainConfig:
         which pore-back ghosts shift (the beam sign); only turn it on for data acquired
         with both beam signs.
     intensity : amplitude of the per-patch contrast/brightness jitter (0 = off).
+    gamma : amplitude of the per-patch gamma drift: the normalised intensities are raised
+        to a power in ``[exp(-gamma), exp(gamma)]`` (0 = off). Like gain and noise it moves
+        no pixel, so the pore-back parallax along y is untouched.
     noise : maximum std of added Gaussian noise in normalised units (0 = off).
     blur : probability of a slight Gaussian blur (sigma 0.7 px) per patch (0 = off).
     dice_weight : weight of the soft Dice term next to cross-entropy.
+    pseudo_weight : loss weight of a patch from a pseudo-labelled slice (the ``pseudo``
+        argument of :func:`train_model`) relative to a patch of human labels (1).
     device : "auto" (CUDA -> MPS -> CPU), "cpu", "cuda", "mps".
     autocast : "auto" (bf16 on CUDA), "bf16" (also on CPU), "off".
     channels_last : None = on CUDA and CPU (1.2-1.3x faster training steps on CPU with
@@ -104,17 +109,19 @@ class TrainConfig:
     weight_decay: float = 1e-4
     schedule: str = "onecycle"
     warmup: float = 0.15
-    val_fraction: float = 0.1
-    val_block: int = 32
+    val_fraction: float = VAL_FRACTION
+    val_block: int = VAL_BLOCK
     val_seed: int = 0
     eval_every: int = 20
     patience: int | None = 80
     flip_x: bool = True
     flip_y: bool = False
     intensity: float = 0.1
+    gamma: float = 0.15
     noise: float = 0.05
     blur: float = 0.2
     dice_weight: float = 1.0
+    pseudo_weight: float = 0.3
     device: str = "auto"
     autocast: str = "auto"
     channels_last: bool | None = None
@@ -133,13 +140,13 @@ class TrainConfig:
             raise ConfigError(f"TrainConfig.epochs must be None or > 0, got {self.epochs!r}")
         if self.patch_size < 16:
             raise ConfigError(f"TrainConfig.patch_size must be at least 16 pixels, got {self.patch_size}")
-        for name in ("lr", "weight_decay", "intensity", "noise", "dice_weight"):
+        for name in ("lr", "weight_decay", "intensity", "gamma", "noise", "dice_weight"):
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
                 raise ConfigError(f"TrainConfig.{name} must be a finite number >= 0, got {v!r}")
         if self.lr <= 0:
             raise ConfigError(f"TrainConfig.lr must be > 0, got {self.lr}")
-        for name in ("warmup", "blur"):
+        for name in ("warmup", "blur", "pseudo_weight"):
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or not 0 <= v <= 1:
                 raise ConfigError(f"TrainConfig.{name} must be in [0, 1], got {v!r}")
@@ -168,6 +175,7 @@ def segmentation_loss(
     *,
     dice_weight: float = 1.0,
     ignore_index: int = IGNORE_INDEX,
+    weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Cross-entropy + soft Dice over labelled pixels only.
 
@@ -177,6 +185,8 @@ def segmentation_loss(
     target : int64 (B, H, W) class ids, ``ignore_index`` = unlabelled.
     dice_weight : weight of the Dice term (mean over classes of ``1 - Dice``, computed
         over the batch's labelled pixels).
+    weight : optional float (B,) weight of each patch (pseudo-labelled patches count less);
+        None = all 1.
 
     Returns
     -------
@@ -188,16 +198,22 @@ def segmentation_loss(
     n_valid = valid.sum()
     if int(n_valid) == 0:
         return logits.sum() * 0.0
-    ce = F.cross_entropy(logits, target, ignore_index=ignore_index, reduction="sum") / n_valid
+    if weight is None:
+        ce = F.cross_entropy(logits, target, ignore_index=ignore_index, reduction="sum") / n_valid
+        pix_w = valid.unsqueeze(1).to(logits.dtype)
+    else:
+        w = weight.to(logits.dtype).view(-1, 1, 1) * valid.to(logits.dtype)
+        per_px = F.cross_entropy(logits, target, ignore_index=ignore_index, reduction="none")
+        ce = (per_px * w).sum() / w.sum().clamp_min(1e-12)
+        pix_w = w.unsqueeze(1)
     if dice_weight == 0:
         return ce
     n_classes = logits.shape[1]
     probs = torch.softmax(logits, dim=1)
     safe = torch.where(valid, target, torch.zeros_like(target))
     onehot = F.one_hot(safe, n_classes).permute(0, 3, 1, 2).to(probs.dtype)
-    vmask = valid.unsqueeze(1).to(probs.dtype)
-    probs = probs * vmask
-    onehot = onehot * vmask
+    probs = probs * pix_w
+    onehot = onehot * pix_w
     dims = (0, 2, 3)
     inter = (probs * onehot).sum(dims)
     denom = probs.sum(dims) + onehot.sum(dims)
@@ -271,45 +287,23 @@ class _Data:
     ctx: list[np.ndarray]  # per labelled slice: K context z ids
     coords: list[np.ndarray]  # per labelled slice: flat indices of (a subsample of) training pixels
     weights: np.ndarray  # probability of drawing each labelled slice
+    loss_weights: np.ndarray  # loss weight of a patch of each slice (1 = human labels)
 
 
-def _split_validation(mask: np.ndarray, fraction: float, block: int, rng: np.random.Generator) -> np.ndarray:
-    """Boolean (Y, X) of held-out pixels: ``block``-sized squares of labelled pixels.
-
-    Which squares are held out depends on ``rng`` only, never on the labels (each square
-    is held out with probability ``fraction``), so a slice whose labels change between
-    rounds (scribbles, then a full correction) keeps the same held-out squares and no
-    pixel moves from training to validation. Nothing is held out when that would take
-    more than half of the slice's labelled pixels, or when fewer than two squares hold
-    labels.
-    """
-    ny, nx = mask.shape
-    held = np.zeros_like(mask, dtype=bool)
-    if fraction <= 0:
-        return held
-    by, bx = math.ceil(ny / block), math.ceil(nx / block)
-    chosen = rng.random((by, bx)) < fraction
-    cells = np.kron(chosen, np.ones((block, block), dtype=bool))[:ny, :nx]
-    labelled_cells = np.add.reduceat(np.add.reduceat(mask.astype(np.int64), np.arange(0, ny, block), axis=0),
-                                     np.arange(0, nx, block), axis=1) > 0
-    held = cells & mask
-    total = int(np.count_nonzero(mask))
-    if labelled_cells.sum() < 2 or total == 0 or np.count_nonzero(held) > 0.5 * total:
-        return np.zeros_like(mask, dtype=bool)
-    return held
-
-
-def _prepare_data(image: Any, labelled: dict[int, np.ndarray], offsets, cfg: TrainConfig, rng: np.random.Generator) -> _Data:
+def _prepare_data(image: Any, labelled: dict[int, np.ndarray], offsets, cfg: TrainConfig, rng: np.random.Generator,
+                  pseudo: dict[int, np.ndarray] | None = None) -> _Data:
     nz = int(image.shape[0])
-    zs = sorted(labelled)
+    pseudo = {z: p for z, p in (pseudo or {}).items() if z not in labelled}
+    zs = sorted(labelled) + sorted(pseudo)
     train, val, ctx, coords, npix = [], [], [], [], []
     cap = 1 << 16
     for z in zs:
-        lab = labelled[z]
-        mask = lab != IGNORE_INDEX
+        lab = labelled[z] if z in labelled else pseudo[z]
         # the held-out blocks of a slice depend on (val_seed, z) only, so they stay held out
-        # when later rounds warm-start from this model
-        held = _split_validation(mask, cfg.val_fraction, cfg.val_block, np.random.default_rng([cfg.val_seed, z]))
+        # when later rounds warm-start from this model; pseudo-labels are never held out
+        # (they are not what a model is judged by)
+        held = (held_out(z, lab, fraction=cfg.val_fraction, block=cfg.val_block, seed=cfg.val_seed) if z in labelled
+                else np.zeros(lab.shape, bool))
         tr = lab.copy()
         tr[held] = IGNORE_INDEX
         va = np.full_like(lab, IGNORE_INDEX)
@@ -330,7 +324,8 @@ def _prepare_data(image: Any, labelled: dict[int, np.ndarray], offsets, cfg: Tra
     # draw slices in proportion to the square root of their labelled pixels, so a fully
     # labelled slice does not drown scribbled ones
     w = np.sqrt(npix_arr)
-    return _Data(zs, train, val, raw, ctx, coords, w / w.sum())
+    loss_w = np.array([1.0 if z in labelled else cfg.pseudo_weight for z in zs], np.float32)
+    return _Data(zs, train, val, raw, ctx, coords, w / w.sum(), loss_w)
 
 
 def _crop(data: _Data, i: int, y0: int, x0: int, ph: int, pw: int, norm, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -351,7 +346,7 @@ def _pad_patch(img: np.ndarray, lab: np.ndarray, multiple: int) -> tuple[np.ndar
 def _sample_batch(data: _Data, cfg: TrainConfig, norm, ps: tuple[int, int], multiple: int, rng: np.random.Generator):
     ph, pw = ps
     ny, nx = data.train[0].shape
-    imgs, labs = [], []
+    imgs, labs, wts = [], [], []
     usable = [i for i, c in enumerate(data.coords) if c.size]
     w = data.weights[usable] / data.weights[usable].sum()
     for _ in range(cfg.batch_size):
@@ -364,7 +359,8 @@ def _sample_batch(data: _Data, cfg: TrainConfig, norm, ps: tuple[int, int], mult
         img, lab = _pad_patch(img, lab, multiple)
         imgs.append(img)
         labs.append(lab)
-    return np.stack(imgs), np.stack(labs)
+        wts.append(data.loss_weights[i])
+    return np.stack(imgs), np.stack(labs), np.asarray(wts, np.float32)
 
 
 def _val_batches(
@@ -433,6 +429,11 @@ def _augment(x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, gen: torch.Gene
             k = _blur_kernel(x.shape[1])
             xb = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), k, groups=x.shape[1])
             x = torch.where(sel[:, None, None, None], xb, x)
+    if cfg.gamma > 0:
+        # gamma on the [0, 1] view of the normalised range (-1 .. 1), the sign kept outside it
+        g = torch.exp(cfg.gamma * (2 * u(b, 1, 1, 1) - 1))
+        t = (x + 1) / 2
+        x = torch.sign(t) * t.abs().pow(g) * 2 - 1
     if cfg.intensity > 0:
         a = cfg.intensity
         gain = 1.0 + a * (2 * u(b, 1, 1, 1) - 1)
@@ -496,6 +497,7 @@ def train_model(
     init: SegModel | None = None,
     callback: TrainCallback | None = None,
     norm: tuple[float, float] | None = None,
+    pseudo: Mapping[int, np.ndarray] | None = None,
 ) -> tuple[SegModel, dict]:
     """Train a segmentation network on the labelled slices of ``image``.
 
@@ -510,20 +512,25 @@ def train_model(
     rng : numpy Generator; the only source of randomness (patches, validation split,
         augmentation, weight init, dropout).
     init : a previous :class:`SegModel` to start from (warm start; its intensity
-        normalisation is kept). It is validated before the first step, so when no step
-        of this training beats it on the held-out pixels its weights are kept
-        (``best_step`` 0, ``kept_init`` True).
+        normalisation mode is kept, :func:`~activeseg.network.training_normalisation`).
+        It is validated before the first step, so when no step of this training beats it
+        on the held-out pixels its weights are kept (``best_step`` 0, ``kept_init`` True).
     callback : ``callback(step, total, info)`` after every step; ``info`` holds
         "loss", "lr" and, after a validation, "val_loss".
-    norm : (lo, hi) raw intensities mapped to -1 / +1; default: the stack's 0.5 / 99.5
-        percentiles (:func:`~activeseg.model.intensity_range`), or ``init.norm``.
+    norm : (lo, hi) raw intensities mapped to -1 / +1 on every stack (mode "fixed"); default:
+        each stack's own 0.5 / 99.5 percentiles (mode "stack_percentiles",
+        :func:`~activeseg.model.intensity_range`), or ``init``'s mode.
+    pseudo : optional ``{z: uint8 (Y, X)}`` pseudo-labels (a model's confident predictions
+        of slices no person labelled; 255 = not confident). Their patches weigh
+        ``config.pseudo_weight`` in the loss, they are never held out, and slices that also
+        have human labels ignore them.
 
     Returns
     -------
     (SegModel, history) where history is a JSON-serialisable dict: per-step "step",
     "loss", "lr"; "val_step", "val_loss"; "best_step", "best_val_loss", "steps_run",
     "stopped_early", "kept_init", "seconds", "labelled_slices", "n_train_pixels",
-    "n_val_pixels", "device".
+    "n_val_pixels", "pseudo_slices", "n_pseudo_pixels", "device".
     """
     cfg = config if config is not None else TrainConfig()
     if not isinstance(cfg, TrainConfig):
@@ -544,11 +551,8 @@ def train_model(
     labelled = collect_labels(labels, shape, model_config.n_classes)
     if not labelled:
         raise LabelError("labels hold no labelled pixel (everything is 255); label at least one slice")
-    if norm is None:
-        norm = init.norm if init is not None else intensity_range(image)
-    norm = (float(norm[0]), float(norm[1]))
-    if not norm[1] > norm[0]:
-        raise ConfigError(f"norm must be (lo, hi) with hi > lo, got {norm}")
+    # per-stack percentiles, or a given fixed range; a warm start keeps its init's mode (docs/architecture.md §6)
+    norm, norm_kw = training_normalisation(image, init=init, norm=norm)
 
     device = resolve_device(cfg.device)
     deterministic = cfg.deterministic if cfg.deterministic is not None else device.type == "cpu"
@@ -563,9 +567,12 @@ def train_model(
         else:
             net = build_model(model_config)
         multiple = network_multiple(net, model_config)
-        data = _prepare_data(image, labelled, model_config.offsets, cfg, np_rng)
+        pseudo_lab = collect_labels(dict(pseudo), shape, model_config.n_classes) if pseudo else {}
+        data = _prepare_data(image, labelled, model_config.offsets, cfg, np_rng, pseudo_lab)
         ps = (min(cfg.patch_size, ny), min(cfg.patch_size, nx))
-        n_train = int(sum(int(np.count_nonzero(t != IGNORE_INDEX)) for t in data.train))
+        n_human = len(labelled)
+        n_train = int(sum(int(np.count_nonzero(t != IGNORE_INDEX)) for t in data.train[:n_human]))
+        n_pseudo = int(sum(int(np.count_nonzero(t != IGNORE_INDEX)) for t in data.train[n_human:]))
         n_val = int(sum(int(np.count_nonzero(v != IGNORE_INDEX)) for v in data.val))
         val = _val_batches(data, norm, ps, multiple, cfg.val_block, np_rng) if n_val else []
         total = cfg.steps
@@ -619,11 +626,12 @@ def train_model(
         step = 0
         net.train()
         for step in range(1, total + 1):
-            xb, yb = _sample_batch(data, cfg, norm, ps, multiple, np_rng)
+            xb, yb, wb = _sample_batch(data, cfg, norm, ps, multiple, np_rng)
             x, y = _augment(torch.from_numpy(xb), torch.from_numpy(yb.astype(np.int64)), cfg, gen)
             with autocast():
                 logits = net(to_dev(x))
-            loss = segmentation_loss(logits, to_dev(y), dice_weight=cfg.dice_weight)
+            loss = segmentation_loss(logits, to_dev(y), dice_weight=cfg.dice_weight,
+                                     weight=None if n_pseudo == 0 else to_dev(torch.from_numpy(wb)))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -668,8 +676,10 @@ def train_model(
         stopped_early=bool(stopped),
         kept_init=bool(init is not None and best_state is not None and best_step == 0),
         seconds=float(seconds),
-        labelled_slices=[int(z) for z in data.zs],
+        labelled_slices=[int(z) for z in data.zs[:n_human]],
+        pseudo_slices=[int(z) for z in data.zs[n_human:]],
         n_train_pixels=n_train,
+        n_pseudo_pixels=n_pseudo,
         n_val_pixels=n_val,
         device=str(device),
     )
@@ -677,6 +687,7 @@ def train_model(
     meta["training"] = {
         "config": cfg.to_dict(),
         "labelled_slices": hist["labelled_slices"],
+        "pseudo_slices": hist["pseudo_slices"],
         "steps_run": hist["steps_run"],
         "best_step": hist["best_step"],
         "best_val_loss": hist["best_val_loss"],
@@ -687,4 +698,4 @@ def train_model(
     }
     rounds = int(meta.get("trainings", 0)) + 1
     meta["trainings"] = rounds
-    return SegModel(net=net, config=model_config, norm=norm, metadata=meta, device=cfg.device), hist
+    return SegModel(net=net, config=model_config, metadata=meta, device=cfg.device, **norm_kw), hist

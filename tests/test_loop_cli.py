@@ -409,8 +409,8 @@ def test_retraining_a_round_keeps_the_committed_model(data, session):
     first = json.loads((session / "activeseg.json").read_text())["model"]["path"]
     weights = (session / first / "model.safetensors").read_bytes()
     ok(["train", session])
-    second = json.loads((session / "activeseg.json").read_text())["model"]["path"]
-    assert second != first
+    second = json.loads((session / "activeseg.json").read_text())["rounds"][-1]["candidate_model"]
+    assert second != first and (session / second / "model.safetensors").exists()
     assert (session / first / "model.safetensors").read_bytes() == weights
 
 
@@ -429,7 +429,7 @@ def test_a_warm_start_kept_over_its_training_is_recorded_and_said(data, session,
     ok(["train", session])
     monkeypatch.setattr(train_mod, "train_model", no_better)
     out = ok(["train", session])
-    assert "no training step beat the previous model" in out
+    assert "no training step beat the network it started from" in out
     m = json.loads((session / "activeseg.json").read_text())
     assert m["rounds"][-1]["train"]["kept_previous"] is True and m["rounds"][-1]["train"]["warm_start"] is True
 

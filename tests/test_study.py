@@ -107,8 +107,11 @@ def test_trials_are_averaged_over_seeds_and_changed_runs_are_refused(tmp_path, t
     kw = dict(image=tmp_path / "data" / "image.tif", truth=tmp_path / "data" / "truth.tif", config=cfg)
     assert all(r["status"] == "done" for r in study.run_study(tmp_path / "st", runs, **kw))
     out = study.summarise(tmp_path / "st")
-    per_seed = [json.loads(next((tmp_path / "st" / "runs" / r.name / "rounds" / "r001").glob("metrics-*.json")).read_text())
-                for r in runs]
+    def current_metrics(run_dir):  # the file of the model the round made current (the gate may keep the RF)
+        m = json.loads((run_dir / "activeseg.json").read_text())
+        return json.loads((run_dir / m["rounds"][1]["metrics_file"]).read_text())
+
+    per_seed = [current_metrics(tmp_path / "st" / "runs" / r.name) for r in runs]
     z = out["paper_indices"][1]
     row = next(r for r in out["paper_table"] if r["Predicted image"] == f"Index-{z}, Accuracy")
     assert row["2 distributed"] == pytest.approx(np.mean([p["per_slice"]["accuracy"][z] for p in per_seed]))

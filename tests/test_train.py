@@ -265,7 +265,7 @@ def test_label_values_are_checked_before_any_cast(value):
 
 
 def test_held_out_squares_do_not_depend_on_the_labels():
-    from activeseg.train import _split_validation
+    from activeseg.holdout import split_validation as _split_validation
 
     scribbles = np.zeros((96, 96), bool)
     scribbles[::7, :] = True  # sparse strokes over the whole slice

@@ -3,9 +3,16 @@
 Helpers shared by the steps (:mod:`activeseg.loop.steps`), the outputs and the status:
 opening the session and checking its inputs against their fingerprints, the stack /
 truth / depth, the config, the random generator, the labels (append-only files minus the
-tombstones of ``revert``), the current model (the latest network, or the Random Forest
-before any network exists: the RF is refit deterministically from the stored labels and
-seed, never pickled). See docs/architecture.md §5.
+tombstones of ``revert``), the current model (the network the gate accepted last, or the
+Random Forest; :func:`current_entry`) and the best network so far (:func:`best_network`).
+The Random Forest is fitted without the held-out blocks of :mod:`activeseg.holdout`.
+The fitted RF is kept in the session as ``rf/rf-KEY.npz`` (its trees' arrays, no pickle;
+:func:`activeseg.bootstrap.save_rf`), named in the
+manifest as ``rf = {"path", "key"}``; the key hashes what the forest is fitted from
+(:func:`rf_key`: labels, RF settings, seed, stack, :data:`RF_FIT_RULE`). A command loads
+it instead of refitting; a forest whose key no longer matches, or whose file is missing
+or damaged, is fitted again deterministically from the labels and seed (and stored by a
+writing step). See docs/architecture.md §5.
 """
 
 from __future__ import annotations
@@ -23,9 +30,10 @@ from pathlib import Path
 import numpy as np
 
 from activeseg import io
-from activeseg.bootstrap import fit_rf
-from activeseg.config import SessionConfig
-from activeseg.errors import SessionError
+from activeseg.bootstrap import fit_rf, load_rf, save_rf
+from activeseg.config import SessionConfig, rf_kwargs
+from activeseg.errors import ModelError, SessionError
+from activeseg.holdout import session_rule, without_held_out
 from activeseg.session import Session, file_fingerprint, sha256_file, stat_key
 
 log = logging.getLogger("activeseg")
@@ -47,11 +55,18 @@ def open_image(session: Session):
 
 
 def open_truth(session: Session):
-    """The ground-truth labels (lazy) or None."""
+    """The ground-truth labels (lazy) or None.
+
+    A truth given as a binary 0/255 mask (``pore_value`` 0 or 255 in the manifest's
+    truth entry; absent = labels as they are) is decoded to 0/1 slice by slice.
+    """
     t = session.manifest.get("truth")
     if not t:
         return None
-    return io.open_stack(t["path"], crop=session.manifest["stack"].get("crop"))
+    stack = io.open_stack(t["path"], crop=session.manifest["stack"].get("crop"))
+    if t.get("pore_value") is None:
+        return stack
+    return io.PoreMaskStack(stack, t["pore_value"])
 
 
 def open_depth(session: Session):
@@ -219,40 +234,160 @@ def write_labels(session: Session, m: dict, rnd: dict, corrections, *, kind: str
     return rel
 
 
+RF_FIT_RULE = 2
+"""The rule by which a session fits its Random Forest from its labels (features, pixel
+sample, beam-sign estimation, the held-out blocks left out, ...). Bump it when that rule
+changes: the forests stored under the old rule then no longer match their key and are
+fitted again. 2: the held-out blocks of :mod:`activeseg.holdout` are left out of the fit."""
+
+RF_DIR = "rf"
+"""Session folder of the stored forest (``rf/rf-KEY.npz``, :func:`activeseg.bootstrap.save_rf`)."""
+
 _RF_CACHE: dict = {}
 
 
-def fit_session_rf(session: Session, image, *, progress: Progress = no_progress, manifest: dict | None = None):
-    """The RF on all committed labels (or those of ``manifest``, before it is committed),
-    refit deterministically (cached per process)."""
-    m = session.manifest if manifest is None else manifest
-    key = (str(session.root.resolve()), labels_version(m))
-    if key in _RF_CACHE:
-        return _RF_CACHE[key]
+def rf_key(session: Session, m: dict) -> str:
+    """What a session's forest is fitted from, hashed: the labels (:func:`labels_version`
+    and the label files' bytes), the RF settings, geometry and classes of the config, the
+    RF seed, the stack's SHA-256 and :data:`RF_FIT_RULE`. ``n_jobs`` does not count (it
+    changes speed, not the forest)."""
     cfg = session_config(session)
-    labels = labels_dict(session, manifest=m)
-    if not labels:
-        raise SessionError(
-            f"session {session.root} has no labels yet; run `activeseg bootstrap {shell_quote(session.root)}` first"
-        )
-    seed = int(m["bootstrap"]["rf_seed"])
-    progress("fit RF", 0, 1)
-    rf = fit_rf(image, labels, rng=np.random.default_rng(seed), geometry=cfg.geometry, n_classes=cfg.n_classes, **cfg.rf)
-    progress("fit RF", 1, 1)
-    _RF_CACHE.clear()
-    _RF_CACHE[key] = rf
+    h = hashlib.sha256()
+    for rel in label_files(m):  # a retried step may write other masks under a file name an uncommitted try used
+        p = session.path(rel)
+        if p.exists():
+            h.update(rel.encode() + sha256_file(p).encode())
+    settings = {k: v for k, v in cfg.to_dict().items() if k in ("geometry", "n_classes", "sections")}
+    what = {
+        "rule": RF_FIT_RULE,
+        "labels": labels_version(m),
+        "label_bytes": h.hexdigest(),
+        "rf": {k: v for k, v in cfg.rf.items() if k != "n_jobs"},
+        **settings,
+        "seed": int(m["bootstrap"]["rf_seed"]),
+        "stack": m["stack"].get("sha256"),
+        "held_out": session_rule(cfg.train, cfg.seed),
+    }
+    return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _load_stored_rf(session: Session, m: dict, key: str, n_jobs: int):
+    """The forest the manifest names when its key is ``key``; None (with a warning when a
+    named file cannot be used) otherwise."""
+    entry = m.get("rf")
+    if not isinstance(entry, dict) or entry.get("key") != key or not isinstance(entry.get("path"), str):
+        return None
+    path = session.path(entry["path"])
+    try:
+        rf = load_rf(path, key=key, n_jobs=n_jobs)
+    except ModelError as exc:
+        log.warning("%s: fitting it again now", exc)
+        return None
+    log.debug("loaded the stored Random Forest %s", path)
     return rf
 
 
-def current_model(session: Session, image, *, progress: Progress = no_progress):
-    """``(kind, version, model)``: the latest network, or the RF before any network."""
-    m = session.manifest
-    if m.get("model"):
+def _store_rf(session: Session, m: dict, rf, key: str) -> None:
+    """Write ``rf/rf-KEY.npz`` and name it in ``m`` (committed by the caller); remove the
+    files of other keys except the one the committed manifest names."""
+    rel = f"{RF_DIR}/rf-{key}.npz"
+    save_rf(rf, session.path(rel), key=key)
+    m["rf"] = {"path": rel, "key": key}
+    committed = (session.manifest.get("rf") or {}).get("path")
+    for old in session.path(RF_DIR).glob("rf-*.npz"):
+        if f"{RF_DIR}/{old.name}" not in (rel, committed):
+            with contextlib.suppress(OSError):
+                old.unlink()
+
+
+def fit_session_rf(session: Session, image, *, progress: Progress = no_progress, manifest: dict | None = None):
+    """The RF on all committed labels (or those of ``manifest``, before it is committed).
+
+    Found in this order: the in-process cache; the file ``rf/rf-KEY.npz`` that the
+    manifest names (``m["rf"] = {"path", "key"}``) when its key is :func:`rf_key` of the
+    manifest; else fitted deterministically from the labels and the stored seed. A named
+    file that is missing or cannot be loaded is fitted again with a warning. Inside a
+    writing step (``session.is_writing``) with a ``manifest`` the step will commit, a
+    forest not stored yet under that key is saved and named in ``manifest["rf"]``;
+    read-only callers (``export``, ``status``) never write.
+    """
+    m = session.manifest if manifest is None else manifest
+    if not m.get("bootstrap") or not label_files(m):
+        raise SessionError(
+            f"session {session.root} has no labels yet; run `activeseg bootstrap {shell_quote(session.root)}` first"
+        )
+    cfg = session_config(session)
+    key = rf_key(session, m)
+    cache_key = (str(session.root.resolve()), key)
+    n_jobs = int(cfg.rf.get("n_jobs", -1))
+    stored = (m.get("rf") or {}).get("key") == key
+    rf = _RF_CACHE.get(cache_key)
+    if rf is None and stored:
+        rf = _load_stored_rf(session, m, key, n_jobs)
+        stored = rf is not None
+    if rf is None:
+        labels = labels_dict(session, manifest=m)
+        if not labels:
+            raise SessionError(
+                f"session {session.root} has no labels yet; run `activeseg bootstrap {shell_quote(session.root)}` first"
+            )
+        seed = int(m["bootstrap"]["rf_seed"])
+        # the held-out blocks stay out of the RF too: the gate compares models on pixels neither saw
+        fit_labels = without_held_out(labels, **session_rule(cfg.train, cfg.seed))
+        progress("fit RF", 0, 1)
+        rf = fit_rf(image, fit_labels, rng=np.random.default_rng(seed), geometry=cfg.geometry, n_classes=cfg.n_classes,
+                    **rf_kwargs(cfg))
+        progress("fit RF", 1, 1)
+    _RF_CACHE.clear()
+    _RF_CACHE[cache_key] = rf
+    if not stored and manifest is not None and session.is_writing:
+        _store_rf(session, manifest, rf, key)
+    return rf
+
+
+def current_entry(m: dict) -> dict:
+    """The current model's manifest entry: ``{"kind": "rf"}`` or ``{"kind": "resunet", "path", "version", ...}``.
+
+    ``m["current"]`` is what the gate decided (:mod:`activeseg.loop.gate`); a session
+    from before the gate has none, and its current model is its latest network, or the
+    RF before any.
+    """
+    cur = m.get("current")
+    if cur is not None:
+        return cur
+    return {"kind": "resunet", **m["model"]} if m.get("model") else {"kind": "rf"}
+
+
+def current_model(session: Session, image, *, progress: Progress = no_progress, manifest: dict | None = None):
+    """``(kind, version, model)`` of the current model: the network the gate accepted
+    last, or the Random Forest while none was accepted.
+
+    ``manifest``: the manifest a writing step will commit (a Random Forest fitted here
+    is then stored with it; :func:`fit_session_rf`)."""
+    m = session.manifest if manifest is None else manifest
+    cur = current_entry(m)
+    if cur["kind"] == "resunet":
         from activeseg.network import load_model  # torch: only once a network exists
 
-        net = load_model(session.path(m["model"]["path"]), device=m["model"].get("device", "auto"))
-        return "resunet", m["model"]["version"], net
-    return "rf", "rf-" + labels_version(m), fit_session_rf(session, image, progress=progress)
+        net = load_model(session.path(cur["path"]), device=cur.get("device", "auto"))
+        return "resunet", cur["version"], net
+    return "rf", "rf-" + labels_version(m), fit_session_rf(session, image, progress=progress, manifest=manifest)
+
+
+def best_network(session: Session, m: dict | None = None):
+    """``(version, network)`` of the best network so far (``m["model"]``), or ``(None, None)``.
+
+    The current network when the gate accepted one; while the RF is current, the best
+    candidate the gate turned down. Warm starts and the network-only scores (MC-dropout
+    BALD, TTA variance, RF disagreement) come from it.
+    """
+    m = session.manifest if m is None else m
+    entry = m.get("model")
+    if not entry:
+        return None, None
+    from activeseg.network import load_model  # torch: only once a network exists
+
+    return entry["version"], load_model(session.path(entry["path"]), device=entry.get("device", "auto"))
 
 
 def last_round(m: dict) -> dict | None:

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from activeseg.loop.state import labelled_slices, last_round, pending_slices, reverted_in, reverted_pairs, shell_quote
+from activeseg.loop.gate import Verdict
+from activeseg.loop.state import (
+    current_entry,
+    labelled_slices,
+    last_round,
+    pending_slices,
+    reverted_in,
+    reverted_pairs,
+    shell_quote,
+)
 from activeseg.session import Session
 
 
@@ -52,6 +61,10 @@ def status(session: Session) -> dict:
                 float(np.mean([costs[str(z)] / px for z in full if str(z) in costs])) if r["index"] > 0 and full else None
             ),
             "metrics": r.get("metrics"),
+            "class_iou": _class_iou(r.get("metrics")),
+            "candidate_metrics": r.get("candidate_metrics"),
+            "gate": r.get("gate"),
+            "metrics_fell": r.get("metrics_fell"),
             "reverted": sorted(reverted_in(m, r)),
         }
         if r.get("audit") is not None and str(r["audit"]) in costs:
@@ -78,12 +91,41 @@ def status(session: Session) -> dict:
         "session": str(session.root),
         "stack": {"path": m["stack"]["path"], "shape": m["stack"]["shape"]},
         "has_truth": bool(m.get("truth")),
+        "n_classes": int((m.get("config") or {}).get("n_classes", 2)),
+        "sections": bool((m.get("config") or {}).get("sections", False)),  # absent in older sessions: a z-stack
         "rounds": rounds,
         "labelled_slices": labelled_slices(m),
         "n_labelled": len(labelled_slices(m)),
         "n_slices": nz,
         "model": m.get("model"),
+        "current_model": current_summary(m),
         "tombstones": m.get("tombstones", []),
         "uncertainty": uncertainty,
         "next_step": next_step(session),
     }
+
+
+def current_summary(m: dict) -> dict:
+    """Which model pre-fills and exports now, and why (the last gate's decision, with both figures)."""
+    cur = current_entry(m)
+    gate = next((r["gate"] for r in reversed(m["rounds"]) if r.get("gate")), None)
+    if gate is None:
+        why = ("no network trained yet" if cur["kind"] == "rf" else "the latest network (trained before the gate existed)")
+    else:
+        fields = Verdict.__dataclass_fields__
+        why = Verdict(**{k: v for k, v in gate.items() if k in fields}).sentence()
+        if not gate.get("gated", True):
+            why += " (accepted with --no-gate)"
+    return {"kind": cur["kind"], "version": cur.get("version"), "path": cur.get("path"), "why": why}
+
+
+def _class_iou(metrics: dict | None) -> list | None:
+    """Per-class IoU ``[iou_c0, iou_c1, ...]`` of a round's metrics (sessions of C >= 3
+    classes; None for binary ones, whose metrics hold ``iou_solid`` / ``iou_pore``)."""
+    if not metrics or "iou_c0" not in metrics:
+        return None
+    out, k = [], 0
+    while f"iou_c{k}" in metrics:
+        out.append(metrics[f"iou_c{k}"])
+        k += 1
+    return out

@@ -14,6 +14,7 @@ labels back with a tombstone. See docs/architecture.md §1 and §5.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -27,12 +28,16 @@ import numpy as np
 from activeseg import io, registry, uncertainty
 from activeseg.config import SessionConfig, load_config, model_kwargs, validate_config
 from activeseg.errors import ConfigError, LabelError, SessionError
-from activeseg.features import feature_embeddings
+from activeseg.features import adjacent_correlation, feature_embeddings
+from activeseg.holdout import held_out_labels
 from activeseg.loop.evaluate import evaluate_model
+from activeseg.loop.gate import judge
 from activeseg.loop.state import (
     LABEL_KINDS,
     Progress,
+    best_network,
     committed_value,
+    current_entry,
     current_model,
     discard_uncommitted,
     fit_session_rf,
@@ -80,19 +85,41 @@ def init_session(
     crop: str | None = None,
     seed: int | None = None,
     axes: str | None = None,
+    sections: bool = False,
+    pore_value: int | None = None,
 ) -> Session:
     """Create a session for one stack.
 
     The truth and depth of a ``synth`` output are found beside its image when not
     given, and the acquisition geometry is read from ``synth.json`` there, else from the
     stack's metadata, else from the config.
+
+    ``n_classes`` follows the labels: a truth holding exactly the values ``0..C-1`` with
+    ``C >= 3`` (0 = first solid, 1 = pore, 2.. further solid phases) makes a session of
+    C classes unless the config sets ``n_classes`` (a :class:`SessionConfig` always does).
+
+    ``sections=True`` (or ``[session] sections = true`` in the config) declares the stack
+    a set of unrelated 2D sections: nothing reads a slice's neighbours (2D RF features,
+    single-slice network input, no beam sign, the slice alone in the files to correct;
+    :class:`~activeseg.config.SessionConfig`). Without it, the correlation of a few
+    adjacent slice pairs is measured, and a warning names the flag when they hardly
+    correlate (median Pearson r below ``SECTIONS_R``).
+
+    ``pore_value`` (0 or 255) says the truth is a binary 0/255 mask and which value is
+    pore; it is stored in the manifest's truth entry and the truth is decoded wherever it
+    is read (:func:`activeseg.loop.state.open_truth`). A 0/255 truth without it is refused.
     """
     image = Path(image)
+    pore_value = io.check_pore_value(pore_value)
     if isinstance(config, (str, Path)):
         config = load_config(Path(config))
     cfg_dict = config.to_dict() if isinstance(config, SessionConfig) else dict(config or {})
     if seed is not None:
         cfg_dict["seed"] = int(seed)
+    if sections:
+        cfg_dict["sections"] = True
+        if isinstance(config, SessionConfig):  # its export_radius is a default, not a choice: sections sets 0
+            cfg_dict.pop("export_radius", None)
     beside = image.parent if image.is_file() else None
     synth_meta = None
     if beside is not None and (beside / "synth.json").exists() and image.name == "image.tif":
@@ -104,6 +131,8 @@ def init_session(
         flat = io.intensity_warning(img)  # also reads sample slices: NaN/inf fail here, before anything is written
         if flat:
             log.warning("%s", flat)
+        # said once the inputs are known to be usable (an error comes alone)
+        uncorrelated = _sections_warning(img, image) if not flat and cfg_dict.get("sections") is not True else None
     geo = dict(cfg_dict.get("geometry") or {})
     if synth_meta and "geometry" in synth_meta:
         for k, v in synth_meta["geometry"].items():
@@ -112,6 +141,11 @@ def init_session(
         geo["voxel_size"] = list(vs)
     cfg_dict["geometry"] = geo
     cfg = validate_config(SessionConfig.from_dict(cfg_dict))
+    if truth is not None and pore_value is None and "n_classes" not in cfg_dict:
+        found = _truth_classes(Path(truth), crop)  # n_classes follows the labels (docs/architecture.md §3)
+        if found is not None and found > cfg.n_classes:
+            log.info("truth %s holds classes 0..%d: the session uses n_classes = %d", truth, found - 1, found)
+            cfg = SessionConfig.from_dict({**cfg.to_dict(), "n_classes": found})
     manifest: dict[str, Any] = {
         "stack": {
             **file_fingerprint(image),
@@ -127,6 +161,8 @@ def init_session(
         "rng_state": np.random.default_rng(cfg.seed).bit_generator.state,
         "rounds": [],
         "model": None,
+        "rf": None,  # the stored Random Forest, once one is fitted (loop.state.fit_session_rf)
+        "current": {"kind": "rf"},  # the model that pre-fills and exports (the gate: loop.gate)
     }
     for key, path in (("truth", truth), ("depth", depth)):
         if path is None:
@@ -135,15 +171,85 @@ def init_session(
             if tuple(t.shape) != shape:
                 raise LabelError(f"{key} {path} has shape {tuple(t.shape)} but the image has {shape}; they must match")
             if key == "truth":
-                for z in np.linspace(0, shape[0] - 1, min(shape[0], 8)).astype(int):
-                    v = np.asarray(t[int(z)])
-                    if v.max() >= cfg.n_classes:
-                        raise LabelError(
-                            f"truth {path} slice {z} holds value {v.max()}, outside 0..{cfg.n_classes - 1} "
-                            "(0 = solid, 1 = pore)"
-                        )
+                _check_truth_values(t, Path(path), cfg.n_classes, pore_value)
         manifest[key] = file_fingerprint(Path(path))
+        if key == "truth" and pore_value is not None:
+            manifest["truth"]["pore_value"] = pore_value
+    if pore_value is not None and manifest["truth"] is None:
+        raise ConfigError(
+            f"pore_value={pore_value} (--pore-value) says how to read a 0/255 ground truth, but no truth was given; "
+            "give --truth FILE or leave --pore-value out"
+        )
+    if uncorrelated:
+        log.warning("%s", uncorrelated)
     return Session.create(Path(root), manifest)
+
+
+def _truth_classes(path: Path, crop: str | None) -> int | None:
+    """C when the truth holds exactly the values ``0..C-1`` with ``3 <= C <= 32`` (every slice
+    read, one at a time), else None (two classes, a 0/255 mask, gaps: left to the checks)."""
+    seen = np.zeros(256, dtype=bool)
+    with io.open_stack(path, crop=crop) as t:
+        if np.dtype(t.dtype).kind not in "ui":
+            return None
+        for z in range(int(t.shape[0])):
+            v = np.asarray(t[z])
+            if v.min(initial=0) < 0 or v.max(initial=0) > 255:
+                return None
+            seen |= np.bincount(v.ravel().astype(np.int64), minlength=256).astype(bool)
+    n = int(np.flatnonzero(seen).max(initial=0)) + 1
+    return n if 3 <= n <= 32 and seen[:n].all() else None
+
+
+def _check_truth_values(t, path: Path, n_classes: int, pore_value: int | None) -> None:
+    """A few evenly spaced truth slices hold classes 0..C-1, or, with ``pore_value``, a
+    binary 0/255 mask; a 0/255 mask without ``pore_value`` is refused naming the option."""
+    nz = int(t.shape[0])
+    zs = [int(z) for z in np.linspace(0, nz - 1, min(nz, 8)).astype(int)]
+    values: set[int] = set()
+    for z in zs:
+        v = np.asarray(t[z])
+        vals = np.flatnonzero(np.bincount(v.ravel(), minlength=256)) if v.dtype == np.uint8 else np.unique(v)
+        values |= {int(x) for x in vals}
+        if pore_value is None and v.max() >= n_classes:
+            seen = io.mask_255_values(sorted(values)) if n_classes == 2 else None
+            if seen is not None:
+                raise LabelError(
+                    f"truth {path} is a binary 0/255 mask (slice {z} holds {io.describe_255_values(seen)}), which "
+                    "does not say which value is pore: give --pore-value 255 (255 = pore) or --pore-value 0 "
+                    "(0 = pore); library: pore_value=255 or 0"
+                )
+            raise LabelError(
+                f"truth {path} slice {z} holds value {v.max()}, outside 0..{n_classes - 1} "
+                "(0 = solid, 1 = pore)"
+            )
+    if pore_value is None:
+        return
+    if n_classes != 2:
+        raise ConfigError(f"--pore-value reads a two-class 0/255 mask, but the session has n_classes={n_classes}")
+    if max(values, default=0) < 128:
+        raise LabelError(
+            f"truth {path} holds values {', '.join(map(str, sorted(values)[:8]))} (sampled slices {zs[0]}..{zs[-1]}), "
+            "none of 128 or more, so it is not a 0/255 mask; its 0 = solid, 1 = pore are read as they are: "
+            "leave --pore-value out"
+        )
+
+
+SECTIONS_R = 0.3
+"""Median Pearson r of adjacent slices below which ``init`` suggests ``--sections``.
+
+Adjacent slices of synthetic hard pore-back stacks (every shipped structure, and a real
+segmented cathode rendered by the simulator) correlate at r = 0.84-0.96, unrelated
+synthetic sections at |r| < 0.1 (``adjacent_correlation``)."""
+
+
+def _sections_warning(img, path: Path) -> str | None:
+    """The warning when adjacent slices hardly correlate (likely independent 2D sections), or None."""
+    r = adjacent_correlation(img, n_pairs=8)
+    if r.size and float(np.median(r)) < SECTIONS_R:
+        return (f"adjacent slices of {path} hardly correlate (median r = {float(np.median(r)):.2f} over {r.size} pairs): "
+                "if these are independent 2D sections, not a z-stack, run init again with --sections")
+    return None
 
 
 def _check_two_classes(corr, n_classes: int, path: Path | None) -> None:
@@ -155,8 +261,10 @@ def _check_two_classes(corr, n_classes: int, path: Path | None) -> None:
         return
     hint = ""
     if path is not None:
-        hint = (f"; if {path} is a binary 0/255 mask (Fiji's default), 255 reads as 'unlabelled' here: "
-                "save pore as 1 (Fiji: Process > Math > Divide... by 255)")
+        seen = " (it holds values 0 and 255 only)" if present == {0} else ""
+        hint = (f"; if {path} is a binary 0/255 mask (Fiji's default){seen}, 255 reads as 'unlabelled' here: "
+                "say which value is pore with --pore-value 255 (255 = pore) or --pore-value 0 (0 = pore), "
+                "or save pore as 1 (Fiji: Process > Math > Divide... by 255)")
     raise LabelError(
         f"the bootstrap labels hold only class {sorted(present) or 'none'} of 0..{n_classes - 1}; "
         f"label pixels of every class (solid = 0, pore = 1) on at least one slice{hint}"
@@ -172,17 +280,26 @@ def bootstrap(
     simulate_scribbles: bool = False,
     scribble_budget: int | None = None,
     progress: Progress = no_progress,
+    pore_value: int | None = None,
 ) -> dict:
     """Round 0: the first labels, and an RF fitted on them.
 
     Exactly one source: ``scribbles`` (ilastik convention file), ``labels`` (fully
     labelled slices drawn in Fiji/napari; 255 or absent = unlabelled), or ``slices``
     (global z taken from the session's ground truth; with ``simulate_scribbles``,
-    simulated strokes drawn from the truth of those slices instead).
+    simulated strokes drawn from the truth of those slices instead). ``pore_value``
+    (0 or 255) reads ``labels`` as a binary 0/255 mask whose value ``pore_value`` is
+    pore (:func:`activeseg.io.read_labels`); slices of one value only count as not drawn.
     """
     given = [x is not None for x in (scribbles, labels, slices)]
     if sum(given) != 1:
         raise ConfigError("bootstrap needs exactly one of --scribbles FILE, --labels FILE or --slices Z,Z,...")
+    pore_value = io.check_pore_value(pore_value)
+    if pore_value is not None and labels is None:
+        raise ConfigError(
+            "--pore-value says how to read a 0/255 mask given with --labels; the truth's polarity was set at "
+            "init and scribbles follow ilastik's convention: leave --pore-value out"
+        )
     with session.writing("bootstrap"):
         m = session.manifest
         if m["rounds"]:
@@ -207,6 +324,13 @@ def bootstrap(
             bad = [z for z in zs if not 0 <= z < shape[0]]
             if bad:
                 raise ConfigError(f"--slices {bad} outside the stack (0..{shape[0] - 1})")
+            for z in zs:  # init checked a sample of the truth's slices; these are the ones taken
+                top = int(np.asarray(truth[z]).max(initial=0))
+                if top >= cfg.n_classes:
+                    raise LabelError(
+                        f"truth {m['truth']['path']} slice {z} holds value {top}, outside 0..{cfg.n_classes - 1} "
+                        "(0 = solid, 1 = pore)"
+                    )
             if simulate_scribbles:
 
                 kw = {} if scribble_budget is None else {"budget": scribble_budget}
@@ -219,7 +343,8 @@ def bootstrap(
             given_path = scribbles or labels
             assert given_path is not None  # exactly one source was given (checked above)
             path = Path(given_path)
-            found = io.read_labels(path, shape=shape, n_classes=cfg.n_classes, kind="scribble" if scribbles else "partial")
+            found = io.read_labels(path, shape=shape, n_classes=cfg.n_classes, kind="scribble" if scribbles else "partial",
+                                   pore_value=pore_value)
             if not found:
                 raise LabelError(f"{path} holds no labelled pixels; draw some labels first")
             source = "scribble" if scribbles else "corrected"
@@ -244,6 +369,8 @@ def bootstrap(
         label_file = scribbles or labels
         if label_file is not None:  # an input of the session from now on: outputs never overwrite it
             m["bootstrap"]["path"] = str(Path(label_file).resolve())
+        if pore_value is not None:
+            m["bootstrap"]["pore_value"] = pore_value
         m["rounds"].append(rnd)
         store_rng(m, rng)
         # fit before the commit: labels the RF cannot learn from leave the session as it was
@@ -253,16 +380,48 @@ def bootstrap(
     return {"round": 0, "slices": sorted(int(c.z) for c in full + part), "kind": "full" if full else "partial", "rf": repr(rf)}
 
 
+def _fit_and_store_rf(session: Session, m: dict, progress: Progress = no_progress) -> None:
+    """A step that changed the labels fits the Random Forest on the labels of ``m`` and
+    stores it with its commit (``rf/rf-KEY.npz``, ``m["rf"]``) while the RF is the current
+    model, so that the next query, train or export only loads it."""
+    if current_entry(m)["kind"] != "rf" or not labels_dict(session, manifest=m):
+        return
+    try:
+        with open_image(session) as image:
+            fit_session_rf(session, image, progress=progress, manifest=m)
+    except LabelError as exc:  # e.g. one class left after a revert: the step that needs the RF says so
+        log.warning("the Random Forest cannot be fitted on the labels now (%s)", exc)
+
+
 def _score_slices_for(session: Session, n_slices: int) -> np.ndarray:
     cfg = session_config(session)
     every = max(1, math.ceil(n_slices / cfg.score_max_slices))
     return np.arange(0, n_slices, every)
 
 
+_NETWORK_PASSES = frozenset({"samples", "tta", "reference"})
+"""Passes of the network-only scores: while the RF is the current model (the gate turned
+the networks down), a scorer needing one of them uses the best network so far."""
+
+
+def _score_version(session: Session, kind: str, version: str) -> tuple[str, tuple | None]:
+    """The score cache's version, and ``(version, network)`` of the best network when the
+    RF is current but a network exists (its network-only scores are cached with it)."""
+    if kind != "rf":
+        return version, None
+    net_version, net = best_network(session)
+    if net is None:
+        return version, None
+    return f"{version}+{net_version}", (net_version, net)
+
+
 def _compute_scores(session: Session, image, names: Sequence[str], kind: str, version: str, model, rng, progress,
-                    *, save: bool = True) -> dict:
+                    *, save: bool = True, network: tuple | None = None, manifest: dict | None = None) -> dict:
     """Scores (and embeddings) for the current model, cached per model version
-    (``save=False``: the caller writes ``scores/VERSION.npz`` with what it commits)."""
+    (``save=False``: the caller writes ``scores/VERSION.npz`` with what it commits).
+    ``network``: ``(version, model)`` of the best network, for the network-only scores
+    while the RF is current (see :func:`_score_version`). ``manifest``: the manifest the
+    caller commits (a Random Forest fitted for ``rf_disagreement`` is stored with it)."""
     cfg = session_config(session)
     rel = f"scores/{version}.npz"
     cached = session.load_npz(rel) if session.path(rel).exists() else {}
@@ -270,14 +429,20 @@ def _compute_scores(session: Session, image, names: Sequence[str], kind: str, ve
     want = [n for n in names if n not in cached and n != "embeddings"]
     nz = int(image.shape[0])
     zs = _score_slices_for(session, nz)
-    if want:
+    net_only = [n for n in want if network is not None and set(uncertainty.get_scorer(n).needs) & _NETWORK_PASSES]
+    groups = [([n for n in want if n not in net_only], model)]
+    if network is not None and net_only:
+        groups.append((net_only, network[1]))
+    for group, scorer_model in groups:
+        if not group:
+            continue
         reference = None
-        if "rf_disagreement" in want:
-            if kind == "rf":
+        if "rf_disagreement" in group:
+            if kind == "rf" and network is None:
                 raise ConfigError("rf_disagreement needs a trained network; train one first (activeseg train)")
-            reference = fit_session_rf(session, image, progress=progress)
+            reference = model if kind == "rf" else fit_session_rf(session, image, progress=progress, manifest=manifest)
         got = uncertainty.score_slices(
-            model, image, want, slices=zs, reference=reference, n_samples=cfg.bald_samples, rng=rng,
+            scorer_model, image, group, slices=zs, reference=reference, n_samples=cfg.bald_samples, rng=rng,
             reduction=cfg.score_reduction, callback=lambda d, t: progress("scoring", d, t),
         )
         cached.update({k: np.asarray(v, np.float32) for k, v in got.items()})
@@ -336,11 +501,13 @@ def query(
         rng = session_rng(m)
         with open_image(session) as image:
             nz = int(image.shape[0])
-            kind, version, model = current_model(session, image, progress=progress)
+            kind, version, model = current_model(session, image, progress=progress, manifest=m)  # RF: stored with the round
+            score_version, network = _score_version(session, kind, version)
             # the score cache is written with the round: a refused or failed query leaves no file
-            scores_rel = f"scores/{version}.npz"
+            scores_rel = f"scores/{score_version}.npz"
             scores_before = _npz_keys(session.path(scores_rel))
-            scores = _compute_scores(session, image, [*needs, "porosity"], kind, version, model, rng, progress, save=False)
+            scores = _compute_scores(session, image, [*needs, "porosity"], kind, score_version, model, rng, progress,
+                                     save=False, network=network, manifest=m)
             labelled = np.zeros(nz, bool)
             labelled[labelled_slices(m)] = True
             for r in m["rounds"]:  # slices skipped by the user are not asked again
@@ -405,7 +572,7 @@ def query(
                 if export:
 
                     export_for_correction(out, image, queried, prefill, radius=cfg.export_radius,
-                                          voxel_size=cfg.geometry.voxel_size)
+                                          voxel_size=cfg.geometry.voxel_size, n_classes=cfg.n_classes)
                     for z, src in edited.items():  # the person's work so far, in the new folder
                         shutil.copyfile(src, out / mask_name(z))
                     rnd["exported"] = {str(z): (None if z in edited else os.stat(out / mask_name(z)).st_mtime_ns)
@@ -504,8 +671,9 @@ def import_corrections(
         if not chosen and not skip:
             raise LabelError(f"no corrected masks for the pending slices {pending} in {src}")
         cfg = session_config(session)
-        masks = read_corrections(chosen, shape[1:], n_classes=cfg.n_classes, n_slices=shape[0], radius=cfg.export_radius)
         prefill = prefill_masks(session, rnd["index"])
+        masks = read_corrections(chosen, shape[1:], n_classes=cfg.n_classes, n_slices=shape[0], radius=cfg.export_radius,
+                                 prefill=prefill)
         corr = [Correction(z, mk, int(np.count_nonzero(mk != prefill[z])), "corrected") for z, mk in sorted(masks.items())]
         if corr:
             write_labels(session, m, rnd, corr, kind="full")
@@ -515,6 +683,8 @@ def import_corrections(
             rnd["import_dirs"] = sorted(set(rnd.get("import_dirs", [])) | {str(Path(directory).resolve())})
         rnd["status"] = "queried" if pending_slices(rnd) else ("labelled" if rnd["imported"] else "skipped")
         m["rounds"][-1] = rnd
+        if corr:
+            _fit_and_store_rf(session, m)
         session.commit(m)
     return {"round": rnd["index"], "imported": sorted(masks), "skipped": skip, "pending": pending_slices(rnd),
             "cost": {z: c.cost for z, c in ((c.z, c) for c in corr)}}
@@ -575,6 +745,7 @@ def revert(session: Session, *, slices: Sequence[int] | None = None, round_index
                          "by": "round" if round_index is not None else "slice"})
         if not labels_dict(session, manifest=m):
             log.warning("no labels are left after this revert; bootstrap labels are needed before the next train")
+        _fit_and_store_rf(session, m)
         session.commit(m)
     return {"reverted": {int(k): v for k, v in hits.items()}, "labelled_slices": labelled_slices(session.manifest)}
 
@@ -610,6 +781,7 @@ def oracle_correct(session: Session, *, effort: int | None = None) -> dict:
         rnd["imported"] = sorted(set(rnd["imported"]) | {c.z for c in corr})
         rnd["status"] = "labelled"
         m["rounds"][-1] = rnd
+        _fit_and_store_rf(session, m)
         session.commit(m)
     return {"round": rnd["index"], "imported": [c.z for c in corr], "cost": {c.z: c.cost for c in corr}}
 
@@ -635,8 +807,43 @@ def pseudo_label(session: Session, *, threshold: float | None = None, progress: 
         rnd["pseudo"] = zs
         rnd["status"] = "labelled"
         m["rounds"][-1] = rnd
+        _fit_and_store_rf(session, m, progress)
         session.commit(m)
     return {"round": rnd["index"], "pseudo_labelled": zs}
+
+
+def _pseudo_for_training(cfg: SessionConfig, m: dict, labels: dict[int, np.ndarray], image, model, kind: str,
+                         version: str, threshold: float) -> tuple[dict[int, np.ndarray], dict | None]:
+    """Pseudo-labels of unlabelled slices for this training, and their provenance.
+
+    While few whole slices are labelled (``pseudo_train = "auto"``: fewer than
+    ``pseudo_below``), the current model's confident predictions (class probability >=
+    ``pseudo_threshold``) of ``pseudo_slices`` evenly spread unlabelled slices join the
+    training set at ``[train] pseudo_weight`` (the recipe of the study the project starts
+    from: RF segmentations are the network's training set). Nothing is stored as labels.
+    """
+    n_full = len(labelled_slices(m))
+    on = cfg.pseudo_train == "on" or (cfg.pseudo_train == "auto" and n_full < cfg.pseudo_below)
+    if not on:
+        return {}, None
+    nz = int(image.shape[0])
+    pool = np.setdiff1d(np.arange(nz), np.fromiter(labels, dtype=np.int64, count=len(labels)))
+    if pool.size == 0:
+        return {}, None
+    k = min(cfg.pseudo_slices, pool.size)
+    zs = [int(pool[i]) for i in np.unique(((np.arange(k) + 0.5) * pool.size / k).astype(np.int64))]
+    probs = model.predict_proba(image, zs)
+    pseudo = {z: pseudo_labels(z, p, threshold=threshold, source=kind).mask for z, p in zip(zs, probs)}
+    px = int(sum(int(np.count_nonzero(v != 255)) for v in pseudo.values()))
+    return pseudo, {"source": kind, "model_version": version, "slices": zs, "threshold": threshold, "pixels": px}
+
+
+def _metrics_of(m: dict, version: str) -> dict | None:
+    """The whole-stack metrics recorded for model ``version`` by an earlier round, if any."""
+    for r in reversed(m["rounds"]):
+        if r.get("current_version") == version and r.get("metrics"):
+            return {"metrics": r["metrics"], "metrics_named": r.get("metrics_named"), "metrics_file": r.get("metrics_file")}
+    return None
 
 
 def train(
@@ -646,12 +853,18 @@ def train(
     device: str | None = None,
     warm_start: bool = True,
     evaluate: bool = True,
+    gate: bool = True,
     progress: Progress = no_progress,
 ) -> dict:
-    """Train the network on every committed label (warm start from the current network).
+    """Train a candidate network on every committed label and let the gate decide.
 
-    When the session has ground truth, the new model is evaluated on the whole stack and
-    the metrics are stored with the round.
+    The candidate warm-starts from the best network so far. It becomes the current model
+    (pre-fill, export, pseudo-labels) only when it beats the model it would replace on
+    held-out blocks of the human labels (:mod:`activeseg.loop.gate`; ``gate=False``
+    accepts it unconditionally). While few slices are labelled, the current model's
+    confident pseudo-labels of unlabelled slices join the training set at a lower weight.
+    With ground truth, the candidate and the current model are evaluated on the whole
+    stack; a round whose current-model figures fall is flagged (``metrics_fell``).
     """
     # torch: imported by the one step that trains a network
     from activeseg.model import ModelConfig
@@ -696,30 +909,64 @@ def train(
         rng = session_rng(m)
         seed = int(rng.integers(2**31 - 1))
         with open_image(session) as image:
-            init = None
-            if warm_start and m.get("model"):
-                from activeseg.network import load_model  # torch
-
-                init = load_model(session.path(m["model"]["path"]))
+            inc_kind, inc_version, incumbent = current_model(session, image, progress=progress, manifest=m)
+            net_version, best_net = best_network(session)
+            init = best_net if warm_start else None
+            pseudo, pseudo_info = _pseudo_for_training(cfg, m, labels, image, incumbent, inc_kind, inc_version,
+                                                       cfg.pseudo_threshold)
             model, history = train_model(
                 image, labels, config=tcfg, model_config=None if init is not None else ModelConfig(**model_kwargs(cfg)),
-                rng=np.random.default_rng(seed), init=init,
+                rng=np.random.default_rng(seed), init=init, pseudo=pseudo,
                 callback=lambda s, t, info: progress("train", s, t),
             )
             rdir = f"rounds/r{rnd['index']:03d}"
             # the seed makes a retrained round's model a new directory: the committed one stays intact
             version = f"r{rnd['index']:03d}-{labels_version(m)}-{seed:08x}"
             model_rel = f"{rdir}/model-{version}"
-            metrics_rel = None
+            entry = {"path": model_rel, "version": version, "round": rnd["index"]}
+            # the gate: held-out blocks of the human labels, left out of the network's and the RF's fits
+            human = labels_dict(session, kinds=("full", "partial"))
+            held = held_out_labels(human, fraction=tcfg.val_fraction, block=tcfg.val_block, seed=tcfg.val_seed)
+            # (the same blocks as the RF's fit leaves out: holdout.session_rule of this session)
+            progress("gate", 0, 1)
+            verdict = judge(model, incumbent, image, held, cfg.n_classes, incumbent_kind=inc_kind,
+                            incumbent_version=inc_version)
+            if not gate and not verdict.accepted:
+                verdict = dataclasses.replace(verdict, accepted=True)
+            best = entry if verdict.accepted else m.get("model")
+            if not verdict.accepted and inc_kind == "rf":
+                # no network is current yet: the better of this candidate and the best one turned down so far
+                if best_net is None or judge(model, best_net, image, held, cfg.n_classes, incumbent_kind="resunet",
+                                             incumbent_version=str(net_version)).accepted:
+                    best = entry
+            progress("gate", 1, 1)
+            metrics_rel = inc_metrics_rel = None
             try:
                 save_model(model, session.path(model_rel))
                 if evaluate and m.get("truth"):
                     ev = evaluate_model(session, model, image, progress=progress)
                     metrics_rel = session.write_json(f"{rdir}/metrics-{version}.json", ev)
-                    rnd["metrics"] = ev["overall"]
-                    rnd["metrics_named"] = ev["named_indices"]
+                    rnd["candidate_metrics"] = ev["overall"]
+                    found = None if verdict.accepted else _metrics_of(m, inc_version)
+                    if verdict.accepted:
+                        current = {"metrics": ev["overall"], "metrics_named": ev["named_indices"], "metrics_file": metrics_rel}
+                    elif found is not None:
+                        current = found
+                    else:
+                        current = _evaluate_current(session, incumbent, image, f"{rdir}/metrics-{inc_version}.json", progress)
+                        inc_metrics_rel = current["metrics_file"]
+                    before = _previous_headline(m, rnd)
+                    rnd.update(current)
+                    now_h = _headline(rnd["metrics"])
+                    if before is not None and now_h is not None and now_h < before - 1e-4:
+                        rnd["metrics_fell"] = {"metric": verdict.metric, "before": before, "after": now_h}
+                        log.warning("round %d: the current model's whole-stack %s fell from %.4f to %.4f",
+                                    rnd["index"], verdict.metric, before, now_h)
+                    else:
+                        rnd.pop("metrics_fell", None)
             except BaseException:  # a full disk, ...: the uncommitted network and its folders go
-                discard_uncommitted(session, [model_rel, f"{rdir}/metrics-{version}.json"])
+                discard_uncommitted(session, [model_rel, f"{rdir}/metrics-{version}.json",
+                                              f"{rdir}/metrics-{inc_version}.json"])
                 raise
         rnd["status"] = "trained"
         rnd["train"] = {
@@ -728,19 +975,50 @@ def train(
             "seconds": history.get("seconds"),
             "best_val_loss": history.get("best_val_loss"),
             "warm_start": init is not None,
+            "warm_start_from": net_version if init is not None else None,
             "kept_previous": bool(history.get("kept_init")),
             "labelled_slices": sorted(int(z) for z in labels),
+            "pseudo": pseudo_info,
             "device": history.get("device"),
         }
-        rnd["metrics_file"] = metrics_rel
+        rnd["gate"] = {**verdict.to_dict(), "candidate_version": version, "gated": bool(gate)}
+        rnd["candidate_model"] = model_rel
+        if verdict.accepted:
+            m["current"] = {"kind": "resunet", **entry}
+        elif m.get("current") is None:  # a session from before the gate: its current model, said explicitly
+            m["current"] = {"kind": "rf"} if inc_kind == "rf" else {"kind": "resunet", **m["model"]}
+        rnd["current_version"] = version if verdict.accepted else inc_version
+        m["model"] = best
         m["rounds"][-1] = rnd
-        m["model"] = {"path": model_rel, "version": version, "round": rnd["index"]}
         store_rng(m, rng)
         try:
             session.commit(m)
         except BaseException:
             if committed_value(session, lambda d: (d.get("model") or {}).get("path"), unreadable=model_rel) != model_rel:
-                discard_uncommitted(session, [model_rel, metrics_rel])
+                discard_uncommitted(session, [model_rel, metrics_rel, inc_metrics_rel])
             raise
     return {"round": rnd["index"], "model": model_rel, "history": rnd["train"], "metrics": rnd.get("metrics"),
-            "n_labelled": len(labelled_slices(m))}
+            "candidate_metrics": rnd.get("candidate_metrics"), "gate": rnd["gate"], "gate_sentence": verdict.sentence(),
+            "metrics_fell": rnd.get("metrics_fell"), "n_labelled": len(labelled_slices(m))}
+
+
+def _headline(mt: dict | None) -> float | None:
+    if not mt:
+        return None
+    v = mt.get("mean_solid_iou", mt.get("iou_solid"))
+    return None if v is None else float(v)
+
+
+def _previous_headline(m: dict, rnd: dict) -> float | None:
+    """The headline whole-stack figure of the last trained round before ``rnd``."""
+    for r in reversed(m["rounds"]):
+        if r is rnd or r["index"] >= rnd["index"]:
+            continue
+        if r.get("status") == "trained" and r.get("metrics"):
+            return _headline(r["metrics"])
+    return None
+
+
+def _evaluate_current(session: Session, model, image, rel: str, progress: Progress) -> dict:
+    ev = evaluate_model(session, model, image, progress=progress)
+    return {"metrics": ev["overall"], "metrics_named": ev["named_indices"], "metrics_file": session.write_json(rel, ev)}
