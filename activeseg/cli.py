@@ -609,10 +609,13 @@ def train_cmd(
                                      "weights are kept", "yellow"), " (more steps: --steps, or label more slices)"))
     style = "green" if res["gate"]["accepted"] and res["gate"]["verified"] else "yellow"
     console.print(Text(res["gate_sentence"] + (" (--no-gate)" if not res["gate"]["gated"] else ""), style=style))
-    for what, mt in (("current model", res.get("metrics")), ("new network", res.get("candidate_metrics"))):
+    for what, mt, unl in (("current model", res.get("metrics"), res.get("metrics_unlabelled")),
+                          ("new network", res.get("candidate_metrics"), res.get("candidate_metrics_unlabelled"))):
         if mt and (what == "current model" or not res["gate"]["accepted"]):
-            console.print(f"{what}, whole stack vs truth (labelled slices included): accuracy {mt['accuracy']:.4f}, "
-                          f"solid IoU {mt['iou_solid']:.4f}", highlight=False)
+            held = (f"; on the {unl['n_slices']} slices no fit saw: accuracy {unl['accuracy']:.4f}, "
+                    f"solid IoU {unl['iou_solid']:.4f}") if unl else ""
+            console.print(f"{what} vs truth, whole stack (labelled slices included): accuracy {mt['accuracy']:.4f}, "
+                          f"solid IoU {mt['iou_solid']:.4f}{held}", highlight=False)
     if res.get("metrics_fell"):
         f = res["metrics_fell"]
         console.print(Text(f"the current model's whole-stack {f['metric']} fell from {f['before']:.4f} to {f['after']:.4f} "
@@ -695,12 +698,16 @@ def status_cmd(
                 "-" if por is None else f"{por:.3f}" + (f" ({r['porosity_change']:+.3f})" if "porosity_change" in r else "")
             ),
             "solid IoU": "-" if "iou_solid" not in mt else f"{mt['iou_solid']:.4f}" + (" fell" if r.get("metrics_fell") else ""),
+            "unlabelled": "-" if not r.get("metrics_unlabelled") else f"{r['metrics_unlabelled']['iou_solid']:.4f}",
             "class IoU": "-" if not r.get("class_iou") else "/".join(
                 "n/a" if v is None else f"{v:.2f}" for v in r["class_iou"]),
             "accuracy": "-" if "accuracy" not in mt else f"{mt['accuracy']:.4f}",
         })
     console.print(_fitting_table(rows, left=("strategy", "status", "slices"),
-                                 drop_order=("audit err", "accuracy", "strategy", "class IoU")))
+                                 drop_order=("audit err", "accuracy", "strategy", "class IoU", "unlabelled")))
+    if any(r.get("metrics") for r in st["rounds"]):
+        console.print("vs truth, current model: 'solid IoU' over the whole stack, labelled slices included; 'unlabelled' "
+                      "over the slices no fit saw", style="dim", highlight=False)
     if st.get("n_classes", 2) > 2:
         latest = next((r for r in reversed(st["rounds"]) if r.get("class_iou")), None)
         classes = "/".join("1 pore" if k == 1 else str(k) for k in range(st["n_classes"]))

@@ -5,22 +5,14 @@ import json
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
+from cli_run import ok
 
 from activeseg import io
-from activeseg.cli import app
 from activeseg.holdout import held_out_labels, session_rule, without_held_out
 from activeseg.loop.gate import headline_iou, judge
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-runner = CliRunner()
-
-
-def ok(args):
-    res = runner.invoke(app, [str(a) for a in args])
-    assert res.exit_code == 0, f"{args}\n{res.output}\n{res.exception!r}"
-    return res.output
 
 
 def manifest(s):
@@ -199,3 +191,29 @@ def test_the_session_rf_is_fitted_without_the_gate_pixels(data, tmp_path, monkey
         assert np.all(seen[z][px] == 255)  # the RF never saw the pixels the gate judges on
         assert np.array_equal(seen[z][~px], truth[z][~px])
     assert manifest(s)["rf"]["path"].startswith("rf/")
+
+
+def test_unrelated_sections_one_labelled_export_is_never_worse_than_the_rf(tmp_path, tiny_config):
+    from activeseg.synth import synthesize
+
+    vols = [synthesize((8, 96, 96), seed=s) for s in (11, 12, 13)]  # three places of a sample, not neighbours
+    io.write_stack(tmp_path / "img.tif", np.stack([v.image[4] for v in vols]))
+    truth = np.stack([v.truth[4] for v in vols]).astype(np.uint8)
+    io.write_stack(tmp_path / "truth.tif", truth, kind="labels")
+    cfg = tiny_config(tmp_path / "c.toml", session={"export_radius": 0}, train={"val_block": 16, "steps": 30})
+    s = tmp_path / "s"
+    ok(["init", s, "--image", tmp_path / "img.tif", "--truth", tmp_path / "truth.tif", "--config", cfg, "--sections"])
+    ok(["bootstrap", s, "--slices", "0"])
+    ok(["export", s, tmp_path / "rf.tif"])
+    ok(["train", s])
+    ok(["export", s, tmp_path / "after.tif"])
+
+    def accuracy(path):
+        return float(np.mean(io.read_stack(path)[1:] == truth[1:]))
+
+    assert accuracy(tmp_path / "after.tif") >= accuracy(tmp_path / "rf.tif") - 0.005
+    st = json.loads(ok(["status", s, "--json"]))
+    gate = st["rounds"][0]["gate"]
+    assert gate["verified"] and gate["incumbent_kind"] == "rf"
+    assert st["current_model"]["kind"] == ("resunet" if gate["accepted"] else "rf")
+    assert f"{gate['candidate']:.4f}" in st["current_model"]["why"]

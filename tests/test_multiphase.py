@@ -6,30 +6,15 @@ import json
 import numpy as np
 import pytest
 import tifffile
-from typer.testing import CliRunner
+from cli_run import fails, ok
 
 from activeseg import io, metrics, synth, tables
-from activeseg.cli import app
 from activeseg.errors import ConfigError
 from activeseg.loop import check_output_values
 from activeseg.oracle import truth_correction
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-runner = CliRunner()
-
-
-def ok(args):
-    res = runner.invoke(app, [str(a) for a in args])
-    assert res.exit_code == 0, f"{args}\n{res.output}\n{res.exception!r}"
-    return res.output
-
-
-def fails(args):
-    res = runner.invoke(app, [str(a) for a in args])
-    assert res.exit_code != 0, f"{args} should fail\n{res.output}"
-    assert "Traceback" not in res.output
-    return res.output
 
 
 @pytest.fixture(scope="module")

@@ -6,6 +6,7 @@ import logging
 
 import numpy as np
 import pytest
+from cli_run import ok
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -18,12 +19,6 @@ from activeseg.oracle import read_corrections
 from activeseg.session import Session
 
 runner = CliRunner()
-
-
-def ok(args):
-    res = runner.invoke(app, [str(a) for a in args])
-    assert res.exit_code == 0, f"{args}\n{res.output}\n{res.exception!r}"
-    return res.output
 
 
 def ok_json(args):

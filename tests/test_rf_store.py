@@ -9,12 +9,11 @@ import shutil
 
 import numpy as np
 import pytest
+from cli_run import fails, ok
 from scipy import ndimage
-from typer.testing import CliRunner
 
 from activeseg import bootstrap as bs
 from activeseg.bootstrap import fit_rf, load_rf, save_rf
-from activeseg.cli import app
 from activeseg.errors import ModelError, SessionError
 from activeseg.features import FeatureConfig
 from activeseg.geometry import Geometry
@@ -22,19 +21,6 @@ from activeseg.loop import export_segmentation, open_session, state
 from activeseg.session import MIGRATIONS, SCHEMA_VERSION, Session
 
 FEATS = FeatureConfig(scales=(0.7, 1.6), z_offsets=(-1, 1), parallax_offsets=(-1, 1))
-runner = CliRunner()
-
-
-def ok(args):
-    res = runner.invoke(app, [str(a) for a in args])
-    assert res.exit_code == 0, f"{args}\n{res.output}\n{res.exception!r}"
-    return res.output
-
-
-def fails(args):
-    res = runner.invoke(app, [str(a) for a in args])
-    assert res.exit_code != 0, f"{args} should fail\n{res.output}"
-    return res.output
 
 
 # --- save_rf / load_rf ------------------------------------------------------------------

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+from cli_run import ok
 from typer.testing import CliRunner
 
 from activeseg import features, io, loop
@@ -20,12 +21,6 @@ from activeseg.synth import STRUCTURES, render_volume, synthesize
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 runner = CliRunner()
-
-
-def ok(args):
-    res = runner.invoke(app, [str(a) for a in args])
-    assert res.exit_code == 0, f"{args}\n{res.output}\n{res.exception!r}"
-    return res.output
 
 
 @pytest.fixture(scope="module")

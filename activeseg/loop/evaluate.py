@@ -20,8 +20,14 @@ from activeseg.safety import check_free_space, reserve
 from activeseg.session import Session
 
 
-def evaluate_model(session: Session, model, image, *, progress: Progress = no_progress) -> dict:
-    """Predict the whole stack and compare with the session's truth (streamed to disk)."""
+def evaluate_model(session: Session, model, image, *, labelled=(), progress: Progress = no_progress) -> dict:
+    """Predict the whole stack and compare with the session's truth (streamed to disk).
+
+    ``overall`` is over the whole stack, the labelled slices included; with ``labelled``
+    (the slices a fit saw), ``unlabelled`` holds the same figures over the other slices
+    only (no boundary F1), the honest estimate of how well the model generalises, and
+    ``labelled_slices`` names what ``overall`` includes.
+    """
     truth = open_truth(session)
     if truth is None:
         return {}
@@ -50,8 +56,11 @@ def evaluate_model(session: Session, model, image, *, progress: Progress = no_pr
             for z0 in range(0, nz, 4):
                 pred[z0 : z0 + 4] = np.argmax(probs[z0 : z0 + 4], axis=1)
             prob = np.asarray(probs)[:, PORE]  # a strided view of the memmap (no copy): read slice by slice
+        rest = sorted(set(range(nz)) - {int(z) for z in labelled})
         with truth:
             ev = metrics.evaluate(pred, truth, prob=prob, depth=depth, n_classes=n_classes)
+            unl = (metrics.evaluate(pred, truth, prob=prob, depth=depth, n_classes=n_classes, slices=rest, boundary=False)
+                   if labelled and rest else None)
         if depth is not None:
             depth.close()
         del prob, pred
@@ -60,6 +69,9 @@ def evaluate_model(session: Session, model, image, *, progress: Progress = no_pr
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     d = ev.to_dict()
+    d["labelled_slices"] = sorted(int(z) for z in labelled)
+    if unl is not None:
+        d["unlabelled"] = {**unl.to_dict()["overall"], "n_slices": len(rest)}
 
     d["named_indices"] = {str(z): ev.at(z) for z in sorted(set(paper_indices(nz)))}
     return d

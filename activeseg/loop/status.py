@@ -62,6 +62,7 @@ def status(session: Session) -> dict:
             ),
             "metrics": r.get("metrics"),
             "class_iou": _class_iou(r.get("metrics")),
+            "metrics_unlabelled": r.get("metrics_unlabelled"),
             "candidate_metrics": r.get("candidate_metrics"),
             "gate": r.get("gate"),
             "metrics_fell": r.get("metrics_fell"),

@@ -842,7 +842,8 @@ def _metrics_of(m: dict, version: str) -> dict | None:
     """The whole-stack metrics recorded for model ``version`` by an earlier round, if any."""
     for r in reversed(m["rounds"]):
         if r.get("current_version") == version and r.get("metrics"):
-            return {"metrics": r["metrics"], "metrics_named": r.get("metrics_named"), "metrics_file": r.get("metrics_file")}
+            return {"metrics": r["metrics"], "metrics_unlabelled": r.get("metrics_unlabelled"),
+                    "metrics_named": r.get("metrics_named"), "metrics_file": r.get("metrics_file")}
     return None
 
 
@@ -944,16 +945,20 @@ def train(
             try:
                 save_model(model, session.path(model_rel))
                 if evaluate and m.get("truth"):
-                    ev = evaluate_model(session, model, image, progress=progress)
+                    seen = sorted(set(labels) | set(pseudo))  # every slice a fit saw
+                    ev = evaluate_model(session, model, image, labelled=seen, progress=progress)
                     metrics_rel = session.write_json(f"{rdir}/metrics-{version}.json", ev)
                     rnd["candidate_metrics"] = ev["overall"]
+                    rnd["candidate_metrics_unlabelled"] = ev.get("unlabelled")
                     found = None if verdict.accepted else _metrics_of(m, inc_version)
                     if verdict.accepted:
-                        current = {"metrics": ev["overall"], "metrics_named": ev["named_indices"], "metrics_file": metrics_rel}
+                        current = {"metrics": ev["overall"], "metrics_unlabelled": ev.get("unlabelled"),
+                                   "metrics_named": ev["named_indices"], "metrics_file": metrics_rel}
                     elif found is not None:
                         current = found
                     else:
-                        current = _evaluate_current(session, incumbent, image, f"{rdir}/metrics-{inc_version}.json", progress)
+                        current = _evaluate_current(session, incumbent, image, f"{rdir}/metrics-{inc_version}.json", seen,
+                                                    progress)
                         inc_metrics_rel = current["metrics_file"]
                     before = _previous_headline(m, rnd)
                     rnd.update(current)
@@ -998,8 +1003,9 @@ def train(
                 discard_uncommitted(session, [model_rel, metrics_rel, inc_metrics_rel])
             raise
     return {"round": rnd["index"], "model": model_rel, "history": rnd["train"], "metrics": rnd.get("metrics"),
-            "candidate_metrics": rnd.get("candidate_metrics"), "gate": rnd["gate"], "gate_sentence": verdict.sentence(),
-            "metrics_fell": rnd.get("metrics_fell"), "n_labelled": len(labelled_slices(m))}
+            "metrics_unlabelled": rnd.get("metrics_unlabelled"), "candidate_metrics": rnd.get("candidate_metrics"),
+            "candidate_metrics_unlabelled": rnd.get("candidate_metrics_unlabelled"), "gate": rnd["gate"],
+            "gate_sentence": verdict.sentence(), "metrics_fell": rnd.get("metrics_fell"), "n_labelled": len(labelled_slices(m))}
 
 
 def _headline(mt: dict | None) -> float | None:
@@ -1019,6 +1025,7 @@ def _previous_headline(m: dict, rnd: dict) -> float | None:
     return None
 
 
-def _evaluate_current(session: Session, model, image, rel: str, progress: Progress) -> dict:
-    ev = evaluate_model(session, model, image, progress=progress)
-    return {"metrics": ev["overall"], "metrics_named": ev["named_indices"], "metrics_file": session.write_json(rel, ev)}
+def _evaluate_current(session: Session, model, image, rel: str, labelled, progress: Progress) -> dict:
+    ev = evaluate_model(session, model, image, labelled=labelled, progress=progress)
+    return {"metrics": ev["overall"], "metrics_unlabelled": ev.get("unlabelled"), "metrics_named": ev["named_indices"],
+            "metrics_file": session.write_json(rel, ev)}
