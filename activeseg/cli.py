@@ -814,9 +814,11 @@ def run_cmd(
                         params=_parse_params(param), bootstrap_slices=bootstrap_slices, steps=steps, progress=progress)
     for r in done:
         mt = r.get("metrics") or {}
-        console.print(f"round {r['round']}: {r['n_labelled']} labelled slices, "
-                      f"accuracy {mt.get('accuracy', float('nan')):.4f}, solid IoU {mt.get('iou_solid', float('nan')):.4f}",
-                      highlight=False)
+        kept = "" if r["gate"]["accepted"] else "; the new network was not better, the previous model is kept"
+        fell = "; the whole-stack figure FELL this round" if r.get("metrics_fell") else ""
+        console.print(f"round {r['round']}: {r['n_labelled']} labelled slices, current model vs truth (labelled slices "
+                      f"included): accuracy {mt.get('accuracy', float('nan')):.4f}, solid IoU "
+                      f"{mt.get('iou_solid', float('nan')):.4f}{kept}{fell}", highlight=False)
     _say_next(sess)
 
 
@@ -834,6 +836,8 @@ def _print_study(out: dict, study_dir: Path) -> None:
             console.print(f"within the network's 2.5D context of a training slice: {line}", style="dim")
     t = Table(title="whole stack, final model of each run", title_justify="left")
     cols = ["strategy", "schedule", "seed", "slices", "accuracy", "solid IoU", "BCE", "porosity error", "grey-pore error"]
+    if any(r.get("current model", "network") != "network" for r in out["headline"]):
+        cols.append("current model")  # the gate kept an earlier model (the RF, or a better network) in some run
     for c in cols:
         t.add_column(c, justify="left" if c in ("strategy", "schedule") else "right")
     for r in out["headline"]:

@@ -2,7 +2,9 @@
 
 A slice's held-out squares depend on ``(seed, z)`` only, never on its labels, so a slice
 whose labels change between rounds (scribbles, then a full correction) keeps the same
-held-out squares and no pixel moves from training to validation. The network's early
+held-out squares and no pixel moves from training to validation (except where the
+fallback of :func:`split_validation` holds nothing out of a sparsely labelled slice: once
+the slice is fully labelled, its squares are held out and an earlier network has seen them). The network's early
 stopping, the session's Random Forest and the gate that compares a new network with the
 model it would replace all leave these pixels out of their fits, so the gate's figures
 are held out of both models (docs/architecture.md §6).
@@ -63,11 +65,29 @@ def held_out(z: int, labels: np.ndarray, *, fraction: float, block: int, seed: i
     return split_validation(labels != UNLABELLED, fraction, block, np.random.default_rng([int(seed), int(z)]))
 
 
+def held_masks(labels: Mapping[int, np.ndarray], *, fraction: float, block: int, seed: int) -> dict[int, np.ndarray]:
+    """Held-out pixels ``{z: bool (Y, X)}`` of a label set, as fits and the gate use them.
+
+    Per slice :func:`held_out`, except that a class whose every labelled pixel would be
+    held out keeps its pixels in the fit (a Random Forest needs every class it is to
+    predict): such squares are neither left out of the fits nor judged on.
+    """
+    held = {int(z): held_out(z, lab, fraction=fraction, block=block, seed=seed) for z, lab in labels.items()}
+    classes = set()
+    for lab in labels.values():
+        classes |= {int(v) for v in np.unique(lab) if v != UNLABELLED}
+    for c in classes:
+        if any(np.any((lab == c) & ~held[int(z)]) for z, lab in labels.items()):
+            continue
+        for z, lab in labels.items():
+            held[int(z)] &= lab != c
+    return held
+
+
 def without_held_out(labels: Mapping[int, np.ndarray], *, fraction: float, block: int, seed: int) -> dict[int, np.ndarray]:
-    """``labels`` with every held-out pixel set to 255 (what a fit may see)."""
+    """``labels`` with every held-out pixel (:func:`held_masks`) set to 255: what a fit may see."""
     out = {}
-    for z, lab in labels.items():
-        held = held_out(z, lab, fraction=fraction, block=block, seed=seed)
+    for (z, lab), held in zip(labels.items(), held_masks(labels, fraction=fraction, block=block, seed=seed).values()):
         if held.any():
             lab = lab.copy()
             lab[held] = UNLABELLED
@@ -76,10 +96,9 @@ def without_held_out(labels: Mapping[int, np.ndarray], *, fraction: float, block
 
 
 def held_out_labels(labels: Mapping[int, np.ndarray], *, fraction: float, block: int, seed: int) -> dict[int, np.ndarray]:
-    """Only the held-out pixels of ``labels`` (255 elsewhere); slices without any are left out."""
+    """Only the held-out pixels (:func:`held_masks`) of ``labels`` (255 elsewhere); slices without any are left out."""
     out = {}
-    for z, lab in labels.items():
-        held = held_out(z, lab, fraction=fraction, block=block, seed=seed)
+    for (z, lab), held in zip(labels.items(), held_masks(labels, fraction=fraction, block=block, seed=seed).values()):
         if held.any():
             v = np.full_like(lab, UNLABELLED)
             v[held] = lab[held]

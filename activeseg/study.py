@@ -418,6 +418,11 @@ def collect(study_dir: Path) -> tuple[list[dict], dict]:
                     (cost / (px * max(1, len(r.get("full_slices", []))))) if cost is not None else None
                 ),
                 "train_seconds": (r.get("train") or {}).get("seconds"),
+                # the gate: which model the round left current, the candidate's own figure, and a fall
+                "model": ("network" if (r.get("gate") or {}).get("accepted", True) else "kept previous"),
+                "candidate_iou_solid": (r.get("candidate_metrics") or {}).get("iou_solid"),
+                "iou_solid_unlabelled": (r.get("metrics_unlabelled") or {}).get("iou_solid"),
+                "fell": bool(r.get("metrics_fell")),
                 "labelled": sorted(set(labelled)),
             })
             if r.get("metrics_file"):
@@ -475,8 +480,9 @@ def summarise(study_dir: Path, *, title: str = "activeseg study", preset: str | 
     headline = [
         {"run": r["run"], "strategy": r["trial"] + ("" if r["complete"] else " (unfinished)"), "schedule": r["schedule"],
          "seed": r["seed"], "slices": r["n_labelled"],
-         "accuracy": r["accuracy"], "solid IoU": r["iou_solid"], "BCE": r["bce"], "porosity error": r["porosity_error"],
-         "grey-pore error": r["grey_pore_error"],
+         "accuracy": r["accuracy"], "solid IoU": r["iou_solid"] if not r["fell"] else f"{r['iou_solid']:.3f} (fell)",
+         "BCE": r["bce"], "porosity error": r["porosity_error"], "grey-pore error": r["grey_pore_error"],
+         "current model": r["model"],
          **({"class IoU": tables.class_iou_text(r)} if tables.class_ious(r) else {})}
         for r in sorted(finals.values(), key=lambda r: (r["n_labelled"], r["strategy"], r["seed"]))
     ]
@@ -550,18 +556,14 @@ def summarise(study_dir: Path, *, title: str = "activeseg study", preset: str | 
 
 
 def _prediction_panel(trials: dict, spec: dict, z: int, path: Path, colors: dict) -> Path | None:
-    """Each trial's final prediction of slice ``z`` (recomputed from one run's saved model)."""
-    from activeseg.network import load_model  # torch: only to predict the panel's slice
-
+    """Each trial's final prediction of slice ``z``: the current model of one of its runs
+    (the network the gate accepted last, or the Random Forest), as its tables report it."""
     inputs = spec["inputs"]
     with io.open_stack(inputs["image"]) as image, io.open_stack(inputs["truth"]) as truth:
         preds = {}
         for trial, info in trials.items():
-            run_dir = Path(info["run_dir"])
-            m = json.loads((run_dir / "activeseg.json").read_text())
-            if not m.get("model"):
-                continue
-            model = load_model(run_dir / m["model"]["path"])
+            run = loop.open_session(Path(info["run_dir"]), check_inputs=False)
+            _, _, model = loop.current_model(run, image)
             preds[trial] = model.predict_proba(image, [z])[0, 1]
         if not preds:
             return None

@@ -198,27 +198,28 @@ def segmentation_loss(
     n_valid = valid.sum()
     if int(n_valid) == 0:
         return logits.sum() * 0.0
+    vmask = valid.to(logits.dtype)
+    # per-pixel weight: 1 for human labels, a patch's weight for pseudo-labels; both terms are
+    # normalised by the labelled pixel count, so a batch of pseudo patches weighs less
+    w = vmask if weight is None else weight.to(logits.dtype).view(-1, 1, 1) * vmask
     if weight is None:
         ce = F.cross_entropy(logits, target, ignore_index=ignore_index, reduction="sum") / n_valid
-        pix_w = valid.unsqueeze(1).to(logits.dtype)
     else:
-        w = weight.to(logits.dtype).view(-1, 1, 1) * valid.to(logits.dtype)
         per_px = F.cross_entropy(logits, target, ignore_index=ignore_index, reduction="none")
-        ce = (per_px * w).sum() / w.sum().clamp_min(1e-12)
-        pix_w = w.unsqueeze(1)
+        ce = (per_px * w).sum() / n_valid
     if dice_weight == 0:
         return ce
     n_classes = logits.shape[1]
     probs = torch.softmax(logits, dim=1)
     safe = torch.where(valid, target, torch.zeros_like(target))
     onehot = F.one_hot(safe, n_classes).permute(0, 3, 1, 2).to(probs.dtype)
-    probs = probs * pix_w
-    onehot = onehot * pix_w
+    wp = w.unsqueeze(1)
     dims = (0, 2, 3)
-    inter = (probs * onehot).sum(dims)
-    denom = probs.sum(dims) + onehot.sum(dims)
+    inter = (wp * probs * onehot).sum(dims)
+    denom = (wp * probs).sum(dims) + (wp * onehot).sum(dims)
     dice = (2.0 * inter + 1.0) / (denom + 1.0)
-    return ce + dice_weight * (1.0 - dice.mean())
+    share = 1.0 if weight is None else w.sum() / n_valid  # the batch's mean weight
+    return ce + dice_weight * share * (1.0 - dice.mean())
 
 
 # ----------------------------------------------------------------------------- labels
@@ -324,7 +325,11 @@ def _prepare_data(image: Any, labelled: dict[int, np.ndarray], offsets, cfg: Tra
     # draw slices in proportion to the square root of their labelled pixels, so a fully
     # labelled slice does not drown scribbled ones
     w = np.sqrt(npix_arr)
-    loss_w = np.array([1.0 if z in labelled else cfg.pseudo_weight for z in zs], np.float32)
+    is_pseudo = np.array([z not in labelled for z in zs])
+    human_mass, pseudo_mass = w[~is_pseudo].sum(), w[is_pseudo].sum()
+    if pseudo_mass > human_mass > 0:  # pseudo-labelled slices get at most half of the patches drawn
+        w[is_pseudo] *= human_mass / pseudo_mass
+    loss_w = np.where(is_pseudo, np.float32(cfg.pseudo_weight), np.float32(1.0)).astype(np.float32)
     return _Data(zs, train, val, raw, ctx, coords, w / w.sum(), loss_w)
 
 

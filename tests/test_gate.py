@@ -34,7 +34,9 @@ def test_headline_is_solid_iou_for_two_classes_and_mean_solid_iou_for_more():
     assert headline_iou(np.array([0, 1, 1, 1]), np.array([0, 0, 1, 1]), 2) == pytest.approx(0.5)
     # classes 0 and 2 are solids, 1 is pore: IoU(0) = 1/2, IoU(2) = 2/2
     assert headline_iou(np.array([0, 1, 1, 1, 2, 2]), truth, 3) == pytest.approx(0.75)
-    assert headline_iou(np.array([1, 1]), np.array([1, 1]), 2) is None
+    assert headline_iou(np.array([1, 1]), np.array([1, 1]), 2) == 1.0  # no solid in either: predicted perfectly
+    assert headline_iou(np.array([0, 0]), np.array([1, 1]), 2) == 0.0
+    assert headline_iou(np.array([], int), np.array([], int), 2) is None
 
 
 def test_judge_accepts_only_a_better_candidate_and_ties_keep_the_incumbent():
@@ -66,7 +68,7 @@ def test_held_out_pixels_are_left_out_of_a_fit_and_are_exactly_the_gate_pixels()
         assert np.all(fit[z][~gate_px] == labels[z][~gate_px])
 
 
-def test_weighted_loss_with_unit_weights_is_the_plain_loss_and_zero_weight_drops_a_patch():
+def test_weighted_loss_with_unit_weights_is_the_plain_loss_and_a_zero_weight_patch_counts_for_nothing():
     import torch
 
     from activeseg.train import segmentation_loss
@@ -77,7 +79,8 @@ def test_weighted_loss_with_unit_weights_is_the_plain_loss_and_zero_weight_drops
     plain = segmentation_loss(logits, target)
     assert torch.allclose(segmentation_loss(logits, target, weight=torch.ones(2)), plain)
     only_first = segmentation_loss(logits[:1], target[:1])
-    assert torch.allclose(segmentation_loss(logits, target, weight=torch.tensor([1.0, 0.0])), only_first, atol=1e-6)
+    # the second patch adds nothing, and the batch's mean weight (1/2) scales the first
+    assert torch.allclose(segmentation_loss(logits, target, weight=torch.tensor([1.0, 0.0])), 0.5 * only_first, atol=1e-6)
 
 
 @pytest.fixture(scope="module")
@@ -217,3 +220,16 @@ def test_unrelated_sections_one_labelled_export_is_never_worse_than_the_rf(tmp_p
     assert gate["verified"] and gate["incumbent_kind"] == "rf"
     assert st["current_model"]["kind"] == ("resunet" if gate["accepted"] else "rf")
     assert f"{gate['candidate']:.4f}" in st["current_model"]["why"]
+
+
+def test_a_pseudo_labelled_patch_weighs_less_and_a_perfect_one_costs_nothing():
+    import torch
+
+    from activeseg.train import segmentation_loss
+
+    target = torch.randint(0, 2, (1, 16, 16), generator=torch.Generator().manual_seed(1))
+    perfect = torch.nn.functional.one_hot(target, 2).permute(0, 3, 1, 2).float() * 40 - 20  # confident and right
+    assert float(segmentation_loss(perfect, target, weight=torch.tensor([0.3]))) < 1e-2
+    wrong = -perfect
+    full = segmentation_loss(wrong, target, weight=torch.tensor([1.0]))
+    assert torch.allclose(segmentation_loss(wrong, target, weight=torch.tensor([0.3])), 0.3 * full, rtol=1e-3)

@@ -192,9 +192,12 @@ def test_labels_change_stores_a_new_forest_and_prunes_old_ones(booted, data):
     ok(["query", booted, "-n", 2, "--strategy", "distributed"])
     _truth_into_masks(booted, data, 1)
     ok(["import", booted])
+    assert _manifest(booted)["rf"] == first  # an import only records labels: the forest is fitted when needed
+    ok(["train", booted, "--steps", 1])  # the gate compares with the RF of the new labels: fitted and stored
     second = _manifest(booted)["rf"]
     assert second["key"] != first["key"] and (booted / second["path"]).exists()
     ok(["revert", booted, "--round", "1"])
+    ok(["query", booted, "-n", 1, "--strategy", "distributed"])
     third = _manifest(booted)["rf"]
     assert third["key"] not in (first["key"], second["key"])  # a tombstone changes the labels' version
     files = sorted(p.name for p in (booted / "rf").glob("rf-*.npz"))

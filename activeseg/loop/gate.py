@@ -33,6 +33,7 @@ class Verdict:
     candidate, incumbent : the held-out figures (None when unverified).
     incumbent_kind : "rf" or "resunet"; incumbent_version : its version string.
     n_pixels, n_slices : held-out pixels and the slices they lie on.
+    forced : accepted by ``train --no-gate`` although it did not score higher.
     """
 
     accepted: bool
@@ -44,6 +45,7 @@ class Verdict:
     incumbent_version: str
     n_pixels: int
     n_slices: int
+    forced: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -54,28 +56,32 @@ class Verdict:
         name = "solid IoU" if self.metric == "solid_iou" else "mean solid-phase IoU"
         if not self.verified:
             return (f"the new network is the current model, unverified: no held-out labelled pixels to compare it "
-                    f"with {inc} (label more than one block of a slice)")
+                    f"with {inc} (every labelled slice fits in one [train] val_block square, or val_fraction is 0)")
         figs = (f"held-out {name} {self.candidate:.4f} vs {self.incumbent:.4f} for {inc} "
                 f"({self.n_pixels} px on {self.n_slices} slices)")
+        if self.forced:
+            return f"the new network is the current model (--no-gate), although it did not score higher: {figs}"
         if self.accepted:
             return f"the new network is the current model: {figs}"
         return f"kept {inc} as the current model, the new network is not better: {figs}"
 
 
 def headline_iou(pred: np.ndarray, truth: np.ndarray, n_classes: int) -> float | None:
-    """Solid IoU (C = 2) or the mean IoU of the non-pore phases present (C >= 3).
+    """Solid IoU (C = 2) or the mean IoU of the non-pore phases (C >= 3).
 
     ``pred`` and ``truth`` are integer arrays of the same shape (only labelled pixels).
-    None when no solid pixel exists in either.
+    A phase absent from both is predicted perfectly (IoU 1), as in
+    :func:`activeseg.metrics.evaluate`; None only when there is no pixel at all.
     """
+    if pred.size == 0:
+        return None
     solids = [c for c in range(n_classes) if c != PORE] if n_classes >= 3 else [0]
     ious = []
     for c in solids:
         p, t = pred == c, truth == c
         union = int(np.count_nonzero(p | t))
-        if union:
-            ious.append(int(np.count_nonzero(p & t)) / union)
-    return float(np.mean(ious)) if ious else None
+        ious.append(int(np.count_nonzero(p & t)) / union if union else 1.0)
+    return float(np.mean(ious))
 
 
 def metric_name(n_classes: int) -> str:
@@ -99,14 +105,14 @@ def held_out_score(model, image, held: Mapping[int, np.ndarray], n_classes: int,
 
 
 def judge(candidate, incumbent, image, held: Mapping[int, np.ndarray], n_classes: int, *,
-          incumbent_kind: str, incumbent_version: str) -> Verdict:
-    """Compare ``candidate`` with ``incumbent`` on the held-out pixels ``held``."""
+          incumbent_kind: str, incumbent_version: str, candidate_score: float | None = None) -> Verdict:
+    """Compare ``candidate`` with ``incumbent`` on the held-out pixels ``held``
+    (``candidate_score``: the candidate's figure on them, when already known)."""
     n_px = int(sum(int(np.count_nonzero(v != UNLABELLED)) for v in held.values()))
     metric = metric_name(n_classes)
     if n_px == 0:
         return Verdict(True, False, metric, None, None, incumbent_kind, incumbent_version, 0, 0)
-    c = held_out_score(candidate, image, held, n_classes)
+    c = candidate_score if candidate_score is not None else held_out_score(candidate, image, held, n_classes)
     inc = held_out_score(incumbent, image, held, n_classes)
-    if c is None or inc is None:
-        return Verdict(True, False, metric, c, inc, incumbent_kind, incumbent_version, n_px, len(held))
+    assert c is not None and inc is not None  # held pixels exist, so both figures do
     return Verdict(bool(c > inc), True, metric, float(c), float(inc), incumbent_kind, incumbent_version, n_px, len(held))

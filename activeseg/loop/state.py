@@ -272,12 +272,14 @@ def rf_key(session: Session, m: dict) -> str:
 
 
 def _load_stored_rf(session: Session, m: dict, key: str, n_jobs: int):
-    """The forest the manifest names when its key is ``key``; None (with a warning when a
-    named file cannot be used) otherwise."""
-    entry = m.get("rf")
-    if not isinstance(entry, dict) or entry.get("key") != key or not isinstance(entry.get("path"), str):
+    """The forest stored under ``key``: the file the manifest names, or ``rf/rf-KEY.npz``
+    left by a step that fitted it but did not commit (its key and digest are checked on
+    load); None (with a warning when a named file cannot be used) otherwise."""
+    entry: dict = m["rf"] if isinstance(m.get("rf"), dict) else {}
+    named = entry.get("key") == key and isinstance(entry.get("path"), str)
+    path = session.path(str(entry["path"]) if named else f"{RF_DIR}/rf-{key}.npz")
+    if not named and not path.exists():
         return None
-    path = session.path(entry["path"])
     try:
         rf = load_rf(path, key=key, n_jobs=n_jobs)
     except ModelError as exc:
@@ -320,11 +322,12 @@ def fit_session_rf(session: Session, image, *, progress: Progress = no_progress,
     key = rf_key(session, m)
     cache_key = (str(session.root.resolve()), key)
     n_jobs = int(cfg.rf.get("n_jobs", -1))
-    stored = (m.get("rf") or {}).get("key") == key
+    named = (m.get("rf") or {}).get("key") == key
     rf = _RF_CACHE.get(cache_key)
-    if rf is None and stored:
+    orphan = False  # loaded from rf/rf-KEY.npz that no manifest names yet (a step that fitted it did not commit)
+    if rf is None:
         rf = _load_stored_rf(session, m, key, n_jobs)
-        stored = rf is not None
+        named, orphan = named and rf is not None, not named and rf is not None
     if rf is None:
         labels = labels_dict(session, manifest=m)
         if not labels:
@@ -340,8 +343,11 @@ def fit_session_rf(session: Session, image, *, progress: Progress = no_progress,
         progress("fit RF", 1, 1)
     _RF_CACHE.clear()
     _RF_CACHE[cache_key] = rf
-    if not stored and manifest is not None and session.is_writing:
-        _store_rf(session, manifest, rf, key)
+    if not named and manifest is not None and session.is_writing:
+        if orphan:
+            manifest["rf"] = {"path": f"{RF_DIR}/rf-{key}.npz", "key": key}
+        else:
+            _store_rf(session, manifest, rf, key)
     return rf
 
 

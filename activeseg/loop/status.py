@@ -98,7 +98,8 @@ def status(session: Session) -> dict:
         "labelled_slices": labelled_slices(m),
         "n_labelled": len(labelled_slices(m)),
         "n_slices": nz,
-        "model": m.get("model"),
+        "model": m.get("model"),  # the best network so far (warm starts); what exports is "current_model"
+        "best_network": m.get("model"),
         "current_model": current_summary(m),
         "tombstones": m.get("tombstones", []),
         "uncertainty": uncertainty,

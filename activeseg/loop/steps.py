@@ -37,7 +37,6 @@ from activeseg.loop.state import (
     Progress,
     best_network,
     committed_value,
-    current_entry,
     current_model,
     discard_uncommitted,
     fit_session_rf,
@@ -186,15 +185,17 @@ def init_session(
 
 
 def _truth_classes(path: Path, crop: str | None) -> int | None:
-    """C when the truth holds exactly the values ``0..C-1`` with ``3 <= C <= 32`` (every slice
-    read, one at a time), else None (two classes, a 0/255 mask, gaps: left to the checks)."""
+    """C when the truth holds exactly the values ``0..C-1`` with ``3 <= C <= 32`` (up to 64
+    evenly spaced slices read, one at a time), else None (two classes, a 0/255 mask, gaps:
+    left to the checks)."""
     seen = np.zeros(256, dtype=bool)
     with io.open_stack(path, crop=crop) as t:
         if np.dtype(t.dtype).kind not in "ui":
             return None
-        for z in range(int(t.shape[0])):
-            v = np.asarray(t[z])
-            if v.min(initial=0) < 0 or v.max(initial=0) > 255:
+        nz = int(t.shape[0])
+        for z in np.unique(np.linspace(0, nz - 1, min(nz, 64)).round().astype(int)):
+            v = np.asarray(t[int(z)])
+            if v.min(initial=0) < 0 or v.max(initial=0) > 32:  # not class ids of a multi-phase truth
                 return None
             seen |= np.bincount(v.ravel().astype(np.int64), minlength=256).astype(bool)
     n = int(np.flatnonzero(seen).max(initial=0)) + 1
@@ -380,19 +381,6 @@ def bootstrap(
     return {"round": 0, "slices": sorted(int(c.z) for c in full + part), "kind": "full" if full else "partial", "rf": repr(rf)}
 
 
-def _fit_and_store_rf(session: Session, m: dict, progress: Progress = no_progress) -> None:
-    """A step that changed the labels fits the Random Forest on the labels of ``m`` and
-    stores it with its commit (``rf/rf-KEY.npz``, ``m["rf"]``) while the RF is the current
-    model, so that the next query, train or export only loads it."""
-    if current_entry(m)["kind"] != "rf" or not labels_dict(session, manifest=m):
-        return
-    try:
-        with open_image(session) as image:
-            fit_session_rf(session, image, progress=progress, manifest=m)
-    except LabelError as exc:  # e.g. one class left after a revert: the step that needs the RF says so
-        log.warning("the Random Forest cannot be fitted on the labels now (%s)", exc)
-
-
 def _score_slices_for(session: Session, n_slices: int) -> np.ndarray:
     cfg = session_config(session)
     every = max(1, math.ceil(n_slices / cfg.score_max_slices))
@@ -404,10 +392,11 @@ _NETWORK_PASSES = frozenset({"samples", "tta", "reference"})
 the networks down), a scorer needing one of them uses the best network so far."""
 
 
-def _score_version(session: Session, kind: str, version: str) -> tuple[str, tuple | None]:
+def _score_version(session: Session, kind: str, version: str, needs: Sequence[str]) -> tuple[str, tuple | None]:
     """The score cache's version, and ``(version, network)`` of the best network when the
-    RF is current but a network exists (its network-only scores are cached with it)."""
-    if kind != "rf":
+    RF is current, a network exists and ``needs`` holds a network-only score (cached with it)."""
+    if kind != "rf" or not any(set(uncertainty.get_scorer(n).needs) & _NETWORK_PASSES
+                               for n in needs if n in uncertainty.SCORERS):
         return version, None
     net_version, net = best_network(session)
     if net is None:
@@ -502,7 +491,7 @@ def query(
         with open_image(session) as image:
             nz = int(image.shape[0])
             kind, version, model = current_model(session, image, progress=progress, manifest=m)  # RF: stored with the round
-            score_version, network = _score_version(session, kind, version)
+            score_version, network = _score_version(session, kind, version, needs)
             # the score cache is written with the round: a refused or failed query leaves no file
             scores_rel = f"scores/{score_version}.npz"
             scores_before = _npz_keys(session.path(scores_rel))
@@ -683,8 +672,6 @@ def import_corrections(
             rnd["import_dirs"] = sorted(set(rnd.get("import_dirs", [])) | {str(Path(directory).resolve())})
         rnd["status"] = "queried" if pending_slices(rnd) else ("labelled" if rnd["imported"] else "skipped")
         m["rounds"][-1] = rnd
-        if corr:
-            _fit_and_store_rf(session, m)
         session.commit(m)
     return {"round": rnd["index"], "imported": sorted(masks), "skipped": skip, "pending": pending_slices(rnd),
             "cost": {z: c.cost for z, c in ((c.z, c) for c in corr)}}
@@ -745,7 +732,6 @@ def revert(session: Session, *, slices: Sequence[int] | None = None, round_index
                          "by": "round" if round_index is not None else "slice"})
         if not labels_dict(session, manifest=m):
             log.warning("no labels are left after this revert; bootstrap labels are needed before the next train")
-        _fit_and_store_rf(session, m)
         session.commit(m)
     return {"reverted": {int(k): v for k, v in hits.items()}, "labelled_slices": labelled_slices(session.manifest)}
 
@@ -781,7 +767,6 @@ def oracle_correct(session: Session, *, effort: int | None = None) -> dict:
         rnd["imported"] = sorted(set(rnd["imported"]) | {c.z for c in corr})
         rnd["status"] = "labelled"
         m["rounds"][-1] = rnd
-        _fit_and_store_rf(session, m)
         session.commit(m)
     return {"round": rnd["index"], "imported": [c.z for c in corr], "cost": {c.z: c.cost for c in corr}}
 
@@ -807,12 +792,11 @@ def pseudo_label(session: Session, *, threshold: float | None = None, progress: 
         rnd["pseudo"] = zs
         rnd["status"] = "labelled"
         m["rounds"][-1] = rnd
-        _fit_and_store_rf(session, m, progress)
         session.commit(m)
     return {"round": rnd["index"], "pseudo_labelled": zs}
 
 
-def _pseudo_for_training(cfg: SessionConfig, m: dict, labels: dict[int, np.ndarray], image, model, kind: str,
+def _pseudo_for_training(cfg: SessionConfig, m: dict, labelled: set[int], image, model, kind: str,
                          version: str, threshold: float) -> tuple[dict[int, np.ndarray], dict | None]:
     """Pseudo-labels of unlabelled slices for this training, and their provenance.
 
@@ -827,7 +811,7 @@ def _pseudo_for_training(cfg: SessionConfig, m: dict, labels: dict[int, np.ndarr
     if not on:
         return {}, None
     nz = int(image.shape[0])
-    pool = np.setdiff1d(np.arange(nz), np.fromiter(labels, dtype=np.int64, count=len(labels)))
+    pool = np.setdiff1d(np.arange(nz), np.fromiter(labelled, dtype=np.int64, count=len(labelled)))
     if pool.size == 0:
         return {}, None
     k = min(cfg.pseudo_slices, pool.size)
@@ -911,10 +895,14 @@ def train(
         seed = int(rng.integers(2**31 - 1))
         with open_image(session) as image:
             inc_kind, inc_version, incumbent = current_model(session, image, progress=progress, manifest=m)
-            net_version, best_net = best_network(session)
+            if inc_kind == "resunet" and inc_version == (m.get("model") or {}).get("version"):
+                net_version, best_net = inc_version, incumbent  # the current network is the best one: loaded once
+            else:
+                net_version, best_net = best_network(session)
             init = best_net if warm_start else None
-            pseudo, pseudo_info = _pseudo_for_training(cfg, m, labels, image, incumbent, inc_kind, inc_version,
-                                                       cfg.pseudo_threshold)
+            human = labels_dict(session, kinds=("full", "partial"))  # scribbles too, even when not trained on
+            pseudo, pseudo_info = _pseudo_for_training(cfg, m, set(labels) | set(human), image, incumbent, inc_kind,
+                                                       inc_version, cfg.pseudo_threshold)
             model, history = train_model(
                 image, labels, config=tcfg, model_config=None if init is not None else ModelConfig(**model_kwargs(cfg)),
                 rng=np.random.default_rng(seed), init=init, pseudo=pseudo,
@@ -926,19 +914,18 @@ def train(
             model_rel = f"{rdir}/model-{version}"
             entry = {"path": model_rel, "version": version, "round": rnd["index"]}
             # the gate: held-out blocks of the human labels, left out of the network's and the RF's fits
-            human = labels_dict(session, kinds=("full", "partial"))
             held = held_out_labels(human, fraction=tcfg.val_fraction, block=tcfg.val_block, seed=tcfg.val_seed)
             # (the same blocks as the RF's fit leaves out: holdout.session_rule of this session)
             progress("gate", 0, 1)
             verdict = judge(model, incumbent, image, held, cfg.n_classes, incumbent_kind=inc_kind,
                             incumbent_version=inc_version)
             if not gate and not verdict.accepted:
-                verdict = dataclasses.replace(verdict, accepted=True)
+                verdict = dataclasses.replace(verdict, accepted=True, forced=True)
             best = entry if verdict.accepted else m.get("model")
             if not verdict.accepted and inc_kind == "rf":
                 # no network is current yet: the better of this candidate and the best one turned down so far
                 if best_net is None or judge(model, best_net, image, held, cfg.n_classes, incumbent_kind="resunet",
-                                             incumbent_version=str(net_version)).accepted:
+                                             incumbent_version=str(net_version), candidate_score=verdict.candidate).accepted:
                     best = entry
             progress("gate", 1, 1)
             metrics_rel = inc_metrics_rel = None
@@ -957,9 +944,8 @@ def train(
                     elif found is not None:
                         current = found
                     else:
-                        current = _evaluate_current(session, incumbent, image, f"{rdir}/metrics-{inc_version}.json", seen,
-                                                    progress)
-                        inc_metrics_rel = current["metrics_file"]
+                        inc_metrics_rel = f"{rdir}/metrics-{inc_version}.json"  # written by this try: removed if it fails
+                        current = _evaluate_current(session, incumbent, image, inc_metrics_rel, seen, progress)
                     before = _previous_headline(m, rnd)
                     rnd.update(current)
                     now_h = _headline(rnd["metrics"])
@@ -970,8 +956,7 @@ def train(
                     else:
                         rnd.pop("metrics_fell", None)
             except BaseException:  # a full disk, ...: the uncommitted network and its folders go
-                discard_uncommitted(session, [model_rel, f"{rdir}/metrics-{version}.json",
-                                              f"{rdir}/metrics-{inc_version}.json"])
+                discard_uncommitted(session, [model_rel, f"{rdir}/metrics-{version}.json", inc_metrics_rel])
                 raise
         rnd["status"] = "trained"
         rnd["train"] = {
@@ -990,8 +975,6 @@ def train(
         rnd["candidate_model"] = model_rel
         if verdict.accepted:
             m["current"] = {"kind": "resunet", **entry}
-        elif m.get("current") is None:  # a session from before the gate: its current model, said explicitly
-            m["current"] = {"kind": "rf"} if inc_kind == "rf" else {"kind": "resunet", **m["model"]}
         rnd["current_version"] = version if verdict.accepted else inc_version
         m["model"] = best
         m["rounds"][-1] = rnd
@@ -999,7 +982,8 @@ def train(
         try:
             session.commit(m)
         except BaseException:
-            if committed_value(session, lambda d: (d.get("model") or {}).get("path"), unreadable=model_rel) != model_rel:
+            # the candidate's files go unless the commit landed (the candidate is named whether or not it won)
+            if committed_value(session, lambda d: d["rounds"][-1].get("candidate_model"), unreadable=model_rel) != model_rel:
                 discard_uncommitted(session, [model_rel, metrics_rel, inc_metrics_rel])
             raise
     return {"round": rnd["index"], "model": model_rel, "history": rnd["train"], "metrics": rnd.get("metrics"),
