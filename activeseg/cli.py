@@ -608,7 +608,7 @@ def train_cmd(
         console.print(Text.assemble(("no training step beat the network it started from on the held-out pixels; its "
                                      "weights are kept", "yellow"), " (more steps: --steps, or label more slices)"))
     style = "green" if res["gate"]["accepted"] and res["gate"]["verified"] else "yellow"
-    console.print(Text(res["gate_sentence"] + (" (--no-gate)" if not res["gate"]["gated"] else ""), style=style))
+    console.print(Text(res["gate_sentence"], style=style))
     for what, mt, unl in (("current model", res.get("metrics"), res.get("metrics_unlabelled")),
                           ("new network", res.get("candidate_metrics"), res.get("candidate_metrics_unlabelled"))):
         if mt and (what == "current model" or not res["gate"]["accepted"]):
@@ -639,7 +639,10 @@ def _fitting_table(rows: list[dict], *, title: str | None = None, left: tuple[st
             break
         if c in cols and len(cols) > 2:
             cols.remove(c)
-    table = Table(title=title, title_justify="left")
+    hidden = [c for c in list(rows[0]) if c not in cols] if rows else []
+    caption = (f"({len(hidden)} column(s) hidden for width: {', '.join(hidden)}; widen the terminal or use --json)"
+               if hidden and any(any(r[c] not in ("-", "", "n/a") for r in rows) for c in hidden) else None)
+    table = Table(title=title, title_justify="left", caption=caption, caption_justify="left")
     for c in cols:
         table.add_column(c, justify="left" if c in left else "right", overflow="fold")
     for r in rows:

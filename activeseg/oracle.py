@@ -128,6 +128,11 @@ def _context(z: int, n_slices: int, radius: int) -> list[int]:
     return [min(max(z + d, 0), n_slices - 1) for d in range(-radius, radius + 1)]
 
 
+def further_phases(n_classes: int) -> str:
+    """``"2 = the second solid phase"`` or ``"2..4 = the further solid phases"``, for instructions."""
+    return "2 = the second solid phase" if n_classes == 3 else f"2..{n_classes - 1} = the further solid phases"
+
+
 def export_for_correction(
     out_dir: Path,
     image,
@@ -186,7 +191,7 @@ def export_for_correction(
         + (
             "  zNNNN_mask.tif   edit this: 0 = solid, 1 = pore (a 0/255 mask is fine too, either way round)\n"
             if n_classes == 2 else
-            f"  zNNNN_mask.tif   edit this: 0 = first solid, 1 = pore, 2..{n_classes - 1} = the further solid phases\n"
+            f"  zNNNN_mask.tif   edit this: 0 = first solid, 1 = pore, {further_phases(n_classes)}\n"
         )
         + image_note +
         "  zNNNN_preview.png a quick look: the image with the current mask outline\n\n"

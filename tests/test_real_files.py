@@ -282,3 +282,44 @@ def test_info_warns_about_a_0_255_mask_and_reads_it_with_pore_value(data):
     assert "warning" not in res and res["porosity"] == pytest.approx(truth[5].mean())
     with pytest.raises(LabelError, match="0, 1 and 255"):
         io.read_labels(d / "partial.tif", kind="partial", pore_value=255)
+
+
+def test_a_0_1_truth_whose_1_is_solid_warns_and_pore_value_0_flips_it(data, tmp_path):
+    d, truth = data
+    io.write_stack(tmp_path / "solid1.tif", (1 - truth).astype(np.uint8), kind="labels")  # 1 = solid (the cathode file's way)
+    out = " ".join(ok(["init", tmp_path / "a", "--image", d / "vol" / "image.tif", "--config", d / "tiny.toml",
+                       "--truth", tmp_path / "solid1.tif"]).split())
+    assert "brighter on average" in out and "--pore-value 0" in out
+    out = " ".join(ok(["init", tmp_path / "b", "--image", d / "vol" / "image.tif", "--config", d / "tiny.toml",
+                       "--truth", tmp_path / "solid1.tif", "--pore-value", 0]).split())
+    assert "brighter on average" not in out
+    with open_truth(Session.open(tmp_path / "b")) as t:
+        np.testing.assert_array_equal(t[:], truth)
+
+
+def test_a_wrongly_declared_polarity_is_warned_about(data, tmp_path):
+    d, _ = data
+    out = " ".join(ok(["init", tmp_path / "s", "--image", d / "vol" / "image.tif", "--config", d / "tiny.toml",
+                       "--truth", d / "truth_0.tif", "--pore-value", 255]).split())  # the file's pore is 0
+    assert "probably read the wrong way round" in out
+    s = tmp_path / "t"
+    ok(["init", s, "--image", d / "vol" / "image.tif", "--config", d / "tiny.toml"])
+    out = " ".join(ok(["bootstrap", s, "--labels", d / "labels_0.tif", "--pore-value", 255]).split())
+    assert "in the bootstrap labels" in out and "probably read the wrong way round" in out
+    out = " ".join(ok(["bootstrap", tmp_path / "s", "--slices", "2,9"]).split())
+    assert "wrong way round" in out  # the truth was declared the wrong way: its slices say so too
+
+
+def test_one_bad_mask_among_several_says_nothing_was_imported_and_how_to_go_on(data, tmp_path):
+    d, truth = data
+    s = tmp_path / "s"
+    ok(["init", s, "--image", d / "vol" / "image.tif", "--config", d / "tiny.toml"])
+    ok(["bootstrap", s, "--slices", "3,8"])
+    ok(["query", s, "-n", 2, "--strategy", "distributed"])
+    zs = json.loads((s / "activeseg.json").read_text())["rounds"][-1]["queried"]
+    folder = s / "rounds" / "r001"
+    io.write_stack(folder / f"z{zs[0]:04d}_mask.tif", truth[zs[0]][None], kind="labels")
+    io.write_stack(folder / f"z{zs[1]:04d}_mask.tif", truth[zs[1]][None, :40, :40], kind="labels")  # wrong size
+    out = " ".join(fails(["import", s]).split())
+    assert "nothing was imported" in out and "--skip" in out and "--slices" in out
+    assert json.loads((s / "activeseg.json").read_text())["rounds"][-1]["imported"] == []

@@ -51,14 +51,17 @@ def slice_index_from_name(name: str | os.PathLike[str]) -> int | None:
 
 
 _KIND_TEXT = {
-    "mask": "complete masks with values 0..{m} (0 = solid, 1 = pore{more}); a binary 0/255 mask is also accepted",
+    "mask": "complete masks with values 0..{m} (0 = solid, 1 = pore{more}){also255}",
     "partial": "partial labels with values 0..{m} (0 = solid, 1 = pore{more}) and 255 = unlabelled",
     "scribble": "ilastik-style scribbles: 0 = unlabelled, 1..{c} = classes 0..{m} (class c stored as c + 1)",
 }
 _KIND_FIX = {
-    "mask": "if 255 marks unlabelled pixels use kind='partial'; if 0 marks unlabelled (ilastik) use kind='scribble'",
-    "partial": "if 0 marks unlabelled pixels (ilastik) use kind='scribble'; check n_classes",
-    "scribble": "if 0 is a class (complete masks) use kind='mask' or 'partial'; check n_classes",
+    "mask": "save every pixel as its class id 0..{m}{or255} (a mask to correct has no unlabelled pixel); strokes on "
+            "a blank image belong in `bootstrap --scribbles` (library: kind='partial' or 'scribble')",
+    "partial": "save classes as 0..{m} and unlabelled pixels as 255; if 0 marks unlabelled pixels (ilastik), give the "
+               "file as `bootstrap --scribbles` (library: kind='scribble'); check [session] n_classes",
+    "scribble": "if 0 is a class (complete masks), give the file as `bootstrap --labels` (library: kind='mask' or "
+                "'partial'); check [session] n_classes",
 }
 
 
@@ -107,6 +110,8 @@ def describe_255_values(values: Sequence[int]) -> str:
 def decode_pore_mask(values: Any, pore_value: int) -> np.ndarray:
     """A binary 0/255 mask as 0 = solid, 1 = pore: values >= 128 are pore when
     ``pore_value`` is 255 and solid when it is 0; values below 128 the other class.
+    An array holding only 0 and 1 is a 0/1 mask: with ``pore_value`` 0 its 0 is pore
+    (a file whose 1 marks solid), with 255 its 1.
 
     Parameters
     ----------
@@ -118,7 +123,8 @@ def decode_pore_mask(values: Any, pore_value: int) -> np.ndarray:
     uint8 array of the same shape, 0/1.
     """
     pv = check_pore_value(pore_value)
-    high = np.asarray(values) >= _MASK_255_THRESHOLD
+    arr = np.asarray(values)
+    high = arr >= (_MASK_255_THRESHOLD if arr.size and arr.max() >= 2 else 1)
     return (high if pv == 255 else ~high).astype(np.uint8)
 
 
@@ -230,7 +236,8 @@ def _convert_labels(arr: np.ndarray, n_classes: int, kind: str, where: str) -> t
         raise LabelError(f"{where} has dtype {arr.dtype}; expected an integer label image")
     values = _label_values(arr)
     m = n_classes - 1
-    expected = _KIND_TEXT[kind].format(m=m, c=n_classes, more="" if n_classes == 2 else ", ...")
+    expected = _KIND_TEXT[kind].format(m=m, c=n_classes, more="" if n_classes == 2 else ", ...",
+                                       also255="; a binary 0/255 mask is also accepted" if n_classes == 2 else "")
     binary255 = False
     if kind == "scribble":
         allowed = set(range(n_classes + 1))
@@ -255,7 +262,8 @@ def _convert_labels(arr: np.ndarray, n_classes: int, kind: str, where: str) -> t
         )
         raise LabelError(
             f"{where} holds label values {shown} outside the declared classes: expected {expected} "
-            f"(n_classes={n_classes}, kind={kind!r}); values present: {given}. Fix: {_KIND_FIX[kind]}{hint}"
+            f"(n_classes={n_classes}, kind={kind!r}); values present: {given}. Fix: "
+            f"{_KIND_FIX[kind].format(m=m, or255=' (or a 0/255 mask)' if n_classes == 2 else '')}{hint}"
         )
     a = arr if arr.dtype == np.uint8 else arr.astype(np.int64)
     if kind == "scribble":
@@ -378,10 +386,11 @@ def read_labels(
             if kind == "mask" or (out != 255).any():
                 result[z] = out
     if pv is not None and (result or n_blank) and not any(v >= _MASK_255_THRESHOLD for v in raw_values):
-        raise LabelError(
-            f"{path} holds no value of 128 or more, so it is not a binary 0/255 mask (0 = solid, 1 = pore is "
-            "read as it is); leave pore_value out (command line: drop --pore-value)"
-        )
+        if not (pv == 0 and raw_values <= {0, 1}):  # a 0/1 file whose 0 is pore is read flipped
+            raise LabelError(
+                f"{path} holds no value of 128 or more, so it is not a binary 0/255 mask; as a 0/1 mask it is read "
+                "with 1 = pore: drop --pore-value for that, or give --pore-value 0 if its 0 marks pore"
+            )
     if n_blank:
         logger.info("%s: %d slice(s) of one value only were taken as not drawn", path, n_blank)
     if pv is not None and result:

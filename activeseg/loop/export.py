@@ -268,8 +268,13 @@ def predict_to_file(model_path: Path, stack: Path, out: Path, *, values: Sequenc
     model = load_model(model_dir)
     values = check_output_values(values, model_classes(model))
     if sessions and rf_current:
-        log.warning("session %s: the Random Forest is its current model (the gate kept it: it scored higher on "
-                    "held-out labelled pixels); predict applies the session's best network", model_path)
+        gate: dict = next((r["gate"] for r in reversed(s.manifest["rounds"]) if r.get("gate")), {})
+        figs = (f" (held-out solid IoU {gate['incumbent']:.4f} vs {gate['candidate']:.4f} for its last network)"
+                if gate.get("verified") else "")
+        log.warning("session %s: its current model is the Random Forest, which scored higher than its networks on "
+                    "held-out labelled pixels%s; predict applies the best network, which may be worse here. To "
+                    "segment this session's own stack use `activeseg export`; to improve the network, label more "
+                    "slices or train longer (--steps)", model_path, figs)
     with io.open_stack(stack, axes=axes) as image:
         drift = model.intensity_drift(image)  # normalisation travels with the stack; this says how far it went
         segment_to_file(model, image, Path(out), voxel_size=image.voxel_size, probabilities=probabilities,

@@ -181,6 +181,13 @@ def init_session(
         )
     if uncorrelated:
         log.warning("%s", uncorrelated)
+    if truth is not None and manifest["truth"] is not None:
+        with io.open_stack(image, crop=crop, voxel_size=voxel_size, axes=axes) as img, \
+                io.open_stack(truth, crop=crop) as t:
+            flipped = _polarity_warning(img, io.PoreMaskStack(t, pore_value) if pore_value is not None else t,
+                                        cfg.n_classes, f"the truth {truth}")
+        if flipped:
+            log.warning("%s", flipped)
     return Session.create(Path(root), manifest)
 
 
@@ -218,7 +225,7 @@ def _check_truth_values(t, path: Path, n_classes: int, pore_value: int | None) -
                 raise LabelError(
                     f"truth {path} is a binary 0/255 mask (slice {z} holds {io.describe_255_values(seen)}), which "
                     "does not say which value is pore: give --pore-value 255 (255 = pore) or --pore-value 0 "
-                    "(0 = pore); library: pore_value=255 or 0"
+                    "(0 = pore)"
                 )
             raise LabelError(
                 f"truth {path} slice {z} holds value {v.max()}, outside 0..{n_classes - 1} "
@@ -228,11 +235,11 @@ def _check_truth_values(t, path: Path, n_classes: int, pore_value: int | None) -
         return
     if n_classes != 2:
         raise ConfigError(f"--pore-value reads a two-class 0/255 mask, but the session has n_classes={n_classes}")
-    if max(values, default=0) < 128:
+    if max(values, default=0) < 128 and not (pore_value == 0 and values <= {0, 1}):  # 0/1 with 0 = pore: flipped
         raise LabelError(
             f"truth {path} holds values {', '.join(map(str, sorted(values)[:8]))} (sampled slices {zs[0]}..{zs[-1]}), "
-            "none of 128 or more, so it is not a 0/255 mask; its 0 = solid, 1 = pore are read as they are: "
-            "leave --pore-value out"
+            "none of 128 or more, so it is not a 0/255 mask; as a 0/1 mask it is read with 1 = pore: leave "
+            "--pore-value out for that, or give --pore-value 0 if its 0 marks pore"
         )
 
 
@@ -244,12 +251,45 @@ segmented cathode rendered by the simulator) correlate at r = 0.84-0.96, unrelat
 synthetic sections at |r| < 0.1 (``adjacent_correlation``)."""
 
 
+def _polarity_warning(image, labels, n_classes: int, what: str, *, max_slices: int = 8) -> str | None:
+    """A warning when the pixels labelled pore are brighter on average than those labelled
+    solid: in FIB-SEM images pores are the darker phase (even grey pore-back pores are
+    darker than cut faces), so such labels are most likely read the wrong way round.
+
+    ``labels``: ``{z: uint8 (Y, X)}`` or a lazy (Z, Y, X) label stack (up to ``max_slices``
+    evenly spaced slices are read). Two-class sessions only.
+    """
+    if n_classes != 2:
+        return None
+    zs = sorted(labels) if isinstance(labels, dict) else range(int(labels.shape[0]))
+    zs = [zs[i] for i in np.unique(np.linspace(0, len(zs) - 1, min(len(zs), max_slices)).astype(int))] if zs else []
+    total = np.zeros(2)
+    count = np.zeros(2)
+    for z in zs:
+        lab = np.asarray(labels[z])
+        img = np.asarray(image[int(z)], dtype=np.float64)
+        for c in (0, 1):
+            sel = lab == c
+            total[c] += img[sel].sum()
+            count[c] += np.count_nonzero(sel)
+    if count.min() < 100:
+        return None
+    solid, pore = total / count
+    if pore <= solid:
+        return None
+    return (f"in {what}, the pixels labelled pore (1) are brighter on average ({pore:.0f}) than those labelled solid "
+            f"(0: {solid:.0f}); in FIB-SEM images pores are the darker phase, so the labels are probably read the wrong "
+            "way round: if the file marks pore with 0 (or a 0/255 mask with the other value), start again with "
+            "--pore-value 0 (or the other --pore-value)")
+
+
 def _sections_warning(img, path: Path) -> str | None:
     """The warning when adjacent slices hardly correlate (likely independent 2D sections), or None."""
     r = adjacent_correlation(img, n_pairs=8)
     if r.size and float(np.median(r)) < SECTIONS_R:
         return (f"adjacent slices of {path} hardly correlate (median r = {float(np.median(r)):.2f} over {r.size} pairs): "
-                "if these are independent 2D sections, not a z-stack, run init again with --sections")
+                "if these are independent 2D sections, not a z-stack, remove the new session folder and run init "
+                "again with --sections")
     return None
 
 
@@ -377,6 +417,10 @@ def bootstrap(
         # fit before the commit: labels the RF cannot learn from leave the session as it was
         with open_image(session) as img:
             rf = fit_session_rf(session, img, progress=progress, manifest=m)
+            flipped = _polarity_warning(img, {c.z: c.mask for c in full + part}, cfg.n_classes,
+                                        "the bootstrap labels" if slices is None else "the ground truth")
+        if flipped:
+            log.warning("%s", flipped)
         session.commit(m)
     return {"round": 0, "slices": sorted(int(c.z) for c in full + part), "kind": "full" if full else "partial", "rf": repr(rf)}
 
@@ -661,8 +705,14 @@ def import_corrections(
             raise LabelError(f"no corrected masks for the pending slices {pending} in {src}")
         cfg = session_config(session)
         prefill = prefill_masks(session, rnd["index"])
-        masks = read_corrections(chosen, shape[1:], n_classes=cfg.n_classes, n_slices=shape[0], radius=cfg.export_radius,
-                                 prefill=prefill)
+        try:
+            masks = read_corrections(chosen, shape[1:], n_classes=cfg.n_classes, n_slices=shape[0],
+                                     radius=cfg.export_radius, prefill=prefill)
+        except LabelError as exc:
+            if len(chosen) < 2:
+                raise
+            raise LabelError(f"{exc} — nothing was imported: fix that file, or import the others and leave it for "
+                             "later with --slices (or drop it for good with --skip)") from None
         corr = [Correction(z, mk, int(np.count_nonzero(mk != prefill[z])), "corrected") for z, mk in sorted(masks.items())]
         if corr:
             write_labels(session, m, rnd, corr, kind="full")
