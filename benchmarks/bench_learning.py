@@ -70,7 +70,8 @@ def run_one(args, seed, k, pseudo, image_path, truth_path, image, truth, workdir
     from activeseg.network import load_model
 
     nz = image.shape[0]
-    cfg = {"seed": seed, "n_classes": args.phases, "sections": args.sections, "pseudo_train": "on" if pseudo else "off"}
+    cfg = {"seed": seed, "n_classes": args.phases, "sections": args.sections, "pseudo_train": "on" if pseudo else "off",
+           "train": {"pseudo_weight": args.pseudo_weight}}
     root = workdir / f"s{seed}-k{k}-{'p' if pseudo else 'n'}"
     session = loop.init_session(root, image_path, truth=truth_path, config=cfg)
     zs = [int((i + 0.5) * nz / k) for i in range(k)]
@@ -102,6 +103,7 @@ def main() -> None:
     ap.add_argument("--phases", type=int, default=2)
     ap.add_argument("--sections", action="store_true")
     ap.add_argument("--no-pseudo-compare", action="store_true", help="only the default (pseudo-labels on)")
+    ap.add_argument("--pseudo-weight", type=float, default=0.3, help="[train] pseudo_weight (default 0.3)")
     ap.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = ap.parse_args()
     from activeseg import io
