@@ -5,7 +5,7 @@ Protocol: a hard synthetic volume (blobs, porosity 0.80; or ``--phases 3`` for p
 two solids) per seed; a session is initialised with the ground truth and bootstrapped
 from ``k`` fully labelled, evenly spaced slices (the centres of ``k`` equal bins of z);
 one training of the default network (``--steps`` steps) with pseudo-labels (the RF's
-confident predictions of 8 unlabelled slices at weight 0.3) and one without, from the
+confident predictions of 8 unlabelled slices at ``--pseudo-weight``, default 0.7) and one without, from the
 same bootstrap. Figures are over the UNLABELLED slices only (held out of every fit):
 solid-phase IoU (for 3 phases, the mean IoU of the two solids and each phase's IoU) for
 the RF, for each candidate network as trained (without the gate: the gate is not what
@@ -103,7 +103,7 @@ def main() -> None:
     ap.add_argument("--phases", type=int, default=2)
     ap.add_argument("--sections", action="store_true")
     ap.add_argument("--no-pseudo-compare", action="store_true", help="only the default (pseudo-labels on)")
-    ap.add_argument("--pseudo-weight", type=float, default=0.3, help="[train] pseudo_weight (default 0.3)")
+    ap.add_argument("--pseudo-weight", type=float, default=0.7, help="[train] pseudo_weight (default 0.7)")
     ap.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = ap.parse_args()
     from activeseg import io
