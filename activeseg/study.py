@@ -481,13 +481,15 @@ def summarise(study_dir: Path, *, title: str = "activeseg study", preset: str | 
         {"run": r["run"], "strategy": r["trial"] + ("" if r["complete"] else " (unfinished)"), "schedule": r["schedule"],
          "seed": r["seed"], "slices": r["n_labelled"],
          "accuracy": r["accuracy"], "solid IoU": r["iou_solid"] if not r["fell"] else f"{r['iou_solid']:.3f} (fell)",
+         "solid IoU, unlabelled": r["iou_solid_unlabelled"],
          "BCE": r["bce"], "porosity error": r["porosity_error"], "grey-pore error": r["grey_pore_error"],
          "current model": r["model"],
          **({"class IoU": tables.class_iou_text(r)} if tables.class_ious(r) else {})}
         for r in sorted(finals.values(), key=lambda r: (r["n_labelled"], r["strategy"], r["seed"]))
     ]
     out["headline"] = headline
-    sections.append(("Whole-stack results (final model of each run)", tables.markdown_table(headline)))
+    sections.append(("Whole-stack results (final model of each run; labelled slices included, except in "
+                     "'solid IoU, unlabelled': the slices no fit saw)", tables.markdown_table(headline)))
     # per-slice figures of each trial's final model, averaged over seeds; unfinished runs left out
     trials: dict[str, list[dict]] = {}
     for name, info in per_run.items():
