@@ -233,3 +233,10 @@ def test_a_pseudo_labelled_patch_weighs_less_and_a_perfect_one_costs_nothing():
     wrong = -perfect
     full = segmentation_loss(wrong, target, weight=torch.tensor([1.0]))
     assert torch.allclose(segmentation_loss(wrong, target, weight=torch.tensor([0.3])), 0.3 * full, rtol=1e-3)
+
+
+def test_when_every_slice_is_labelled_the_next_step_is_export(data, tmp_path):
+    s = tmp_path / "s"
+    ok(["init", s, "--image", data / "vol" / "image.tif", "--config", data / "tiny.toml"])
+    ok(["bootstrap", s, "--slices", ",".join(map(str, range(12)))])
+    assert "activeseg export" in json.loads(ok(["status", s, "--json"]))["next_step"]

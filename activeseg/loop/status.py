@@ -32,6 +32,8 @@ def next_step(session: Session) -> str:
         return f"correct the masks in {folder}, then: activeseg import {root}"
     if last["index"] > 0 and last.get("status") not in ("trained", "skipped"):
         return f"activeseg train {root}"
+    if len(labelled_slices(m)) >= int(m["stack"]["shape"][0]):  # nothing left to ask
+        return f"activeseg export {root} OUT.tif   (every slice is labelled)"
     if last["index"] == 0 and not m.get("model"):
         return f"activeseg query {root} -n 5 --strategy distributed   (or train a first network: activeseg train {root})"
     return f"activeseg query {root} -n 5 --strategy spaced_entropy"
