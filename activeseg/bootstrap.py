@@ -241,6 +241,16 @@ def _allocate(sizes: np.ndarray, cap: int) -> np.ndarray:
 # --- fitting ------------------------------------------------------------------------------
 
 
+
+def _forest(params, class_weight, n_jobs: int, seed: int):
+    """The scikit-learn forest of ``params`` (fitted by :func:`fit_rf`, filled by :func:`load_rf`)."""
+    from sklearn.ensemble import RandomForestClassifier  # heavy (about 2 s): only where a forest is made
+
+    return RandomForestClassifier(n_estimators=params.n_estimators, max_depth=params.max_depth,
+                                  min_samples_leaf=params.min_samples_leaf, max_features=params.max_features,
+                                  max_samples=params.max_samples, class_weight=class_weight, n_jobs=n_jobs,
+                                  random_state=seed)
+
 def fit_rf(
     image,
     labels,
@@ -307,8 +317,6 @@ def fit_rf(
 
 
 def _fit(image, labels, *, params: RFParams, features: FeatureConfig, geometry, seed: int, n_jobs: int) -> RFModel:
-    from sklearn.ensemble import RandomForestClassifier  # heavy (about 2 s): only when a forest is fitted
-
     shape = check_stack(image)
     masks = _label_slices(labels, shape)
     n_classes, class_counts = _check_values(masks, params.n_classes)
@@ -349,16 +357,7 @@ def _fit(image, labels, *, params: RFParams, features: FeatureConfig, geometry, 
             x_train[row : row + pix.size] = f.reshape(n_feat, -1)[:, pix].T
             y_train[row : row + pix.size] = pix_cls
             row += pix.size
-    forest = RandomForestClassifier(
-        n_estimators=params.n_estimators,
-        max_depth=params.max_depth,
-        min_samples_leaf=params.min_samples_leaf,
-        max_features=params.max_features,
-        max_samples=params.max_samples,
-        class_weight=class_weight,
-        n_jobs=n_jobs,
-        random_state=seed,
-    )
+    forest = _forest(params, class_weight, n_jobs, seed)
     forest.fit(x_train, y_train)
     forest.n_jobs = n_jobs
     log.info(
@@ -542,8 +541,7 @@ def load_rf(path, *, key: str | None = None, n_jobs: int = -1) -> RFModel:
         match their digest (changed after writing); it was written by a newer activeseg,
         by another scikit-learn release, or for another key; or a tree is malformed.
     """
-    from sklearn.ensemble import RandomForestClassifier  # heavy: only when a forest is loaded
-    from sklearn.tree import DecisionTreeClassifier
+    from sklearn.tree import DecisionTreeClassifier  # heavy: only when a forest is loaded
     from sklearn.tree._tree import Tree
 
     try:
@@ -595,16 +593,7 @@ def load_rf(path, *, key: str | None = None, n_jobs: int = -1) -> RFModel:
             or stored["tree_seed"].shape != counts.shape or np.any(counts < 1)
             or int(counts.sum()) != nodes.shape[0] or values.shape[0] != nodes.shape[0]):
         raise _bad_rf(path, "holds tree arrays whose sizes disagree")
-    forest = RandomForestClassifier(
-        n_estimators=params.n_estimators,
-        max_depth=params.max_depth,
-        min_samples_leaf=params.min_samples_leaf,
-        max_features=params.max_features,
-        max_samples=params.max_samples,
-        class_weight=meta.get("class_weight"),
-        n_jobs=n_jobs,
-        random_state=seed,
-    )
+    forest = _forest(params, meta.get("class_weight"), n_jobs, seed)
     forest.estimator_ = DecisionTreeClassifier()
     forest.n_features_in_ = n_features
     forest.n_outputs_ = 1
