@@ -58,7 +58,6 @@ from activeseg.model import (
     ModelConfig,
     build_model,
     intensity_profile,
-    intensity_range,
     make_input,
     network_multiple,
     profile_distance,
@@ -229,10 +228,12 @@ def training_normalisation(
     else:
         mode = NORM_STACK
         pct = init.norm_percentiles if init is not None else DEFAULT_PERCENTILES
-        rng = intensity_range(image, percentiles=pct)
+        rng, profile = stack_intensity(image, pct)  # one cached read: inference on this stack reuses it
     if not (math.isfinite(rng[0]) and math.isfinite(rng[1]) and rng[1] > rng[0]):
         raise ConfigError(f"norm must be (lo, hi) with hi > lo, got {rng}; leave it None to use the stack's percentiles")
-    kwargs = {"norm": rng, "norm_mode": mode, "norm_percentiles": pct, "profile": intensity_profile(image, rng)}
+    if mode == NORM_FIXED:
+        profile = intensity_profile(image, rng)
+    kwargs = {"norm": rng, "norm_mode": mode, "norm_percentiles": pct, "profile": profile}
     return rng, kwargs
 
 
