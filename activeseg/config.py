@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import inspect
 import math
-import sys
+import tomllib
 import types
 import typing
 from dataclasses import MISSING, dataclass, field, fields
@@ -33,11 +33,6 @@ from activeseg.errors import ConfigError
 from activeseg.features import FeatureConfig
 from activeseg.geometry import Geometry
 from activeseg.uncertainty import REDUCTIONS
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # Python 3.10
-    import tomli as tomllib
 
 __all__ = ["SessionConfig", "TABLES", "load_config", "validate_config", "model_kwargs", "rf_kwargs"]
 

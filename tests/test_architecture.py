@@ -14,7 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "activeseg"
 STRATEGIES = ROOT / "strategies"
 DOC = ROOT / "docs" / "architecture.md"
-HEAVY = ("torch", "torchvision", "segmentation_models_pytorch", "timm", "modAL", "skorch", "matplotlib", "sklearn", "skimage")
+HEAVY = ("torch", "torchvision", "segmentation_models_pytorch", "timm", "modAL", "skorch", "matplotlib", "sklearn", "skimage",
+         "dask", "distributed", "ome_zarr", "napari", "qtpy", "magicgui", "superqt", "npe2")
 
 
 def _module_name(path: Path) -> str:
