@@ -43,6 +43,7 @@ import numpy as np
 
 from activeseg.errors import SessionError, SessionLockedError
 from activeseg.io import slice_files
+from activeseg.io.zarr_store import looks_like_zarr, store_content_sha256, store_files, store_fingerprint
 
 try:
     import fcntl
@@ -59,6 +60,7 @@ __all__ = [
     "atomic_write_json",
     "atomic_save_npz",
     "file_fingerprint",
+    "is_store_entry",
     "sha256_file",
 ]
 
@@ -120,16 +122,22 @@ def migrate_manifest(manifest: dict, *, where: str = "the session") -> dict:
 
 
 def _input_files(path: Path) -> list[Path]:
-    """The file itself, or a folder's slice images (exactly what :mod:`activeseg.io`
-    reads, so a ``Thumbs.db`` or ``.DS_Store`` does not count as a change)."""
+    """The file itself, a folder's slice images or a zarr store's metadata and chunk files
+    (exactly what :mod:`activeseg.io` reads, so a ``Thumbs.db`` or ``.DS_Store`` does not
+    count as a change)."""
     if not path.is_dir():
         return [path]
+    if looks_like_zarr(path):
+        return [path / rel for rel, _, _ in store_files(path)]
     return slice_files(path)
 
 
 def sha256_file(path: Path, *, chunk: int = 1 << 22) -> str:
-    """SHA-256 of a file, or of a folder's slice images in sorted order."""
+    """SHA-256 of a file, of a folder's slice images in sorted order, or of a zarr store's
+    metadata and chunk files (names and bytes, sorted)."""
     path = Path(path)
+    if looks_like_zarr(path):
+        return store_content_sha256(path, chunk=chunk)
     h = hashlib.sha256()
     files = _input_files(path)
     for f in files:
@@ -142,6 +150,7 @@ def sha256_file(path: Path, *, chunk: int = 1 << 22) -> str:
 
 
 def stat_key(path: Path) -> dict:
+    """Total size and newest modification time of what :func:`_input_files` lists."""
     files = _input_files(Path(path))
     return {
         "size": int(sum(f.stat().st_size for f in files)),
@@ -149,9 +158,23 @@ def stat_key(path: Path) -> dict:
     }
 
 
-def file_fingerprint(path: Path) -> dict:
-    """Absolute path, SHA-256, size and modification time of an input file or folder."""
+def is_store_entry(entry: dict) -> bool:
+    """Whether a manifest's input entry fingerprints a zarr store (it has ``listing``)."""
+    return entry.get("listing") is not None
+
+
+def file_fingerprint(path: Path, *, verify: bool = False) -> dict:
+    """Absolute path, SHA-256, size and modification time of an input file or folder.
+
+    A zarr store (docs/architecture.md §5) is fingerprinted by its listing instead:
+    ``listing`` hashes the level-0 array's shape, dtype and chunks, the metadata files'
+    text and every chunk file's name, size and mtime; ``sha256`` (every chunk's bytes) is
+    computed only with ``verify=True`` and is None otherwise. ``verify`` does not change
+    the fingerprint of a file or a folder of slices, whose SHA-256 is always taken.
+    """
     path = Path(path).resolve()
+    if looks_like_zarr(path):
+        return {"path": str(path), **store_fingerprint(path, content=verify)}
     return {"path": str(path), "sha256": sha256_file(path), **stat_key(path)}
 
 

@@ -15,6 +15,10 @@ concern each:
   tables, ImageJ/OME metadata written;
 - :mod:`activeseg.io.labels`: :func:`read_labels`, :func:`normalize_labels`, label
   conventions, label folders, :func:`slice_index_from_name`;
+- :mod:`activeseg.io.zarr_store`: zarr / OME-Zarr stores read lazily, OME-Zarr outputs
+  (``.partial`` until complete, a small pyramid), store fingerprints;
+- :mod:`activeseg.io.outputs`: :func:`create_output`, whole-stack outputs whose format
+  follows the suffix (``.tif`` or ``.zarr``);
 - :mod:`activeseg.io.errors`: what counts as a corrupt file, shapes in messages.
 
 Reading
@@ -29,6 +33,11 @@ with numpy semantics reads only the slices asked for:
   the file stays open between reads;
 - a folder of single-slice TIFF, PNG, BMP or JPEG files in natural sort order
   (``slice_2`` before ``slice_10``): the files of the slices asked for.
+
+Zarr: an OME-Zarr image or label group (its full resolution), a zarr array (v2 or v3)
+or a group holding one array, from a local ``.zarr`` folder (or any folder holding
+zarr metadata) or a ``scheme://`` URL (fsspec); only the chunks of the slices asked for
+are read. The voxel size comes from the OME-Zarr scale and axis units.
 
 Supported sources: multipage TIFF, ImageJ hyperstack (singleton C/T axes are
 squeezed; a real channel axis is an error), OME-TIFF, and folders of slices. PNG (8
@@ -97,6 +106,11 @@ while slices are written. It is *not* atomic (the file exists, zero-filled, from
 start): write it under a temporary name and ``os.replace`` it after ``flush()`` when a
 crash must not leave a half-filled file behind.
 
+:func:`create_output` writes whole-stack outputs whose format follows the suffix: a
+TIFF (:func:`create_stack` under a temporary name, moved into place on ``commit()``)
+or an OME-Zarr store (written as ``NAME.zarr.partial``, renamed when complete; Dask
+workers write their own slices through :func:`open_output_block`).
+
 Labels
 ------
 :func:`read_labels` reads labels people drew or corrected (docs/architecture.md §3)
@@ -125,11 +139,13 @@ from activeseg.io.labels import (
     slice_index_from_name,
 )
 from activeseg.io.metadata import detect_infobar
+from activeseg.io.outputs import OutputWriter, create_output
 from activeseg.io.sources import natural_sort_key
 from activeseg.io.sources import slice_files as slice_files  # outside __all__, as before: used by activeseg.session
 from activeseg.io.stack import Crop, Stack, intensity_warning, open_stack, read_stack
 from activeseg.io.summary import label_summary, stack_summary
 from activeseg.io.writers import create_stack, write_stack
+from activeseg.io.zarr_store import is_zarr_path, open_output_block
 
 __all__ = [
     "label_summary",
@@ -140,6 +156,10 @@ __all__ = [
     "read_stack",
     "write_stack",
     "create_stack",
+    "create_output",
+    "OutputWriter",
+    "is_zarr_path",
+    "open_output_block",
     "read_labels",
     "read_label_planes",
     "normalize_labels",

@@ -25,6 +25,7 @@ from activeseg.errors import ConfigError, LabelError, StackError
 from activeseg.io.errors import Single2DError, shape_text
 from activeseg.io.sources import SLICE_SUFFIXES, natural_sort_key, read_slice_file
 from activeseg.io.stack import Stack, open_path
+from activeseg.io.zarr_store import looks_like_zarr
 
 logger = logging.getLogger("activeseg.io")  # one logger for the whole package (records named "activeseg.io")
 
@@ -445,7 +446,7 @@ def _label_planes(
         raise LabelError(f"no such label file or folder: {path}")
     items: list[tuple[int, Callable[[], np.ndarray], str]] = []
     stack: Stack | None = None
-    if path.is_dir():
+    if path.is_dir() and not looks_like_zarr(path):  # a zarr store is a stack, not a folder of label files
         items = _label_folder_items(path, wanted)
         if not items and wanted is None:
             raise LabelError(

@@ -39,7 +39,7 @@ _UNIT_NM = {
 }
 
 
-def _unit_scale_nm(unit: Any) -> float | None:
+def unit_scale_nm(unit: Any) -> float | None:
     """Nanometres per ``unit`` or None when the unit is unknown/uncalibrated."""
     if unit is None:
         return None
@@ -164,7 +164,7 @@ def _zeiss_pixel_size(sem: dict[str, Any] | None) -> float | None:
         if isinstance(item, tuple) and len(item) >= 2:
             value = _positive(item[1])
             unit = item[2] if len(item) >= 3 else "nm"
-            scale = _unit_scale_nm(unit)
+            scale = unit_scale_nm(unit)
             if value is not None and scale is not None:
                 return value * scale
     return None
@@ -172,7 +172,7 @@ def _zeiss_pixel_size(sem: dict[str, Any] | None) -> float | None:
 
 def _imagej_voxel_size(tif: tifffile.TiffFile, n_slices: int) -> PartialVoxelSize:
     meta = tif.imagej_metadata or {}
-    scale = _unit_scale_nm(meta.get("unit"))
+    scale = unit_scale_nm(meta.get("unit"))
     if scale is None:
         return (None, None, None)
     page = tif.pages.first
@@ -208,7 +208,7 @@ def _ome_voxel_size(xml: str | None) -> PartialVoxelSize:
     out = []
     for axis in "ZYX":
         value = _positive(pixels.get(f"PhysicalSize{axis}"))
-        scale = _unit_scale_nm(pixels.get(f"PhysicalSize{axis}Unit", "µm"))
+        scale = unit_scale_nm(pixels.get(f"PhysicalSize{axis}Unit", "µm"))
         out.append(value * scale if value is not None and scale is not None else None)
     return (out[0], out[1], out[2])
 

@@ -29,6 +29,7 @@ from activeseg.io.metadata import (
     merge_voxel_sizes,
 )
 from activeseg.io.sources import SliceSource, open_file, open_folder
+from activeseg.io.zarr_store import is_url, looks_like_zarr, open_zarr
 
 logger = logging.getLogger("activeseg.io")  # one logger for the whole package (records named "activeseg.io")
 
@@ -160,9 +161,11 @@ class Stack:
     voxel_size : (z, y, x) in nm, or None unless all three are known.
     voxel_size_partial : (z, y, x) with None for each unknown entry.
     voxel_size_source : per axis, where the entry came from ("argument", "ome",
-        "imagej", "fei", "zeiss") or None.
+        "imagej", "fei", "zeiss", "ome-zarr") or None.
+    location : where the stack is read from as text: ``str(path)``, or the URL of a remote
+        zarr store (``path`` of a URL is only for display).
     memmapped : True when slices come from a memory map of the file.
-    format : "tiff", "imagej", "ome" or "folder".
+    format : "tiff", "imagej", "ome", "folder", "zarr" or "ome-zarr".
     infobar_rows : rows of an instrument information bar that were cropped (0 if none).
     crop : the user :class:`Crop` applied (None if none).
     axes_override : the ``axes`` given to :func:`open_stack` (None or "ZYX").
@@ -187,13 +190,15 @@ class Stack:
         crop: Crop | None,
         voxel_size_partial: PartialVoxelSize,
         voxel_size_source: tuple[str | None, str | None, str | None],
-        file_size: int,
+        file_size: int | Callable[[], int],
         voxel_size_arg: VoxelSizeArg,
         purpose: str,
         axes_override: str | None = None,
         reopen_axes: str | None = None,
+        location: str | None = None,
     ) -> None:
         self.path = path
+        self.location = location if location is not None else str(path)
         self._source = source
         self.source_shape = source_shape
         self._raw_dtype = raw_dtype
@@ -204,7 +209,7 @@ class Stack:
         self.crop = crop
         self.voxel_size_partial = voxel_size_partial
         self.voxel_size_source = voxel_size_source
-        self.file_size = int(file_size)
+        self._file_size = file_size  # a zarr store's size is summed over its chunks when first asked for
         self._voxel_size_arg = voxel_size_arg
         self._purpose = purpose
         self.axes_override = axes_override
@@ -227,6 +232,13 @@ class Stack:
         if any(v is None for v in vs):
             return None
         return (float(vs[0]), float(vs[1]), float(vs[2]))  # type: ignore[arg-type]
+
+    @property
+    def file_size(self) -> int:
+        """Bytes on disk (sum of the files for a folder or a zarr store; 0 for a URL)."""
+        if callable(self._file_size):
+            self._file_size = int(self._file_size())
+        return int(self._file_size)
 
     @property
     def memmapped(self) -> bool:
@@ -398,14 +410,14 @@ class Stack:
         self.close()
 
     def __reduce__(self) -> tuple:
-        # lets multiprocessing workers (e.g. torch DataLoader) reopen the stack
-        return (_reopen, (str(self.path), self.crop, self._voxel_size_arg, self._purpose, self._reopen_axes))
+        # lets multiprocessing workers (e.g. torch DataLoader, Dask workers) reopen the stack
+        return (_reopen, (self.location, self.crop, self._voxel_size_arg, self._purpose, self._reopen_axes))
 
 
 def _reopen(
     path: str, crop: Crop | None, voxel_size: VoxelSizeArg, purpose: str, axes: str | None = None
 ) -> Stack:
-    return open_path(Path(path), crop=crop, voxel_size=voxel_size, purpose=purpose, axes=axes)
+    return open_path(path if is_url(path) else Path(path), crop=crop, voxel_size=voxel_size, purpose=purpose, axes=axes)
 
 
 def _expand_key(key: Any, ndim: int) -> tuple:
@@ -451,8 +463,11 @@ def open_stack(
 
     Parameters
     ----------
-    path : a multipage TIFF / ImageJ hyperstack / OME-TIFF file, or a folder of
-        single-slice ``.tif``/``.tiff``/``.png`` files (natural sort order).
+    path : a multipage TIFF / ImageJ hyperstack / OME-TIFF file, a folder of
+        single-slice ``.tif``/``.tiff``/``.png`` files (natural sort order), or a zarr
+        store: an OME-Zarr image or label group, a zarr array (v2 or v3) or a group
+        holding one (a ``.zarr`` folder, any folder holding zarr metadata, or a
+        ``scheme://`` URL read through fsspec); see :mod:`activeseg.io.zarr_store`.
     crop : :class:`Crop` or text ``"z0:z1,y0:y1,x0:x1"``, applied after an FEI
         information bar was removed.
     voxel_size : (z, y, x) in nm overriding the file's metadata; None entries keep
@@ -481,9 +496,8 @@ def open_stack(
         crop = Crop.parse(crop)
     elif crop is not None and not isinstance(crop, Crop):
         raise ConfigError(f"crop must be a Crop, text like '0:100,:,:' or None, got {crop!r}")
-    stack = open_path(
-        Path(os.path.expanduser(os.fspath(path))), crop=crop, voxel_size=voxel_size, purpose="image", axes=axes
-    )
+    where = path if isinstance(path, str) and is_url(path) else Path(os.path.expanduser(os.fspath(path)))
+    stack = open_path(where, crop=crop, voxel_size=voxel_size, purpose="image", axes=axes)
     if validate:
         try:
             stack.validate()
@@ -598,12 +612,20 @@ def _check_axes_arg(axes: Any) -> str | None:
 
 
 def open_path(
-    path: Path, *, crop: Crop | None, voxel_size: VoxelSizeArg, purpose: str, axes: str | None = None
+    path: Path | str, *, crop: Crop | None, voxel_size: VoxelSizeArg, purpose: str, axes: str | None = None
 ) -> Stack:
-    """Open ``path`` (already expanded) as a :class:`Stack` for ``purpose`` ("image" or
-    "labels"); what :func:`open_stack`, pickled stacks and label reading share."""
+    """Open ``path`` (already expanded; a ``scheme://`` URL as text) as a :class:`Stack` for
+    ``purpose`` ("image" or "labels"); what :func:`open_stack`, pickled stacks and label
+    reading share."""
     axes = _check_axes_arg(axes)
     user_vs = check_voxel_size_arg(voxel_size)
+    location = str(path)
+    if isinstance(path, str):
+        if not is_url(path):
+            path = Path(path)
+        else:
+            return _wrap(Path(path), open_zarr(path, purpose), crop=crop, user_vs=user_vs, voxel_size=voxel_size,
+                         purpose=purpose, axes=axes, channels_as_z=False, location=location)
     if not path.exists():
         hint = ""
         parent = path.parent
@@ -613,10 +635,29 @@ def open_path(
                 hint = f"; similar names there: {', '.join(near)}"
         raise StackError(f"no such file or folder: {path}{hint}")
     channels_as_z = False
-    if path.is_dir():
+    if looks_like_zarr(path):
+        opened = open_zarr(path, purpose)  # its axes metadata say which axis is z
+    elif path.is_dir():
         opened = open_folder(path, purpose)  # one slice per file: "ZYX" is what it is anyway
     else:
         opened, channels_as_z = open_file(path, purpose, axes)
+    return _wrap(path, opened, crop=crop, user_vs=user_vs, voxel_size=voxel_size, purpose=purpose, axes=axes,
+                 channels_as_z=channels_as_z, location=location)
+
+
+def _wrap(
+    path: Path,
+    opened: tuple,
+    *,
+    crop: Crop | None,
+    user_vs: PartialVoxelSize,
+    voxel_size: VoxelSizeArg,
+    purpose: str,
+    axes: str | None,
+    channels_as_z: bool,
+    location: str,
+) -> Stack:
+    """The :class:`Stack` over an opened source: dtype, information bar, crop, voxel size."""
     source, (nz, ny, nx), raw_dtype, fmt, meta_sources, fei, file_size = opened
     try:
         dtype = _target_dtype(raw_dtype, path, purpose)
@@ -652,6 +693,7 @@ def open_path(
         purpose=purpose,
         axes_override=axes,
         reopen_axes="ZYX" if channels_as_z else axes,
+        location=location,
     )
 
 

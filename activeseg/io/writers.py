@@ -58,7 +58,7 @@ def _label_lut() -> np.ndarray:
     return lut
 
 
-def _check_kind_dtype(kind: str, dtype: np.dtype, what: str) -> None:
+def check_kind_dtype(kind: str, dtype: np.dtype, what: str) -> None:
     if kind not in _KINDS:
         raise ConfigError(f"kind must be one of {', '.join(_KINDS)}, got {kind!r}")
     allowed = _KIND_DTYPES[kind]
@@ -167,7 +167,7 @@ def write_stack(
     if isinstance(data, Stack):
         data = data[:]
     arr = data if isinstance(data, np.ndarray) else np.asarray(data)
-    _check_kind_dtype(kind, arr.dtype, "data")
+    check_kind_dtype(kind, arr.dtype, "data")
     if arr.ndim != 3 and not (kind == "probabilities" and arr.ndim == 4):
         hint = "add a slice axis: array[np.newaxis]" if arr.ndim == 2 else "give one (Z, Y, X) volume"
         raise StackError(f"write_stack needs a 3D (Z, Y, X) array, got shape {shape_text(arr.shape)}; {hint}")
@@ -239,7 +239,7 @@ def create_stack(
             f"probabilities), got {shape!r}"
         )
     dt = np.dtype(dtype)
-    _check_kind_dtype(kind, dt, "create_stack dtype")
+    check_kind_dtype(kind, dt, "create_stack dtype")
     kwargs = _imagej_kwargs(kind, vs, len(shape))
     nbytes = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
     if nbytes > _CLASSIC_TIFF_LIMIT:

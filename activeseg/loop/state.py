@@ -34,7 +34,7 @@ from activeseg.bootstrap import fit_rf, load_rf, save_rf
 from activeseg.config import SessionConfig, rf_kwargs
 from activeseg.errors import ModelError, SessionError
 from activeseg.holdout import session_rule, without_held_out
-from activeseg.session import Session, file_fingerprint, sha256_file, stat_key
+from activeseg.session import Session, file_fingerprint, is_store_entry, sha256_file, stat_key
 
 log = logging.getLogger("activeseg")
 
@@ -90,13 +90,27 @@ def _verify_file(entry: dict, what: str, session_root: Path, *, relinkable: bool
         how = ("if you moved it, run the command again with --relink NEW_PATH" if relinkable
                else "put it back at that path (the session compares every model against it)")
         raise SessionError(f"the {what} of session {session_root} is missing: {path}; {how}")
+    how = (" Restore the original file, or, if the pixels are the same (e.g. re-saved), run the command "
+           "again with --relink PATH" if relinkable else " Restore the original file.")
+    if is_store_entry(entry):  # a zarr store: its chunk listing, and the content hash when `init --verify` took one
+        fp = file_fingerprint(path)
+        if fp["listing"] == entry["listing"]:
+            return None
+        changed = f"chunk listing {fp['listing'][:12]} != {entry['listing'][:12]}"
+        if entry.get("sha256"):
+            digest = sha256_file(path)
+            if digest == entry["sha256"]:
+                return {**entry, **{k: fp[k] for k in ("listing", "size", "mtime_ns")}}
+            changed = f"sha256 {digest[:12]} != {entry['sha256'][:12]}"
+        raise SessionError(
+            f"the {what} {path} changed on disk since the session was created ({changed}); labels no longer "
+            f"match it.{how}"
+        )
     current = stat_key(path)
     if current["size"] == entry.get("size") and current["mtime_ns"] == entry.get("mtime_ns"):
         return None
     digest = sha256_file(path)
     if digest != entry["sha256"]:
-        how = (" Restore the original file, or, if the pixels are the same (e.g. re-saved), run the command "
-               "again with --relink PATH" if relinkable else " Restore the original file.")
         raise SessionError(
             f"the {what} {path} changed on disk since the session was created (sha256 {digest[:12]} != "
             f"{entry['sha256'][:12]}); labels no longer match it.{how}"
@@ -137,10 +151,10 @@ def relink(session: Session, new_path: Path) -> None:
                     f"cannot relink to {new_path}: shape {tuple(img.shape)} / {img.dtype} differs from the "
                     f"session's stack {tuple(st['shape'])} / {st['dtype']}"
                 )
-        fp = file_fingerprint(new_path)
+        fp = file_fingerprint(new_path, verify=bool(st.get("sha256")))  # a verified store stays verified
         if fp["sha256"] != st["sha256"]:
             log.warning("relinked to %s: same shape and dtype but different bytes (re-saved or re-compressed?)", new_path)
-        m["stack"] = {**st, **fp}
+        m["stack"] = {**{k: v for k, v in st.items() if k != "listing"}, **fp}  # a TIFF after a store has no listing
         m.setdefault("history", []).append({"event": "relink", "from": st["path"], "to": str(new_path)})
         session.commit(m)
 
@@ -265,7 +279,7 @@ def rf_key(session: Session, m: dict) -> str:
         "rf": {k: v for k, v in cfg.rf.items() if k != "n_jobs"},
         **settings,
         "seed": int(m["bootstrap"]["rf_seed"]),
-        "stack": m["stack"].get("sha256"),
+        "stack": m["stack"].get("sha256") or m["stack"].get("listing"),  # a zarr store without --verify: its listing
         "held_out": session_rule(cfg.train, cfg.seed),
     }
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16]
