@@ -28,7 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import mmap
+import os
 import zipfile
 import zlib
 from collections.abc import Callable, Mapping, Sequence
@@ -37,7 +37,6 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
-from joblib import effective_n_jobs
 
 from activeseg.errors import ConfigError, LabelError, ModelError
 from activeseg.features import (
@@ -48,7 +47,7 @@ from activeseg.features import (
 )
 from activeseg.geometry import Geometry
 from activeseg.prefetch import prefetch
-from activeseg.safety import atomic_save_npz
+from activeseg.safety import atomic_save_npz, release_pages
 from activeseg.uncertainty import entropy, margin, reduce_slices
 from activeseg.validation import check_slices, check_stack
 
@@ -625,8 +624,18 @@ def load_rf(path, *, key: str | None = None, n_jobs: int = -1) -> RFModel:
 # --- the model ----------------------------------------------------------------------------
 
 
+TREE_CHUNKS = 16
+"""The trees' probabilities are summed in this many fixed chunks (fewer with fewer trees):
+the order of the sums, hence every bit of the result, does not depend on the threads."""
+
+
 def _n_workers(n_jobs: int, n_tasks: int) -> int:
-    return max(1, min(int(effective_n_jobs(n_jobs)), n_tasks))
+    # joblib's semantics (-1 = all cores, -2 = all but one), resolved here: joblib itself
+    # answers 1 inside a daemon process such as a Dask worker, where these threads are fine
+    n = int(n_jobs)
+    cores = os.cpu_count() or 1
+    n = cores + 1 + n if n < 0 else n
+    return max(1, min(n, n_tasks))
 
 
 class RFModel:
@@ -691,23 +700,27 @@ class RFModel:
             owner[members] = g
         n_groups = len(groups)
         k = self._classes.size
-        workers = _n_workers(self.n_jobs, len(trees))
-        chunks = np.array_split(np.arange(len(trees)), workers)
+        # The trees are summed in fixed chunks, and the chunks' sums added in chunk order, so the
+        # probabilities are bit-identical whatever the number of threads (in one process or
+        # spread over the workers of a cluster); `workers` chunks are in memory at a time.
+        chunks = np.array_split(np.arange(len(trees)), min(TREE_CHUNKS, len(trees)))
+        workers = _n_workers(self.n_jobs, len(chunks))
 
         def run(chunk: np.ndarray) -> np.ndarray:
-            acc = np.zeros((n_groups, n_pix, k), dtype=np.float32)
+            part = np.zeros((n_groups, n_pix, k), dtype=np.float32)
             for t in chunk:
-                acc[owner[t]] += trees[t].predict_proba(xm, check_input=False)
-            return acc
+                part[owner[t]] += trees[t].predict_proba(xm, check_input=False)
+            return part
 
+        acc = run(chunks[0])
         if workers == 1:
-            acc = run(chunks[0])
+            for chunk in chunks[1:]:
+                acc += run(chunk)
         else:
             with ThreadPoolExecutor(max_workers=workers) as pool:
-                parts = list(pool.map(run, chunks))
-            acc = parts[0]
-            for p in parts[1:]:
-                acc += p
+                for i in range(1, len(chunks), workers):
+                    for part in pool.map(run, chunks[i : i + workers]):
+                        acc += part
         sizes = np.array([len(g) for g in groups], dtype=np.float32)
         acc /= sizes[:, None, None]
         out = np.zeros((n_groups, b, self.n_classes, y, x), dtype=np.float32)
@@ -818,7 +831,7 @@ class RFModel:
         done = 0
         for z, probs in self._stream(image, req, block):
             out[z] = probs[1] if binary else probs
-            _release_pages(out, z)
+            release_pages(out, z, z + 1)
             done += 1
             if callback is not None:
                 callback(done, int(req.size))
@@ -860,33 +873,6 @@ class RFModel:
             "n_classes": self.n_classes,
             "training": dict(self.training),
         }
-
-
-def _release_pages(out, z: int) -> None:
-    """Drop the pages of ``out[z]`` from the resident set when ``out`` is a shared file memmap.
-
-    For a shared mapping the written data stay in the page cache and reach the file;
-    only this process's page-table entries go, so RSS stays bounded on huge outputs.
-    Best effort: anything unexpected (not a memmap, private mapping, no madvise) is a
-    no-op.
-    """
-    mm = getattr(out, "_mmap", None)
-    if not isinstance(out, np.memmap) or mm is None or getattr(out, "mode", "") not in ("r+", "w+"):
-        return
-    if not hasattr(mm, "madvise") or not hasattr(mmap, "MADV_DONTNEED"):
-        return
-    try:
-        start_addr = np.frombuffer(mm, dtype=np.uint8).ctypes.data
-        row = out[z]
-        lo = row.ctypes.data - start_addr
-        hi = lo + row.nbytes
-        page = mmap.PAGESIZE
-        lo = (lo // page) * page
-        hi = min(-(-hi // page) * page, len(mm))
-        if 0 <= lo < hi:
-            mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
-    except (ValueError, OSError, TypeError, BufferError):
-        return
 
 
 def _positions(req: np.ndarray) -> dict[int, list[int]]:

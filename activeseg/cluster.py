@@ -25,7 +25,7 @@ import os
 import re
 import sys
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -174,8 +174,9 @@ def run_tasks(
     items: Sequence[Any] | Iterable[Any],
     *,
     progress: Callable[[int, int], None] | None = None,
-    resources: dict[str, float] | None = None,
+    resources: Mapping[str, float] | None = None,
     key: str = "activeseg",
+    return_exceptions: bool = False,
 ) -> Iterator[tuple[int, Any]]:
     """Submit ``fn(item)`` for every item; yield ``(index, result)`` as they complete.
 
@@ -189,10 +190,14 @@ def run_tasks(
     progress : ``progress(done, total)`` after each completed task (and once at 0).
     resources : Dask resources each task needs (e.g. ``{"GPU": 1}``).
     key : the prefix of the task keys (what the Dask dashboard shows).
+    return_exceptions : yield a failed task's exception as its result (e.g.
+        ``KilledWorker``: its worker died more often than Dask retries) and let the
+        other tasks go on, instead of raising it.
 
     Raises
     ------
-    The first task's exception as raised on its worker; the other tasks are cancelled.
+    The first task's exception as raised on its worker (without ``return_exceptions``);
+    the other tasks are cancelled.
     """
     items = list(items)
     total = len(items)
@@ -200,7 +205,12 @@ def run_tasks(
         progress(0, total)
     if client is None:
         for i, item in enumerate(items):
-            res = fn(item)
+            try:
+                res = fn(item)
+            except Exception as exc:
+                if not return_exceptions:
+                    raise
+                res = exc
             if progress:
                 progress(i + 1, total)
             yield i, res
@@ -213,7 +223,12 @@ def run_tasks(
     done = 0
     try:
         for fut in as_completed(futures):
-            res = fut.result()
+            try:
+                res = fut.result()
+            except Exception as exc:
+                if not return_exceptions:
+                    raise
+                res = exc
             done += 1
             if progress:
                 progress(done, total)

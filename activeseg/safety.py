@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import errno
 import json
+import mmap
 import os
 import shutil
 import tempfile
@@ -234,11 +235,14 @@ def check_output(
     Raises
     ------
     OutputError : the output is an input (also through a symlink or hard link), lies
-        inside an input folder or a session, is a folder, or its folder is a file.
+        inside an input folder or a session, is a folder (other than a ``.zarr`` store), or
+        its folder is a file.
     """
     raw = Path(os.path.expanduser(os.fspath(out)))
     target = raw.resolve()
-    if raw.is_dir() or target.is_dir():
+    # an OME-Zarr output is a folder (a store): one there is replaced only if it is a store
+    # (activeseg.io.create_output checks that)
+    if (raw.is_dir() or target.is_dir()) and not target.name.lower().endswith(".zarr"):
         raise OutputError(f"{option} {raw} is a folder; give a file name inside it, e.g. {raw / 'segmentation.tif'}")
     for parent in target.parents:
         if parent.exists():
@@ -323,3 +327,30 @@ def reserve(path: str | os.PathLike, nbytes: int) -> None:
             os.fsync(fh.fileno())
     except OSError as exc:
         raise _as_output_error(exc, path) from exc
+
+
+def release_pages(out, z0: int, z1: int) -> None:
+    """Drop the pages of ``out[z0:z1]`` from the resident set when ``out`` is a shared file memmap.
+
+    For a shared mapping the written data stay in the page cache and reach the file;
+    only this process's page-table entries go, so RSS stays bounded on huge outputs.
+    Best effort: anything unexpected (not a memmap, private mapping, no madvise) is a
+    no-op.
+    """
+    mm = getattr(out, "_mmap", None)
+    if not isinstance(out, np.memmap) or mm is None or getattr(out, "mode", "") not in ("r+", "w+"):
+        return
+    if not hasattr(mm, "madvise") or not hasattr(mmap, "MADV_DONTNEED"):
+        return
+    try:
+        start_addr = np.frombuffer(mm, dtype=np.uint8).ctypes.data
+        rows = out[int(z0) : int(z1)]
+        lo = rows.ctypes.data - start_addr
+        hi = lo + rows.nbytes
+        page = mmap.PAGESIZE
+        lo = (lo // page) * page
+        hi = min(-(-hi // page) * page, len(mm))
+        if 0 <= lo < hi:
+            mm.madvise(mmap.MADV_DONTNEED, lo, hi - lo)
+    except (ValueError, OSError, TypeError, BufferError):
+        return

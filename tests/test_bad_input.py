@@ -348,7 +348,7 @@ def test_export_on_a_full_disk_injected(case, monkeypatch, scratch_tmp):
     # too little free space is refused before any work, with the numbers
     Usage = namedtuple("Usage", "total used free")
     monkeypatch.setattr(shutil, "disk_usage", lambda p: Usage(1 << 30, (1 << 30) - 50_000, 50_000))
-    cli(["export", s, out_dir / "seg.tif"], says=["needs 1.1 MB on", "only 48.8 KB is free",
+    cli(["export", s, out_dir / "seg.tif"], says=["needs 1.0 MB on", "only 48.8 KB is free",
                                                    "free some space or write somewhere else"],
         watch=case.watch, one_line=False)
     monkeypatch.undo()
@@ -358,16 +358,16 @@ def test_export_on_a_full_disk_injected(case, monkeypatch, scratch_tmp):
 def test_export_on_a_full_disk_real_tmpfs(case, monkeypatch, scratch_tmp):
     s = case.session()
     with tmpfs(case.dir / "small", "size=64k") as small:
-        # the 110 KB probability scratch does not fit: refused up front with the numbers
-        cli(["export", s, small / "seg.tif"], says=["needs 1.1 MB on", "and only 64.0 KB is free"],
+        # refused up front with the numbers (the free-space check keeps a margin of 1 MB)
+        cli(["export", s, small / "seg.tif"], says=["needs 1.0 MB on", "and only 64.0 KB is free"],
             watch=case.watch, one_line=False)
         # and if the check is passed (free space changes under us), the write itself fails cleanly
         from activeseg import safety
-        from activeseg.loop import export as loop_export
 
-        monkeypatch.setattr(loop_export, "check_free_space", lambda *a, **k: None)
         monkeypatch.setattr(safety, "check_free_space", lambda *a, **k: None)
-        text = cli(["export", s, small / "seg.tif"], says=["the disk is full"], watch=case.watch, one_line=False)
+        # (the 110 KB of probabilities do not fit in 64 KB)
+        text = cli(["export", s, small / "seg.tif", "--probabilities"], says=["the disk is full"], watch=case.watch,
+                   one_line=False)
         assert f"cannot write {small / 'seg.tif'}" in text
         assert list(small.iterdir()) == []
     monkeypatch.undo()
@@ -435,7 +435,7 @@ def test_export_past_the_file_size_limit(case, scratch_tmp):
 
     def limit():
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails with EFBIG instead of killing us
-        resource.setrlimit(resource.RLIMIT_FSIZE, (64_000, 64_000))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (16_000, 16_000))  # the 27.6 KB segmentation does not fit
 
     cli_proc(["export", s, out], preexec_fn=limit, watch=case.watch, one_line=False, env={"TMPDIR": str(scratch_tmp)},
              says=[f"cannot write {out}", "file-size limit", "raise the limit or write a smaller output"])
@@ -449,11 +449,11 @@ def test_export_killed_then_run_again(case, scratch_tmp):
     code = textwrap.dedent(f"""
         import os, signal
         from activeseg.loop import export as loop_export
-        real = loop_export.predict_pore_prob
+        real = loop_export.predict_blocks
         def then_die(*a, **k):
             real(*a, **k)
             os.kill(os.getpid(), signal.SIGKILL)
-        loop_export.predict_pore_prob = then_die
+        loop_export.predict_blocks = then_die
         from activeseg.cli import app
         app(["export", {str(s)!r}, {str(out)!r}])
     """)
@@ -464,7 +464,7 @@ def test_export_killed_then_run_again(case, scratch_tmp):
     assert not out.exists()
     # export never writes into the session; a kill -9 may leave only its hidden scratch beside OUT
     assert snapshot(s, case.stack, case.truth, scratch_tmp) == before
-    assert [p.name for p in out.parent.iterdir()] == [".seg.tif.prob.tmp"]
+    assert [p.name for p in out.parent.iterdir()] == [".seg.tif.tmp"]
     # the next run overwrites and removes what the killed one left beside OUT
     _retry_export_succeeds(s, out, [s, case.stack, case.truth, scratch_tmp])
 
@@ -780,7 +780,7 @@ def test_query_disk_full_mid_export_then_retry_with_another_strategy(case, monke
     assert "round 1: random picked" in out
     zs = queried_slices(s)
     expected = {"INSTRUCTIONS.txt", "prefill.npz"} | {
-        f"z{z:04d}_{k}" for z in zs for k in ("image.tif", "mask.tif", "preview.png")
+        f"z{z:04d}_{k}" for z in zs for k in ("image.tif", "mask.tif", "preview.png", "uncertainty.tif")
     }
     assert {p.name for p in (s / "rounds" / "r001").iterdir()} == expected
 
@@ -1008,7 +1008,7 @@ def test_train_unknown_device(case):
 
 def test_export_to_a_name_that_is_not_a_tiff(case):
     s = case.session()
-    cli(["export", s, case.dir / "seg.png"], says=["does not end in .tif or .tiff", f"{case.dir / 'seg.tif'}"],
+    cli(["export", s, case.dir / "seg.png"], says=["ends in neither .tif/.tiff", "nor .zarr", "give e.g. seg.tif or seg.zarr"],
         watch=case.watch)
 
 

@@ -14,13 +14,15 @@ from pathlib import Path
 import numpy as np
 
 from activeseg import metrics
+from activeseg.loop.blocks import predict_blocks
 from activeseg.loop.state import Progress, no_progress, open_depth, open_truth
 from activeseg.metrics import PORE, paper_indices
 from activeseg.safety import check_free_space, reserve
 from activeseg.session import Session
 
 
-def evaluate_model(session: Session, model, image, *, labelled=(), progress: Progress = no_progress) -> dict:
+def evaluate_model(session: Session, model, image, *, labelled=(), progress: Progress = no_progress,
+                   scheduler=None) -> dict:
     """Predict the whole stack and compare with the session's truth (streamed to disk).
 
     ``overall`` is over the whole stack, the labelled slices included; with ``labelled``
@@ -44,14 +46,14 @@ def evaluate_model(session: Session, model, image, *, labelled=(), progress: Pro
         if n_classes == 2:
             check_free_space(scratch, nz * ny * nx * 5, what="the whole-stack evaluation's scratch arrays")
             prob = scratch_array(scratch / "prob.npy", np.float32, (nz, ny, nx))
-            predict_pore_prob(model, image, prob, progress=progress)
+            predict_pore_prob(model, image, prob, progress=progress, scheduler=scheduler)
             pred = scratch_array(scratch / "pred.npy", np.uint8, (nz, ny, nx))
             for z0 in range(0, nz, 16):
                 pred[z0 : z0 + 16] = prob[z0 : z0 + 16] >= 0.5
         else:  # class probabilities (Z, C, Y, X) on disk; labels = argmax; BCE on the pore channel
             check_free_space(scratch, nz * ny * nx * (4 * n_classes + 1), what="the whole-stack evaluation's scratch arrays")
             probs = scratch_array(scratch / "prob.npy", np.float32, (nz, n_classes, ny, nx))
-            predict_class_prob(model, image, probs, progress=progress)
+            predict_class_prob(model, image, probs, progress=progress, scheduler=scheduler)
             pred = scratch_array(scratch / "pred.npy", np.uint8, (nz, ny, nx))
             for z0 in range(0, nz, 4):
                 pred[z0 : z0 + 4] = np.argmax(probs[z0 : z0 + 4], axis=1)
@@ -89,24 +91,17 @@ def model_classes(model) -> int:
     return int(getattr(model, "n_classes", 2))
 
 
-def predict_pore_prob(model, image, out, *, progress: Progress = no_progress) -> None:
+def predict_pore_prob(model, image, out, *, progress: Progress = no_progress, scheduler=None) -> None:
     """Write the pore probability (Z, Y, X) of a binary model (RF or network) into ``out``."""
-    _stream_probabilities(model, image, out, progress)
+    _stream_probabilities(model, image, out, progress, scheduler)
 
 
-def predict_class_prob(model, image, out, *, progress: Progress = no_progress) -> None:
+def predict_class_prob(model, image, out, *, progress: Progress = no_progress, scheduler=None) -> None:
     """Write the class probabilities (Z, C, Y, X) of any model (RF or network) into ``out``
     (a memmap: streamed block by block, never the whole float volume in memory)."""
-    _stream_probabilities(model, image, out, progress)
+    _stream_probabilities(model, image, out, progress, scheduler)
 
 
-def _stream_probabilities(model, image, out, progress: Progress) -> None:
-    callback = lambda d, t: progress("inference", d, t)  # noqa: E731
-    if hasattr(model, "predict_stack") and not hasattr(model, "net"):  # the RF streams itself
-        model.predict_stack(image, out=out, callback=callback)
-        return
-    from activeseg.infer import predict_stack  # torch: a network is being run
-
-    predict_stack(model, image, out=out, callback=callback)
-    if hasattr(out, "flush"):
-        out.flush()
+def _stream_probabilities(model, image, out, progress: Progress, scheduler) -> None:
+    """Block by block (:mod:`activeseg.loop.blocks`), in this process or on ``scheduler``'s workers."""
+    predict_blocks(model, image, out, mode="raw", scheduler=scheduler, progress=lambda d, t: progress("inference", d, t))

@@ -7,7 +7,6 @@ beside its target under a temporary name and moved into place at the end.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -15,7 +14,8 @@ import numpy as np
 
 from activeseg import io
 from activeseg.errors import ConfigError, OutputError, SessionError
-from activeseg.loop.evaluate import model_classes, predict_class_prob, predict_pore_prob
+from activeseg.loop.blocks import predict_blocks
+from activeseg.loop.evaluate import model_classes
 from activeseg.loop.state import (
     Progress,
     current_entry,
@@ -28,7 +28,7 @@ from activeseg.loop.state import (
     session_inputs,
     shell_quote,
 )
-from activeseg.safety import atomic_write_bytes, check_free_space, check_output, os_error_message
+from activeseg.safety import atomic_write_bytes, check_output
 from activeseg.session import Session
 
 
@@ -60,9 +60,10 @@ def check_output_values(values: Sequence[int | str] | None, n_classes: int = 2) 
 
 
 def segment_to_file(model, image, out: Path, *, voxel_size, probabilities: bool, values: Sequence[int],
-                     fixed: dict[int, np.ndarray] | None = None, progress: Progress = no_progress,
-                     before_replace: Callable[[np.ndarray], None] | None = None) -> np.ndarray:
-    """Segment every slice of ``image`` into the TIFF ``out``; returns the phase fractions per slice.
+                    fixed: dict[int, np.ndarray] | None = None, progress: Progress = no_progress,
+                    before_replace: Callable[[np.ndarray], None] | None = None, scheduler=None) -> np.ndarray:
+    """Segment every slice of ``image`` into ``out`` (an ImageJ TIFF or an OME-Zarr store,
+    after its suffix); returns the phase fractions per slice.
 
     ``values`` must already be checked (:func:`check_output_values`), one per class of
     the model.
@@ -72,11 +73,13 @@ def segment_to_file(model, image, out: Path, *, voxel_size, probabilities: bool,
     model of C >= 3 classes writes the float32 class probabilities ``(Z, C, Y, X)`` (an
     ImageJ hyperstack with C channels) or uint8 ``values[k]`` where class k is the most
     probable. Slices in ``fixed`` (z -> class-id mask) are taken from their labels. The
-    stacks are written beside ``out`` under temporary names and moved into place at the
-    end; a failure or a kill leaves ``out`` as it was and removes the temporary files
-    (and the folders made for ``out``). ``before_replace(fractions)`` writes what goes
-    with ``out`` (its porosity table) before it is moved into place, so that a failure
-    there also leaves ``out`` as it was.
+    prediction runs block by block (:mod:`activeseg.loop.blocks`) in this process or on
+    ``scheduler``'s workers, which write an OME-Zarr output's blocks themselves. The output
+    is written under a temporary name (a hidden file beside a TIFF, ``NAME.zarr.partial``)
+    and moved into place at the end; a failure or a kill leaves ``out`` as it was and
+    removes what was written (and the folders made for ``out``). ``before_replace(fractions)``
+    writes what goes with ``out`` (its porosity table) before it is moved into place, so
+    that a failure there also leaves ``out`` as it was.
 
     Returns
     -------
@@ -86,70 +89,33 @@ def segment_to_file(model, image, out: Path, *, voxel_size, probabilities: bool,
     n_classes = model_classes(model)
     if len(values) != n_classes:
         raise ConfigError(f"values holds {len(values)} numbers but the model has {n_classes} classes; give one per class")
-    fixed = fixed or {}
     nz, ny, nx = (int(s) for s in image.shape)
-    n_vox = nz * ny * nx
-    if n_classes == 2:
-        check_free_space(out.parent, n_vox * (4 if probabilities else 5), what=f"writing {out}")
+    dtype: np.dtype
+    if probabilities:
+        shape: tuple[int, ...] = (nz, ny, nx) if n_classes == 2 else (nz, n_classes, ny, nx)
+        dtype, kind, mode = np.dtype(np.float32), "probabilities", "probabilities"
     else:
-        check_free_space(out.parent, n_vox * (4 * n_classes + (0 if probabilities else 1)), what=f"writing {out}")
-    tmp_prob = out.with_name(f".{out.name}.prob.tmp")
-    tmp_seg = out.with_name(f".{out.name}.tmp")
+        shape, dtype, kind, mode = (nz, ny, nx), np.dtype(np.uint8), "labels", "labels"
     made = [p for p in (out.parent, *out.parent.parents) if not p.exists()]
-    fractions = np.zeros((nz, n_classes), dtype=np.float64)
     done = False
+    writer = None
     try:
-        if n_classes == 2:
-            prob = io.create_stack(tmp_prob, (nz, ny, nx), np.float32, voxel_size=voxel_size, kind="probabilities")
-            predict_pore_prob(model, image, prob, progress=progress)
-        else:
-            prob = io.create_stack(tmp_prob, (nz, n_classes, ny, nx), np.float32, voxel_size=voxel_size,
-                                   kind="probabilities")
-            predict_class_prob(model, image, prob, progress=progress)
-        if probabilities:
-            for z, mk in fixed.items():
-                prob[z] = mk.astype(np.float32) if n_classes == 2 else _one_hot(mk, n_classes)
-            for z in range(nz):
-                fractions[z] = _slice_fractions(np.asarray(prob[z]), n_classes)
-            prob.flush()
-            del prob
-            if before_replace is not None:
-                before_replace(fractions)
-            _replace(tmp_prob, out)
-        else:
-            seg = io.create_stack(tmp_seg, (nz, ny, nx), np.uint8, voxel_size=voxel_size, kind="labels")
-            lut = np.asarray(values, dtype=np.uint8)
-            for z in range(nz):
-                if z in fixed:
-                    lab = fixed[z]
-                elif n_classes == 2:
-                    lab = (np.asarray(prob[z]) >= 0.5).astype(np.uint8)
-                else:
-                    lab = np.argmax(np.asarray(prob[z]), axis=0).astype(np.uint8)
-                if n_classes == 2:
-                    por = float(np.mean(lab == 1))
-                    fractions[z] = (1.0 - por, por)
-                    seg[z] = np.where(lab == 1, lut[1], lut[0]).astype(np.uint8)
-                else:
-                    fractions[z] = np.bincount(lab.ravel(), minlength=n_classes)[:n_classes] / lab.size
-                    seg[z] = lut[lab]
-            seg.flush()
-            del seg, prob
-            if before_replace is not None:
-                before_replace(fractions)
-            _replace(tmp_seg, out)
+        writer = io.create_output(out, shape, dtype, voxel_size=voxel_size, kind=kind)
+        fractions = predict_blocks(model, image, writer.array, mode=mode, values=values, fixed=fixed or {},
+                                   scheduler=scheduler, worker_target=writer.worker_target,
+                                   progress=lambda d, t: progress("inference", d, t))
+        if before_replace is not None:
+            before_replace(fractions)
+        writer.commit()
         done = True
-    except OutputError as exc:  # name the output the user gave, not our hidden temporary file
+    except OutputError as exc:  # name the output the user gave, not our hidden temporary file or store
         msg = str(exc)
-        for tmp in (tmp_prob, tmp_seg):
+        for tmp in (out.with_name(f".{out.name}.tmp"), Path(f"{out}.partial")):
             msg = msg.replace(str(tmp), str(out))
         raise OutputError(msg) from exc
     finally:
-        for tmp in (tmp_prob, tmp_seg):
-            try:
-                tmp.unlink(missing_ok=True)
-            except OSError:  # e.g. EROFS: nothing was made there; never hide the real error
-                pass
+        if writer is not None and not done:
+            writer.abort()
         if not done:
             for folder in made:  # only empty folders go
                 try:
@@ -159,34 +125,13 @@ def segment_to_file(model, image, out: Path, *, voxel_size, probabilities: bool,
     return fractions
 
 
-def _one_hot(mask: np.ndarray, n_classes: int) -> np.ndarray:
-    """float32 ``(C, Y, X)`` probabilities of a labelled slice (1 for its class, 0 elsewhere)."""
-    return (np.arange(n_classes, dtype=np.uint8)[:, None, None] == mask[None]).astype(np.float32)
-
-
-def _slice_fractions(prob: np.ndarray, n_classes: int) -> np.ndarray:
-    """Fraction of a slice's pixels per class from its probabilities ((Y, X) pore or (C, Y, X))."""
-    if n_classes == 2:
-        por = float(np.mean(prob >= 0.5))
-        return np.array([1.0 - por, por])
-    lab = np.argmax(prob, axis=0)
-    return np.bincount(lab.ravel(), minlength=n_classes)[:n_classes] / lab.size
-
-
-def _replace(tmp: Path, out: Path) -> None:
-    """Move a finished temporary output into place (an OSError becomes one clear line)."""
-    try:
-        os.replace(tmp, out)
-    except OSError as exc:
-        raise OutputError(os_error_message(exc, out)) from exc
-
-
-def _tiff_name(out: Path) -> None:
-    """Outputs are ImageJ TIFFs: a name ending in another format's suffix would mislead."""
-    if out.suffix.lower() not in (".tif", ".tiff"):
+def _output_name(out: Path) -> None:
+    """Outputs are ImageJ TIFFs or OME-Zarr stores, after the suffix; refuse anything else early."""
+    name = out.name.lower()
+    if not (name.endswith((".tif", ".tiff")) or io.is_zarr_path(out)):
         raise OutputError(
-            f"OUT {out} does not end in .tif or .tiff; activeseg writes ImageJ TIFF stacks: "
-            f"give a name like {out.with_suffix('.tif')}"
+            f"OUT {out} ends in neither .tif/.tiff (an ImageJ TIFF) nor .zarr (an OME-Zarr store); the output "
+            f"format follows the name: give e.g. {out.with_suffix('.tif').name} or {out.with_suffix('.zarr').name}"
         )
 
 
@@ -197,19 +142,23 @@ def export_segmentation(
     probabilities: bool = False,
     values: Sequence[int | str] | None = None,
     progress: Progress = no_progress,
+    scheduler=None,
 ) -> dict:
     """Whole-stack segmentation from the latest model, with labelled slices taken from
     their labels; plus porosity per slice as CSV beside it (``OUT.porosity.csv``; with
     C >= 3 classes also the fraction of every class, ``fraction_c0`` ...).
 
-    ``values``: one uint8 value per class (default the class ids ``0..C-1``)."""
+    ``out`` is an ImageJ TIFF (``.tif``) or an OME-Zarr store (``.zarr``).
+    ``values``: one uint8 value per class (default the class ids ``0..C-1``).
+    ``scheduler``: where the prediction runs (``"inline"``, ``"local:N"``, ``"tcp://..."``;
+    :mod:`activeseg.cluster`)."""
     out = Path(out)
     n_classes = session_config(session).n_classes
     values = check_output_values(values, n_classes)
     csv = out.with_suffix(".porosity.csv")
     for path, option in ((out, "OUT"), (csv, "the porosity table")):
         check_output(path, inputs=session_inputs(session), sessions=[session.root], option=option)
-    _tiff_name(out)
+    _output_name(out)
     cfg = session_config(session)
     full = labels_dict(session, kinds=("full",))
 
@@ -226,7 +175,8 @@ def export_segmentation(
     with open_image(session) as image:
         kind, version, model = current_model(session, image, progress=progress)
         fractions = segment_to_file(model, image, out, voxel_size=cfg.geometry.voxel_size, probabilities=probabilities,
-                                    values=values, fixed=full, progress=progress, before_replace=write_table)
+                                    values=values, fixed=full, progress=progress, before_replace=write_table,
+                                    scheduler=scheduler)
     res = {"out": str(out), "porosity_csv": str(csv), "model": version, "kind": kind,
            "porosity": float(np.mean(fractions[:, 1]))}
     if n_classes > 2:
@@ -235,14 +185,16 @@ def export_segmentation(
 
 
 def predict_to_file(model_path: Path, stack: Path, out: Path, *, values: Sequence[int | str] | None = None,
-                    probabilities: bool = False, axes: str | None = None, progress: Progress = no_progress) -> dict:
+                    probabilities: bool = False, axes: str | None = None, progress: Progress = no_progress,
+                    scheduler=None) -> dict:
     """Apply a trained network (a session's latest, or a model directory) to another stack.
 
     ``values``: one uint8 value per class of the network (default the class ids ``0..C-1``).
     The result holds ``intensity_distance`` (how far the stack's normalised intensities are
     from the training stack's, :meth:`activeseg.network.SegModel.intensity_drift`; None for
     a model saved without a training profile) and ``warning`` (the sentence to show when
-    that distance is above its threshold, else None)."""
+    that distance is above its threshold, else None). ``scheduler`` as in
+    :func:`export_segmentation`."""
     from activeseg.network import load_model  # torch
 
     model_path = Path(model_path)
@@ -264,7 +216,7 @@ def predict_to_file(model_path: Path, stack: Path, out: Path, *, values: Sequenc
         model_dir = model_path
         inputs.append(("model", str(model_path)))  # nothing is written into a model folder
     check_output(out, inputs=inputs, sessions=sessions, option="OUT")
-    _tiff_name(Path(out))
+    _output_name(Path(out))
     model = load_model(model_dir)
     values = check_output_values(values, model_classes(model))
     if sessions and rf_current:
@@ -278,7 +230,7 @@ def predict_to_file(model_path: Path, stack: Path, out: Path, *, values: Sequenc
     with io.open_stack(stack, axes=axes) as image:
         drift = model.intensity_drift(image)  # normalisation travels with the stack; this says how far it went
         segment_to_file(model, image, Path(out), voxel_size=image.voxel_size, probabilities=probabilities,
-                         values=values, progress=progress)
+                         values=values, progress=progress, scheduler=scheduler)
     return {"out": str(out), "model": str(model_dir),
             "intensity_distance": None if drift is None else round(drift.distance, 4),
             "warning": None if drift is None else drift.message}
