@@ -2,15 +2,19 @@
 
 Each run is an ordinary session under ``STUDY/runs/NAME`` driven by the ground-truth
 oracle, so a killed study resumes where it stopped and a re-run only fills missing runs.
-Runs are independent processes (parallel over cores). Results are collected from the
-sessions into ``results.csv`` / ``results.json``, tables (the paper's Table 1 layout, the
-label-efficiency summary) and plots linked from ``report.md``::
+Runs are independent tasks: in this process, on a local Dask cluster or on a remote one
+(:mod:`activeseg.cluster`); a run whose worker is lost is run again elsewhere and resumes
+from its session. Results are collected from the sessions into ``results.csv`` /
+``results.json``, tables (the paper's Table 1 layout, the label-efficiency summary) and
+plots linked from ``report.md``::
 
     STUDY/
       study.json            the inputs, config and run list
       data/                 the synthetic volume, when the study made one
-      runs/<name>/          one session per run
-      results.csv/.json     one row per (run, round)
+      runs/<name>/          one session per run, with attempts.jsonl (one line per attempt)
+      results.csv/.json     one row per (run, round); results.json holds no timings, so
+                            identical studies give identical files
+      attempts.json         the attempts of each run (more than one: a lost worker)
       paper_table.md        Table 1 layout (paper preset)
       label_efficiency.md   slices needed for 95 % / 99 % of the all-slices ceiling
       plots/*.png, report.md
@@ -20,21 +24,21 @@ from __future__ import annotations
 
 import json
 import logging
-import multiprocessing as mp
 import os
+import socket
 import warnings
 from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from activeseg import io, loop, plots, report, synth, tables
+from activeseg import cluster, io, loop, plots, report, synth, tables
 from activeseg.errors import ConfigError, SessionError
 from activeseg.metrics import paper_indices
-from activeseg.safety import atomic_write_bytes, atomic_write_json
+from activeseg.safety import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 __all__ = [
     "RunSpec",
@@ -43,7 +47,9 @@ __all__ = [
     "demo_preset",
     "plan_grid",
     "run_study",
+    "study_scheduler",
     "execute_run",
+    "read_attempts",
     "collect",
     "summarise",
 ]
@@ -258,6 +264,14 @@ def _run_done(run_dir: Path, spec: RunSpec) -> bool:
     return len([r for r in trained if r["index"] > 0 or spec.strategy == CEILING]) >= want
 
 
+def _init_run(run_dir: Path, spec: RunSpec, inputs: dict, config: dict):
+    """The run's new session (ground truth from the study's inputs, the run's settings on top)."""
+    return loop.init_session(
+        run_dir, Path(inputs["image"]), truth=Path(inputs["truth"]),
+        depth=Path(inputs["depth"]) if inputs.get("depth") else None, config={**config, **spec.config}, seed=spec.seed,
+    )
+
+
 def execute_run(study_dir: Path, spec: RunSpec, inputs: dict, config: dict, *, threads: int | None = None) -> dict:
     """Run (or resume) one simulated run as a session; returns a short summary.
 
@@ -275,10 +289,7 @@ def execute_run(study_dir: Path, spec: RunSpec, inputs: dict, config: dict, *, t
     if (run_dir / "activeseg.json").exists():
         session = loop.open_session(run_dir)
     else:
-        session = loop.init_session(
-            run_dir, Path(inputs["image"]), truth=Path(inputs["truth"]),
-            depth=Path(inputs["depth"]) if inputs.get("depth") else None, config={**config, **spec.config}, seed=spec.seed,
-        )
+        session = _init_run(run_dir, spec, inputs, config)
     if spec.strategy == CEILING:
         if not session.manifest["rounds"]:
             loop.bootstrap(session, slices=list(range(int(session.manifest["stack"]["shape"][0]))))
@@ -291,14 +302,103 @@ def execute_run(study_dir: Path, spec: RunSpec, inputs: dict, config: dict, *, t
     return {"name": spec.name, "status": "done"}
 
 
-def _worker(args):
+ATTEMPTS = "attempts.jsonl"
+"""Inside a run's session folder: one JSON line per attempt at the run (see :func:`read_attempts`)."""
+RESUBMITS = 2
+"""Times a run whose task was lost beyond the cluster's own retries is submitted again."""
+
+
+def _last_trained_round(run_dir: Path) -> int | None:
+    """Index of the last trained round committed in the run's session (None: none yet)."""
+    mf = Path(run_dir) / "activeseg.json"
+    if not mf.exists():
+        return None
+    rounds = json.loads(mf.read_text()).get("rounds", [])
+    done = [int(r["index"]) for r in rounds if r.get("status") == "trained"]
+    return max(done) if done else None
+
+
+def read_attempts(run_dir: Path) -> list[dict]:
+    """The attempts at a run, oldest first (empty for a run made before attempts were recorded).
+
+    Each is ``{"attempt": k, "host", "pid", "started": ISO time, "resumed_from_round"}``:
+    ``resumed_from_round`` is the index of the last trained round the attempt found in the
+    session (None: it started from nothing), so a retried run shows where it went on.
+    """
+    path = Path(run_dir) / ATTEMPTS
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _record_attempt(run_dir: Path) -> int:
+    """Add this attempt's line to the run's ``attempts.jsonl``; returns its number (1 = first)."""
+    previous = read_attempts(run_dir)
+    k = len(previous) + 1
+    line = {"attempt": k, "host": socket.gethostname(), "pid": os.getpid(),
+            "started": datetime.now(UTC).isoformat(timespec="seconds"),
+            "resumed_from_round": _last_trained_round(run_dir)}
+    atomic_write_text(Path(run_dir) / ATTEMPTS, "".join(json.dumps(a) + "\n" for a in [*previous, line]))
+    return k
+
+
+def _run_task(args: tuple) -> dict:
+    """One run as a task (module level: Dask workers import it by name).
+
+    ``args`` = (study folder, the run's spec as a dict, inputs, run config, threads).
+    Records the attempt, then runs or resumes the run; an error of the run is returned as
+    a failed result (the study goes on), a lost worker is the cluster's to retry.
+    """
     study_dir, spec_dict, inputs, config, threads = args
     logging.getLogger("activeseg").setLevel(logging.WARNING)
     spec = RunSpec(**spec_dict)
+    run_dir = Path(study_dir) / "runs" / spec.name
+    attempt = 0
     try:
-        return execute_run(Path(study_dir), spec, inputs, config, threads=threads)
+        if not (run_dir / "activeseg.json").exists():
+            _init_run(run_dir, spec, inputs, config)  # a session is made in an empty folder: then the attempt's line
+        attempt = _record_attempt(run_dir)
+        res = execute_run(Path(study_dir), spec, inputs, config, threads=threads)
     except Exception as exc:  # a failed run is recorded and the study goes on
-        return {"name": spec.name, "status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+        res = {"name": spec.name, "status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+    res["attempts"] = attempt
+    return res
+
+
+def study_scheduler(scheduler: str | cluster.Scheduler | None, jobs: int = 1, n_runs: int | None = None) -> cluster.Scheduler:
+    """Where a study's runs go: ``scheduler`` (``--scheduler``), or ``jobs`` > 1 = ``local:jobs``.
+
+    A local cluster gets no more workers than there are runs to do (``n_runs``); ``jobs``
+    alone falls back to inline when that leaves one.
+
+    Raises
+    ------
+    ConfigError : ``jobs`` < 1, or ``jobs`` > 1 together with a scheduler other than
+        ``local:jobs``.
+    """
+    if int(jobs) < 1:
+        raise ConfigError(f"--jobs must be >= 1 (runs at once), got {jobs}")
+    limit = max(1, n_runs) if n_runs is not None else None
+    if scheduler is None:
+        n = min(int(jobs), limit) if limit else int(jobs)
+        return cluster.Scheduler("local", workers=n) if n > 1 else cluster.parse_scheduler(None)
+    sched = cluster.parse_scheduler(scheduler)
+    if int(jobs) > 1 and str(sched) != f"local:{int(jobs)}":
+        raise ConfigError(
+            f"--jobs {jobs} is short for --scheduler local:{jobs}, but --scheduler {sched} was given too; "
+            "give only one of them"
+        )
+    if sched.kind == "local" and limit and sched.workers > limit:
+        sched = cluster.Scheduler("local", workers=limit)
+    return sched
+
+
+def _worker_threads(client: Any) -> int:
+    """Threads of the smallest worker of a remote cluster (each run's forest and torch use that many)."""
+    workers = client.scheduler_info().get("workers", {})
+    if not workers:
+        raise ConfigError("the Dask scheduler has no workers; start some with `dask worker ADDRESS` and run the study again")
+    return max(1, min(int(w.get("nthreads", 1)) for w in workers.values()))
 
 
 def run_study(
@@ -310,19 +410,45 @@ def run_study(
     depth: Path | None = None,
     config: dict | None = None,
     jobs: int = 1,
+    scheduler: str | cluster.Scheduler | None = None,
+    threads: int | None = None,
     bootstrap_slices: int = 3,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> list[dict]:
-    """Run every missing run of a study (in ``jobs`` parallel processes) and collect.
+    """Run every missing run of a study (each run one task) and return their summaries.
 
     The study's ``study.json`` records inputs, config and runs; calling again with the
     same directory skips finished runs and resumes interrupted ones.
+
+    Parameters
+    ----------
+    jobs : runs at once on this machine: ``jobs`` > 1 is short for ``scheduler="local:jobs"``.
+    scheduler : "inline" (default with ``jobs`` = 1: one run after another in this
+        process), "local:N" (N worker processes) or the address of a Dask scheduler
+        (``tcp://HOST:PORT``; its workers must read the inputs and write the study folder).
+    threads : torch and forest threads of each run (default: the cores shared between a
+        local cluster's workers, all cores inline, the smallest remote worker's threads).
+
+    Returns
+    -------
+    One dict per run: ``name``, ``status`` ("done" or "failed" with ``error``) and, for a
+    run this call ran, ``attempts`` (more than 1: its worker was lost and it resumed from
+    its session elsewhere; every attempt is a line of ``runs/NAME/attempts.jsonl``).
+
+    Raises
+    ------
+    ConfigError : duplicate run names, ``jobs`` and ``scheduler`` that disagree, a bad
+        scheduler or an unreachable one.
+    SessionError : the folder holds a study with other inputs, settings or runs.
     """
     study_dir = Path(study_dir)
-    study_dir.mkdir(parents=True, exist_ok=True)
     names = [r.name for r in runs]
     if len(set(names)) != len(names):
         raise ConfigError(f"run names must be unique; duplicated: {sorted({n for n in names if names.count(n) > 1})}")
+    if threads is not None and int(threads) < 1:
+        raise ConfigError(f"threads must be >= 1 (per run), got {threads}")
+    study_scheduler(scheduler, jobs)  # a bad or contradictory choice fails before anything is written
+    study_dir.mkdir(parents=True, exist_ok=True)
     inputs = {"image": str(Path(image).resolve()), "truth": str(Path(truth).resolve()),
               "depth": str(Path(depth).resolve()) if depth else None, "bootstrap_slices": int(bootstrap_slices)}
     spec_path = study_dir / "study.json"
@@ -349,30 +475,40 @@ def run_study(
     total = len(runs)
     if progress:
         progress("runs", len(results), total)
-    cores = os.cpu_count() or 1
-    jobs = max(1, min(int(jobs), len(todo) or 1))
-    threads = max(1, cores // jobs)
-    run_config = dict(config or {})
-    if jobs > 1:  # each worker's forest gets its share of the cores, like its torch threads
-        run_config["rf"] = {**run_config.get("rf", {}), "n_jobs": threads}
-    args = [(str(study_dir), asdict(r), inputs, run_config, threads) for r in todo]
-    if jobs == 1:
-        for a in args:
-            results.append(_worker(a))
-            if progress:
-                progress("runs", len(results), total)
-    else:
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
-            futs = {pool.submit(_worker, a): a[1]["name"] for a in args}
-            for f in as_completed(futs):
-                try:
-                    results.append(f.result())
-                except Exception as exc:  # e.g. a worker killed for memory breaks the pool: the runs not
-                    # finished are recorded as failed, and running the study again resumes them
-                    results.append({"name": futs[f], "status": "failed",
-                                    "error": f"{type(exc).__name__}: {exc} (run the study again to resume it)"})
+    sched = study_scheduler(scheduler, jobs, len(todo)) if todo else cluster.parse_scheduler(None)
+    lost: list[tuple[tuple, BaseException]] = []
+    # one run at a time per worker process: the run's own threads share the worker's cores
+    with cluster.open_client(sched, threads_per_worker=1) as client:
+        if threads is not None:
+            n_threads = int(threads)
+        elif sched.kind == "remote":
+            n_threads = _worker_threads(client)
+        else:
+            n_threads = max(1, (os.cpu_count() or 1) // max(1, sched.workers))
+        run_config = dict(config or {})
+        if not sched.inline or threads is not None:  # each run's forest gets its share of the cores, like its torch
+            run_config["rf"] = {**run_config.get("rf", {}), "n_jobs": n_threads}
+        pending = [(str(study_dir), asdict(r), inputs, run_config, n_threads) for r in todo]
+        for submission in range(RESUBMITS + 1):
+            lost = []
+            for i, res in cluster.run_tasks(client, _run_task, pending, key="activeseg-study", return_exceptions=True):
+                if isinstance(res, BaseException):  # the task itself was lost (its runs' errors come back as results)
+                    lost.append((pending[i], res))
+                    continue
+                results.append(res)
                 if progress:
                     progress("runs", len(results), total)
+            if not lost or submission == RESUBMITS:
+                break
+            log.warning("runs %s lost their task (%s); submitting them again (%d of %d)",
+                        ", ".join(a[1]["name"] for a, _ in lost), lost[0][1], submission + 1, RESUBMITS)
+            pending = [a for a, _ in lost]
+    for a, exc in lost:  # still lost after the resubmissions: failed; running the study again resumes them
+        run_dir = study_dir / "runs" / a[1]["name"]
+        results.append({"name": a[1]["name"], "status": "failed", "attempts": len(read_attempts(run_dir)),
+                        "error": f"{type(exc).__name__}: {exc} (run the study again to resume it)"})
+        if progress:
+            progress("runs", len(results), total)
     for res in results:
         if res["status"] == "failed":
             log.error("run %s failed: %s", res["name"], res["error"])
@@ -455,8 +591,17 @@ def _load_per_slice(info: dict) -> dict:
     return {k: np.asarray([np.nan if v is None else v for v in vals], float) for k, vals in d["per_slice"].items()}
 
 
+TIMINGS = ("train_seconds",)
+"""Row keys that measure time: in results.csv, kept out of results.json."""
+
+
 def summarise(study_dir: Path, *, title: str = "activeseg study", preset: str | None = None) -> dict:
-    """Write results.csv/.json, tables, plots and report.md from the runs so far."""
+    """Write results.csv/.json, attempts.json, tables, plots and report.md from the runs so far.
+
+    ``results.json`` holds no timings (:data:`TIMINGS`; they are in ``results.csv``), so
+    identical studies give identical files; ``attempts.json`` maps each run to its
+    attempts (:func:`read_attempts`), and the returned ``attempts`` to their number.
+    """
     study_dir = Path(study_dir)
     rows, per_run = collect(study_dir)
     if not rows:
@@ -547,10 +692,20 @@ def summarise(study_dir: Path, *, title: str = "activeseg study", preset: str | 
         out["label_efficiency"] = {k: {str(f): v.get(f) for f in (0.95, 0.99)} for k, v in eff.items()}
         out["ceiling_iou_solid"] = ceiling
         sections.append(("Label efficiency (slices to reach 95 % / 99 % of the all-slices ceiling)", md))
-    atomic_write_json(study_dir / "results.json", {"rows": rows, **{k: v for k, v in out.items() if k != "rows"}})
+    # results.json holds what the runs computed, not how long they took: identical studies (inline or on a
+    # cluster, retried or not) give identical files; the timings stay in results.csv and the report
+    atomic_write_json(study_dir / "results.json", {"rows": [{k: v for k, v in r.items() if k not in TIMINGS} for r in rows],
+                                                   **{k: v for k, v in out.items() if k != "rows"}})
+    attempts = {rd["name"]: a for rd in spec["runs"] if (a := read_attempts(study_dir / "runs" / rd["name"]))}
+    atomic_write_json(study_dir / "attempts.json", {"runs": attempts})
+    out["attempts"] = {name: len(a) for name, a in attempts.items()}
     intro = f"{len(finals)} runs on `{spec['inputs']['image']}`."
     if unfinished:
         intro += f" Not finished (left out of the per-slice figures): {', '.join(unfinished)}."
+    retried = {name: n for name, n in out["attempts"].items() if n > 1}
+    if retried:
+        intro += (" Run again after a lost worker or an interrupted study (attempts, each resuming from the run's "
+                  "session; see attempts.json): " + ", ".join(f"{name} ({n})" for name, n in sorted(retried.items())) + ".")
     out["unfinished"] = unfinished
     report.write_report_md(study_dir / "report.md", title=title, sections=sections, intro=intro)
     out["report"] = str(study_dir / "report.md")
