@@ -31,6 +31,8 @@ __all__ = [
     "find_mask_files",
     "read_corrections",
     "mask_name",
+    "overlay_name",
+    "OVERLAYS",
     "slice_from_name",
 ]
 
@@ -119,6 +121,16 @@ def mask_name(z: int) -> str:
     return f"z{z:04d}_mask.tif"
 
 
+OVERLAYS = ("uncertainty", "disagreement")
+"""Per-pixel maps written beside a slice to correct (float32 (Y, X) in [0, 1]): the current
+model's normalised entropy, and the RF-vs-network total-variation distance when both exist."""
+
+
+def overlay_name(z: int, what: str) -> str:
+    """File name of an overlay of slice ``z`` (``z0120_uncertainty.tif``); ``what`` is one of :data:`OVERLAYS`."""
+    return f"z{z:04d}_{what}.tif"
+
+
 def slice_from_name(name: str) -> int | None:
     """Global slice index carried by a file name such as ``z0120_mask.tif`` (None if absent)."""
     return io.slice_index_from_name(name)
@@ -143,6 +155,7 @@ def export_for_correction(
     voxel_size=None,
     preview: bool = True,
     n_classes: int = 2,
+    overlays: dict[int, dict[str, np.ndarray]] | None = None,
 ) -> dict[int, dict[str, Path]]:
     """Write what a person needs to correct each queried slice.
 
@@ -161,6 +174,9 @@ def export_for_correction(
         most probable class id of every pixel, 0..C-1).
     n_classes : C; with C >= 3 the instructions and the preview name every phase
         (0 = first solid, 1 = pore, 2.. further solid phases).
+    overlays : z -> {name: float (Y, X) in [0, 1]}, names from :data:`OVERLAYS`: written
+        as ``z0120_uncertainty.tif`` (and ``z0120_disagreement.tif``), one float32 plane
+        each, for the correction viewer (``activeseg correct``); import ignores them.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -173,6 +189,10 @@ def export_for_correction(
         maskp = io.write_stack(out_dir / mask_name(z), np.asarray(prefill[z], np.uint8)[None], voxel_size=voxel_size,
                                kind="labels")
         files = {"image": stackp, "mask": maskp}
+        for what, arr in (overlays or {}).get(z, {}).items():
+            plane = np.clip(np.nan_to_num(np.asarray(arr, np.float32)), 0.0, 1.0)[None]
+            files[what] = io.write_stack(out_dir / overlay_name(z, what), plane, voxel_size=voxel_size,
+                                         kind="probabilities")
         if preview:
             files["preview"] = _overlay_png(out_dir / f"z{z:04d}_preview.png", np.asarray(image[z]), prefill[z], z,
                                             n_classes=n_classes)
@@ -194,8 +214,11 @@ def export_for_correction(
             f"  zNNNN_mask.tif   edit this: 0 = first solid, 1 = pore, {further_phases(n_classes)}\n"
         )
         + image_note +
-        "  zNNNN_preview.png a quick look: the image with the current mask outline\n\n"
-        "Open both TIFFs in Fiji or napari, fix the mask, save it under the same name,\n"
+        "  zNNNN_preview.png a quick look: the image with the current mask outline\n"
+        + ("  zNNNN_uncertainty.tif where the current model is unsure (0..1; zNNNN_disagreement.tif:\n"
+           "                   where the Random Forest and the network disagree), a hint where to look\n"
+           if overlays else "")
+        + "\nOpen both TIFFs in Fiji or napari, fix the mask, save it under the same name,\n"
         "then run `activeseg import SESSION`. Import a few now and the rest later if you like;\n"
         "skip a slice with `activeseg import SESSION --skip NNNN`.\n",
     )
@@ -237,7 +260,7 @@ def find_mask_files(directory: Path) -> dict[int, Path]:
         raise LabelError(f"{directory} is not a directory of corrected masks")
     found: dict[int, Path] = {}
     for p in sorted(directory.iterdir()):
-        if p.suffix.lower() not in (".tif", ".tiff", ".png") or "_image" in p.stem or "_preview" in p.stem:
+        if p.suffix.lower() not in (".tif", ".tiff", ".png") or any(f"_{w}" in p.stem for w in ("image", "preview", *OVERLAYS)):
             continue
         z = slice_from_name(p.name)
         if z is None:
