@@ -31,6 +31,7 @@ from rich.text import Text
 
 from activeseg import __version__, io, loop, metrics, plots, registry, study
 from activeseg import synth as synth_mod
+from activeseg.cluster import parse_scheduler
 from activeseg.errors import ActiveSegError, ConfigError, OutputError
 from activeseg.loop import check_output_values
 from activeseg.safety import check_output, human_bytes, os_error_message
@@ -135,7 +136,7 @@ _AXES = typer.Option(
 @app.command()
 @_handled
 def info(
-    stack: Path = typer.Argument(..., help="TIFF stack (multipage, ImageJ, OME) or a folder of slices."),
+    stack: Path = typer.Argument(..., help="TIFF stack (multipage, ImageJ, OME), a folder of slices, or a zarr/OME-Zarr store."),
     labels: Path | None = typer.Option(None, "--labels", help="Label stack or folder: report class fractions and porosity."),
     label_kind: str = typer.Option(
         "partial", "--label-kind", help="Label convention: partial (255 = unlabelled), mask, scribble (ilastik)."),
@@ -412,13 +413,17 @@ def _say_next(sess) -> None:
 
 _SESSION_ARG = typer.Argument(..., help="Session directory.")
 _RELINK = typer.Option(None, "--relink", help="The stack moved or was re-saved: use this path (same shape and dtype).")
+_SCHEDULER = typer.Option(
+    None, "--scheduler",
+    help="Where the whole-stack work runs: inline (this process, the default), local:N (N worker processes "
+         "on this machine) or tcp://HOST:PORT (a running Dask cluster; see README 'Large stacks and clusters').")
 
 
 @app.command()
 @_handled
 def init(
     session: Path = typer.Argument(..., help="New session directory."),
-    image: Path = typer.Option(..., "--image", help="The FIB-SEM stack (TIFF or folder of slices)."),
+    image: Path = typer.Option(..., "--image", help="The FIB-SEM stack (TIFF, folder of slices, or a zarr / OME-Zarr store)."),
     truth: Path | None = typer.Option(
         None, "--truth", help="Ground-truth labels (simulated studies). Found beside a synth image.tif."),
     depth: Path | None = typer.Option(None, "--depth", help="Back-wall depth map of a synthetic volume (grey-pore metrics)."),
@@ -435,6 +440,9 @@ def init(
         None, "--pore-value", metavar="{0,255}",
         help="The --truth is a binary 0/255 mask (anti-aliased 252-254 allowed): which value is pore. "
         "A 0/255 truth without it is refused."),
+    verify: bool = _flag(
+        "Zarr inputs: also store the SHA-256 of every chunk (reads the whole store once); without it a store "
+        "is fingerprinted by its chunk listing (names, sizes, times).", "--verify"),
 ) -> None:
     """Create a labelling session for a stack.
 
@@ -443,9 +451,10 @@ def init(
     suggests --sections when they do not.
 
     Example: activeseg init runs/s1 --image data/hard/image.tif
+    Example: activeseg init runs/s2 --image scan.ome.zarr --truth truth.zarr --verify
     """
     sess = loop.init_session(session, image, truth=truth, depth=depth, config=config, voxel_size=voxel_size, crop=crop,
-                             seed=seed, axes=axes, sections=sections, pore_value=pore_value)
+                             seed=seed, axes=axes, sections=sections, pore_value=pore_value, verify=verify)
     m = sess.manifest
     geo = m["config"]["geometry"]
     console.print(f"created session {session} for {m['stack']['path']} "
@@ -500,6 +509,7 @@ def query_cmd(
     param: list[str] = typer.Option([], "--param", help="Strategy parameter key=value (repeatable)."),
     audit: bool = _flag("Add one random slice: its correction cost estimates the current error honestly.", "--audit"),
     relink: Path | None = _RELINK,
+    scheduler: str | None = _SCHEDULER,
 ) -> None:
     """Pick the next slices to correct and export them, pre-filled, for Fiji/napari.
 
@@ -510,9 +520,10 @@ def query_cmd(
     """
     params = _parse_params(param)
     registry.prepare_query(strategy, params)  # a bad name or value fails before --relink changes anything
+    sched = parse_scheduler(scheduler)
     sess = _open(session, relink)
     with _progress() as progress:
-        rnd = loop.query(sess, n, strategy=strategy, params=params, audit=audit, progress=progress)
+        rnd = loop.query(sess, n, strategy=strategy, params=params, audit=audit, progress=progress, scheduler=sched)
     folder = sess.path(f"rounds/r{rnd['index']:03d}")
     audit_note = f" (audit slice: {rnd['audit']})" if rnd.get("audit") is not None else ""
     carried = rnd.get("carried", {}).get("slices", [])
@@ -550,6 +561,32 @@ def import_cmd(
     _say_next(sess)
 
 
+_NAPARI_MISSING = 'napari is not installed: pip install "activeseg[napari]"'
+
+
+@app.command("correct")
+@_handled
+def correct_cmd(
+    session: Path = _SESSION_ARG,
+    slice_: int | None = typer.Option(None, "--slice", help="Start with this queried slice (default: the first one waiting)."),
+) -> None:
+    """Correct the queried slices in napari: the slice with its z neighbours, the pre-filled
+    mask to paint, the uncertainty as an overlay; Ctrl-S saves and imports (the same import
+    as `activeseg import`), N / Shift-N move on, K skips. The file round trip keeps working.
+
+    Example: activeseg correct runs/s1 --slice 120
+    """
+    sess = _open(session)
+    try:
+        from activeseg.napari.correct import run_correction  # napari and Qt: the optional extra, loaded only here
+    except ImportError as exc:
+        if (exc.name or "").startswith("activeseg"):
+            raise
+        err_console.print(_NAPARI_MISSING)
+        raise typer.Exit(1) from None
+    run_correction(sess, z=slice_)
+
+
 @app.command("revert")
 @_handled
 def revert_cmd(
@@ -584,6 +621,7 @@ def train_cmd(
     no_gate: bool = _flag("Make the new network the current model even when it scores lower than the model it "
                           "replaces on the held-out labelled pixels (the round records it).", "--no-gate"),
     relink: Path | None = _RELINK,
+    scheduler: str | None = _SCHEDULER,
 ) -> None:
     """Train a ResUNet on every label so far; it replaces the current model only if it is better.
 
@@ -596,9 +634,10 @@ def train_cmd(
 
     Example: activeseg train runs/s1 --steps 200 --device auto
     """
+    sched = parse_scheduler(scheduler)
     sess = _open(session, relink)
     with _progress() as progress:
-        res = loop.train(sess, steps=steps, device=device, gate=not no_gate, progress=progress)
+        res = loop.train(sess, steps=steps, device=device, gate=not no_gate, progress=progress, scheduler=sched)
     h = res["history"]
     pseudo = h.get("pseudo")
     extra = f", pseudo-labels on {len(pseudo['slices'])} more" if pseudo else ""
@@ -736,7 +775,8 @@ def status_cmd(
 @_handled
 def export_cmd(
     session: Path = _SESSION_ARG,
-    out: Path = typer.Argument(..., help="Output TIFF (uint8 segmentation, or float32 with --probabilities); never an input."),
+    out: Path = typer.Argument(..., help="Output .tif (ImageJ TIFF) or .zarr (OME-Zarr): uint8 segmentation, or float32 "
+                                         "with --probabilities; never an input."),
     probabilities: bool = _flag(
         "Write probabilities instead of labels: the pore probability (2 classes) or one channel per class.",
         "--probabilities"),
@@ -745,20 +785,26 @@ def export_cmd(
         help="One value per class: solid,pore (default 0,1; e.g. 0,255 for Fiji); with C classes C values "
              "(default 0,1,...,C-1; e.g. 0,128,255)."),
     relink: Path | None = _RELINK,
+    scheduler: str | None = _SCHEDULER,
 ) -> None:
     """Whole-stack segmentation from the latest model (corrected slices from their labels).
 
-    OUT must not be an input of the session (stack, truth, depth) nor lie inside the
-    session folder (except its exports/ folder); an existing OUT is replaced atomically.
+    The format follows OUT's name: .tif (ImageJ TIFF) or .zarr (OME-Zarr with a small
+    pyramid, for napari and large stacks). OUT must not be an input of the session
+    (stack, truth, depth) nor lie inside the session folder (except its exports/
+    folder); an existing OUT is replaced only once the new one is complete.
 
     Example: activeseg export runs/s1 seg.tif --values 0,255
+             activeseg export runs/s1 seg.zarr --scheduler local:4
     """
     n_classes = int(loop.open_session(session, check_inputs=False).manifest["config"].get("n_classes", 2))
     vals = _parse_values(values, n_classes)  # before --relink changes anything
+    sched = parse_scheduler(scheduler)
     sess = _open(session, relink)
     existed = out.exists()
     with _progress() as progress:
-        res = loop.export_segmentation(sess, out, probabilities=probabilities, values=vals, progress=progress)
+        res = loop.export_segmentation(sess, out, probabilities=probabilities, values=vals, progress=progress,
+                                       scheduler=sched)
     console.print(f"{'replaced' if existed else 'wrote'} {res['out']} (model {res['model']}); porosity per slice: "
                   f"{res['porosity_csv']}; mean porosity {res['porosity']:.4f}")
     if res.get("phase_fractions"):
@@ -771,23 +817,30 @@ def export_cmd(
 def predict_cmd(
     model: Path = typer.Argument(..., help="A session (its latest network) or a model directory."),
     stack: Path = typer.Argument(..., help="The stack to segment."),
-    out: Path = typer.Argument(..., help="Output TIFF; never an input (the stack, the model, the session's files)."),
+    out: Path = typer.Argument(..., help="Output .tif or .zarr (OME-Zarr); never an input (the stack, the model, the "
+                                         "session's files)."),
     probabilities: bool = _flag(
         "Write probabilities instead of labels: the pore probability (2 classes) or one channel per class.",
         "--probabilities"),
     values: str | None = typer.Option(
         None, "--values", help="One value per class of the network: solid,pore (default 0,1); C values for C classes."),
     axes: str | None = _AXES,
+    scheduler: str | None = _SCHEDULER,
 ) -> None:
     """Apply a trained network to another stack (the deliverable for your next sample).
 
+    STACK may be a TIFF, a folder of slices or an OME-Zarr store; OUT's format follows
+    its name (.tif or .zarr).
+
     Example: activeseg predict runs/s1 next_sample.tif next_sample_seg.tif
+             activeseg predict runs/s1 big.zarr big_seg.zarr --scheduler tcp://10.0.0.5:8786
     """
     vals = _value_list(values)  # checked against the network's classes when it is loaded
+    sched = parse_scheduler(scheduler)
     existed = out.exists()
     with _progress() as progress:
         res = loop.predict_to_file(model, stack, out, values=vals, probabilities=probabilities, axes=axes,
-                                     progress=progress)
+                                     progress=progress, scheduler=sched)
     console.print(f"{'replaced' if existed else 'wrote'} {res['out']} with {res['model']}")
     if res.get("warning"):
         console.print(Text("warning: " + res["warning"], style="yellow"))
@@ -880,13 +933,21 @@ def study_cmd(
     shape: tuple[int, int, int] = typer.Option((600, 256, 256), "--shape", help="Size of the synthetic volume when no --image."),
     steps: int | None = typer.Option(None, "--steps", help="Training steps per round (default: the train config's)."),
     config: Path | None = typer.Option(None, "--config", help="TOML session config for every run."),
-    jobs: int = typer.Option(1, "--jobs", help="Runs in parallel (processes); threads are split between them."),
+    jobs: int = typer.Option(1, "--jobs", help="Runs in parallel on this machine: short for --scheduler local:N "
+                                                 "(worker processes; the cores are split between them)."),
+    scheduler: str | None = typer.Option(
+        None, "--scheduler",
+        help="Where the runs go, one task each: inline (one after another in this process, the default), local:N "
+             "(N worker processes here) or tcp://HOST:PORT (a running Dask cluster whose workers read the data and "
+             "write STUDY_DIR), e.g. --scheduler local:4. A run whose worker dies is retried and resumes."),
     seed: int = typer.Option(0, "--seed", help="Seed of the synthetic volume."),
 ) -> None:
     """Compare query strategies against ground truth: tables, CSV/JSON, plots, report.md.
 
     Example: activeseg study studies/paper --preset paper --shape 600 256 256 --jobs 2
+    (or --scheduler tcp://10.0.0.5:8786 on a Dask cluster)
     """
+    study.study_scheduler(scheduler, jobs)  # --jobs and --scheduler that disagree fail before anything runs
 
 
     seeds_l = _parse_ints(seeds, "--seeds") or ([0, 1, 2] if preset == "efficiency" else [0])
@@ -910,12 +971,16 @@ def study_cmd(
     t0 = time.time()
     with _progress() as progress:
         results = study.run_study(study_dir, runs, image=image, truth=truth, depth=depth, config=cfg, jobs=jobs,
-                                  progress=progress)
+                                  scheduler=scheduler, progress=progress)
     failed = [res for res in results if res["status"] == "failed"]
     for res in failed:
         err_console.print(Text.assemble((f"run {res['name']} failed:", "red"), f" {res['error']}"))
     out = study.summarise(study_dir, title=f"activeseg study ({preset or 'custom'})", preset=preset)
     _print_study(out, study_dir)
+    retried = {name: n for name, n in out.get("attempts", {}).items() if n > 1}
+    if retried:  # a lost worker or an interrupted study: each attempt resumed from the run's session
+        console.print("attempts per run (run again, resuming from its session; see attempts.json): "
+                      + ", ".join(f"{name} {n}" for name, n in sorted(retried.items())), highlight=False)
     console.print(f"{len(results) - len(failed)} of {len(results)} runs done in {time.time() - t0:.0f} s", highlight=False)
     if failed:
         raise typer.Exit(1)

@@ -49,3 +49,30 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def _has_display() -> bool:
+    import os
+
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+def pytest_collection_modifyitems(config, items):
+    """GUI tests (marked ``gui``) need a display: under ``xvfb-run`` on a headless machine.
+
+    Without one they are skipped with the command to run them, except in CI (``CI`` set),
+    where a missing display is an error: there they must never be skipped silently.
+    """
+    import os
+
+    gui = [it for it in items if it.get_closest_marker("gui")]
+    if not gui or _has_display():
+        return
+    if os.environ.get("CI"):
+        raise pytest.UsageError(
+            f"{len(gui)} GUI tests need a display and CI is set: run the tests under Xvfb "
+            "(xvfb-run -a python -m pytest; .ci/run installs it)"
+        )
+    skip = pytest.mark.skip(reason="no display: run the GUI tests under Xvfb (xvfb-run -a python -m pytest)")
+    for it in gui:
+        it.add_marker(skip)

@@ -26,10 +26,12 @@ from typing import Any
 import numpy as np
 
 from activeseg import io, registry, uncertainty
+from activeseg.cluster import parse_scheduler
 from activeseg.config import SessionConfig, load_config, model_kwargs, validate_config
 from activeseg.errors import ConfigError, LabelError, SessionError
 from activeseg.features import adjacent_correlation, feature_embeddings
 from activeseg.holdout import held_out_labels
+from activeseg.loop.blocks import score_blocks
 from activeseg.loop.evaluate import evaluate_model
 from activeseg.loop.gate import judge
 from activeseg.loop.state import (
@@ -86,6 +88,7 @@ def init_session(
     axes: str | None = None,
     sections: bool = False,
     pore_value: int | None = None,
+    verify: bool = False,
 ) -> Session:
     """Create a session for one stack.
 
@@ -107,6 +110,10 @@ def init_session(
     ``pore_value`` (0 or 255) says the truth is a binary 0/255 mask and which value is
     pore; it is stored in the manifest's truth entry and the truth is decoded wherever it
     is read (:func:`activeseg.loop.state.open_truth`). A 0/255 truth without it is refused.
+
+    Inputs that are zarr stores are fingerprinted by their chunk listing;
+    ``verify=True`` also stores the SHA-256 of every chunk's bytes
+    (:func:`activeseg.session.file_fingerprint`; docs/architecture.md §5).
     """
     image = Path(image)
     pore_value = io.check_pore_value(pore_value)
@@ -147,7 +154,7 @@ def init_session(
             cfg = SessionConfig.from_dict({**cfg.to_dict(), "n_classes": found})
     manifest: dict[str, Any] = {
         "stack": {
-            **file_fingerprint(image),
+            **file_fingerprint(image, verify=verify),
             "shape": list(shape),
             "dtype": dtype,
             "crop": crop,
@@ -171,7 +178,7 @@ def init_session(
                 raise LabelError(f"{key} {path} has shape {tuple(t.shape)} but the image has {shape}; they must match")
             if key == "truth":
                 _check_truth_values(t, Path(path), cfg.n_classes, pore_value)
-        manifest[key] = file_fingerprint(Path(path))
+        manifest[key] = file_fingerprint(Path(path), verify=verify)
         if key == "truth" and pore_value is not None:
             manifest["truth"]["pore_value"] = pore_value
     if pore_value is not None and manifest["truth"] is None:
@@ -449,12 +456,14 @@ def _score_version(session: Session, kind: str, version: str, needs: Sequence[st
 
 
 def _compute_scores(session: Session, image, names: Sequence[str], kind: str, version: str, model, rng, progress,
-                    *, save: bool = True, network: tuple | None = None, manifest: dict | None = None) -> dict:
+                    *, save: bool = True, network: tuple | None = None, manifest: dict | None = None,
+                    scheduler=None) -> dict:
     """Scores (and embeddings) for the current model, cached per model version
     (``save=False``: the caller writes ``scores/VERSION.npz`` with what it commits).
     ``network``: ``(version, model)`` of the best network, for the network-only scores
     while the RF is current (see :func:`_score_version`). ``manifest``: the manifest the
-    caller commits (a Random Forest fitted for ``rf_disagreement`` is stored with it)."""
+    caller commits (a Random Forest fitted for ``rf_disagreement`` is stored with it).
+    ``scheduler``: where the scores are computed (:mod:`activeseg.cluster`; inline by default)."""
     cfg = session_config(session)
     rel = f"scores/{version}.npz"
     cached = session.load_npz(rel) if session.path(rel).exists() else {}
@@ -474,10 +483,15 @@ def _compute_scores(session: Session, image, names: Sequence[str], kind: str, ve
             if kind == "rf" and network is None:
                 raise ConfigError("rf_disagreement needs a trained network; train one first (activeseg train)")
             reference = model if kind == "rf" else fit_session_rf(session, image, progress=progress, manifest=manifest)
-        got = uncertainty.score_slices(
-            scorer_model, image, group, slices=zs, reference=reference, n_samples=cfg.bald_samples, rng=rng,
-            reduction=cfg.score_reduction, callback=lambda d, t: progress("scoring", d, t),
-        )
+        if parse_scheduler(scheduler).inline:
+            got = uncertainty.score_slices(
+                scorer_model, image, group, slices=zs, reference=reference, n_samples=cfg.bald_samples, rng=rng,
+                reduction=cfg.score_reduction, callback=lambda d, t: progress("scoring", d, t),
+            )
+        else:
+            got = score_blocks(scorer_model, image, group, slices=zs, scheduler=scheduler, reference=reference,
+                               n_samples=cfg.bald_samples, rng=rng, reduction=cfg.score_reduction,
+                               progress=lambda d, t: progress("scoring", d, t))
         cached.update({k: np.asarray(v, np.float32) for k, v in got.items()})
     if "embeddings" in names and "embeddings" not in cached:
         emb = np.full((nz, 0), np.nan, np.float32)
@@ -505,13 +519,16 @@ def query(
     audit: bool = False,
     export: bool = True,
     progress: Progress = no_progress,
+    scheduler=None,
 ) -> dict:
     """Open a new round: the strategy picks up to ``n`` slices to correct.
 
     Computes exactly the scores the strategy declares from the current model (cached
     per model version), runs it, records the round, and (``export``) writes the files
     a person corrects. ``audit`` adds one uniformly random unlabelled slice whose
-    correction cost estimates the current error honestly.
+    correction cost estimates the current error honestly. ``scheduler``: where the
+    scores are computed (``"inline"``, ``"local:N"``, ``"tcp://..."``; see
+    :mod:`activeseg.cluster`).
     """
     if n < 1:
         raise ConfigError(f"-n must be at least 1, got {n}")
@@ -540,7 +557,7 @@ def query(
             scores_rel = f"scores/{score_version}.npz"
             scores_before = _npz_keys(session.path(scores_rel))
             scores = _compute_scores(session, image, [*needs, "porosity"], kind, score_version, model, rng, progress,
-                                     save=False, network=network, manifest=m)
+                                     save=False, network=network, manifest=m, scheduler=scheduler)
             labelled = np.zeros(nz, bool)
             labelled[labelled_slices(m)] = True
             for r in m["rounds"]:  # slices skipped by the user are not asked again
@@ -603,9 +620,10 @@ def query(
                 session.save_npz(f"rounds/r{idx:03d}/prefill.npz", slices=np.array(queried),
                                  masks=np.stack([prefill[z] for z in queried]))
                 if export:
-
+                    overlays = _overlay_maps(session, image, queried, probs, kind, m, progress)
                     export_for_correction(out, image, queried, prefill, radius=cfg.export_radius,
-                                          voxel_size=cfg.geometry.voxel_size, n_classes=cfg.n_classes)
+                                          voxel_size=cfg.geometry.voxel_size, n_classes=cfg.n_classes,
+                                          overlays=overlays)
                     for z, src in edited.items():  # the person's work so far, in the new folder
                         shutil.copyfile(src, out / mask_name(z))
                     rnd["exported"] = {str(z): (None if z in edited else os.stat(out / mask_name(z)).st_mtime_ns)
@@ -621,6 +639,29 @@ def query(
                     discard_uncommitted(session, [f"rounds/r{idx:03d}", None if scores_before is not None else scores_rel])
                 raise
     return rnd
+
+
+def _overlay_maps(session: Session, image, queried: Sequence[int], probs: np.ndarray, kind: str, m: dict,
+                  progress: Progress) -> dict[int, dict[str, np.ndarray]]:
+    """The per-pixel maps shown beside each slice to correct (``activeseg correct``).
+
+    ``uncertainty``: the normalised entropy of ``probs``, the current model's class
+    probabilities of the queried slices (those the pre-fill came from). ``disagreement``,
+    when a Random Forest and a network both exist: the total-variation distance between
+    them, the other model predicting the queried slices only (the session's RF when a
+    network is current, stored with the round when it had to be fitted; the best network
+    so far while the RF is current).
+    """
+    maps = {int(z): {"uncertainty": u} for z, u in zip(queried, uncertainty.entropy(probs))}
+    other = None
+    if kind != "rf":
+        other = fit_session_rf(session, image, progress=progress, manifest=m)
+    elif m.get("model"):
+        other = best_network(session, m)[1]
+    if other is not None:
+        for z, d in zip(queried, uncertainty.disagreement(probs, other.predict_proba(image, queried))):
+            maps[int(z)]["disagreement"] = d
+    return maps
 
 
 def _edited_masks(session: Session, rnd: dict, slices: Sequence[int]) -> dict[int, Path]:
@@ -890,6 +931,7 @@ def train(
     evaluate: bool = True,
     gate: bool = True,
     progress: Progress = no_progress,
+    scheduler=None,
 ) -> dict:
     """Train a candidate network on every committed label and let the gate decide.
 
@@ -900,6 +942,8 @@ def train(
     confident pseudo-labels of unlabelled slices join the training set at a lower weight.
     With ground truth, the candidate and the current model are evaluated on the whole
     stack; a round whose current-model figures fall is flagged (``metrics_fell``).
+    ``scheduler``: where that whole-stack evaluation runs (:mod:`activeseg.cluster`;
+    training itself runs in this process).
     """
     # torch: imported by the one step that trains a network
     from activeseg.model import ModelConfig
@@ -983,7 +1027,7 @@ def train(
                 save_model(model, session.path(model_rel))
                 if evaluate and m.get("truth"):
                     seen = sorted(set(labels) | set(pseudo))  # every slice a fit saw
-                    ev = evaluate_model(session, model, image, labelled=seen, progress=progress)
+                    ev = evaluate_model(session, model, image, labelled=seen, progress=progress, scheduler=scheduler)
                     metrics_rel = session.write_json(f"{rdir}/metrics-{version}.json", ev)
                     rnd["candidate_metrics"] = ev["overall"]
                     rnd["candidate_metrics_unlabelled"] = ev.get("unlabelled")
@@ -995,7 +1039,7 @@ def train(
                         current = found
                     else:
                         inc_metrics_rel = f"{rdir}/metrics-{inc_version}.json"  # written by this try: removed if it fails
-                        current = _evaluate_current(session, incumbent, image, inc_metrics_rel, seen, progress)
+                        current = _evaluate_current(session, incumbent, image, inc_metrics_rel, seen, progress, scheduler)
                     before = _previous_headline(m, rnd)
                     rnd.update(current)
                     now_h = _headline(rnd["metrics"])
@@ -1059,7 +1103,7 @@ def _previous_headline(m: dict, rnd: dict) -> float | None:
     return None
 
 
-def _evaluate_current(session: Session, model, image, rel: str, labelled, progress: Progress) -> dict:
-    ev = evaluate_model(session, model, image, labelled=labelled, progress=progress)
+def _evaluate_current(session: Session, model, image, rel: str, labelled, progress: Progress, scheduler=None) -> dict:
+    ev = evaluate_model(session, model, image, labelled=labelled, progress=progress, scheduler=scheduler)
     return {"metrics": ev["overall"], "metrics_unlabelled": ev.get("unlabelled"), "metrics_named": ev["named_indices"],
             "metrics_file": session.write_json(rel, ev)}
