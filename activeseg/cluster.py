@@ -105,15 +105,25 @@ def _cuda_devices() -> int:
         return 0
 
 
+_ACTIVE: dict[str, Any] = {}
+"""The client a command keeps open for all its whole-stack work (:func:`use_scheduler`), by scheduler text."""
+
+
+def _pin_gpu(index: int) -> None:
+    """Give this worker process its own CUDA device (before torch is loaded in it)."""
+    os.environ["CUDA_VISIBLE_DEVICES"] = str(index)
+
+
 @contextmanager
 def open_client(scheduler: Scheduler | str | None, *, threads_per_worker: int = 1,
                 memory_limit: str | float | None = "auto") -> Iterator[Any]:
     """A connected ``distributed.Client`` for ``scheduler`` (None for inline), closed on exit.
 
-    A local cluster gets ``threads_per_worker`` threads per worker process (each task's
-    forest and torch use that many) and, when this machine has CUDA devices, one
-    ``GPU`` resource per worker (at most as many workers as devices carry one). A remote
-    cluster is used as it is; its workers advertise ``GPU`` themselves
+    Inside :func:`use_scheduler` for the same scheduler, that command's client is
+    reused (and left open). A local cluster gets ``threads_per_worker`` task slots per
+    worker process and, when this machine has at least as many CUDA devices as workers,
+    one ``GPU`` resource per worker and its own device (``CUDA_VISIBLE_DEVICES``). A
+    remote cluster is used as it is; its workers advertise ``GPU`` themselves
     (``dask worker ADDRESS --resources GPU=1``).
 
     Raises
@@ -124,6 +134,10 @@ def open_client(scheduler: Scheduler | str | None, *, threads_per_worker: int = 
     sched = parse_scheduler(scheduler)
     if sched.inline:
         yield None
+        return
+    active = _ACTIVE.get(str(sched))
+    if active is not None:
+        yield active
         return
     # Dask is imported only when a cluster is asked for: inline runs never load it
     from distributed import Client, LocalCluster
@@ -136,8 +150,15 @@ def open_client(scheduler: Scheduler | str | None, *, threads_per_worker: int = 
             dashboard_address=":0", silence_logs=logging.ERROR, memory_limit=memory_limit,
             resources=resources,
         )
-        client = Client(cluster)
         try:
+            client = Client(cluster)
+        except BaseException:
+            cluster.close()
+            raise
+        try:
+            if resources:
+                for i, address in enumerate(sorted(client.scheduler_info()["workers"])):
+                    client.run(_pin_gpu, i, workers=[address])
             yield client
         finally:
             client.close()
@@ -155,6 +176,22 @@ def open_client(scheduler: Scheduler | str | None, *, threads_per_worker: int = 
         yield client
     finally:
         client.close()
+
+
+@contextmanager
+def use_scheduler(scheduler: Scheduler | str | None) -> Iterator[Any]:
+    """Open ``scheduler``'s client once for a whole command (checked up front: an unreachable
+    cluster fails before any work) and let every :func:`open_client` inside reuse it."""
+    sched = parse_scheduler(scheduler)
+    if sched.inline or str(sched) in _ACTIVE:
+        yield None
+        return
+    with open_client(sched) as client:
+        _ACTIVE[str(sched)] = client
+        try:
+            yield client
+        finally:
+            _ACTIVE.pop(str(sched), None)
 
 
 def worker_pids(client: Any) -> dict[str, int]:
@@ -220,6 +257,7 @@ def run_tasks(
     token = uuid.uuid4().hex[:10]  # unique keys: several commands may share one cluster
     futures = client.map(fn, items, key=[f"{key}-{token}-{i}" for i in range(total)], pure=False, resources=resources)
     index = {f.key: i for i, f in enumerate(futures)}
+    waiting = {f.key: f for f in futures}
     done = 0
     try:
         for fut in as_completed(futures):
@@ -229,9 +267,13 @@ def run_tasks(
                 if not return_exceptions:
                     raise
                 res = exc
+            # drop every reference to a finished task so the cluster frees its result now
+            waiting.pop(fut.key, None)
+            fut.release()
             done += 1
             if progress:
                 progress(done, total)
             yield index[fut.key], res
+            del res
     finally:
-        client.cancel([f for f in futures if not f.done()])
+        client.cancel(list(waiting.values()))

@@ -266,8 +266,16 @@ def check_output(
                 f"{option} {raw} lies inside the {what} folder {src}; writing there would change that "
                 "input: give an output outside it"
             )
+        if _inside(src_r, target):  # a store output replaces its whole folder, inputs inside it too
+            raise OutputError(
+                f"{option} {raw} holds the {what} ({src}); writing it would replace that input: give another "
+                "output name"
+            )
     for s in sessions:
         root = Path(s).resolve()
+        if _inside(root, target):
+            raise OutputError(f"{option} {raw} holds the session {s}; writing it would replace the session: give "
+                              "another output name")
         if _inside(target, root) and not any(_inside(target, root / a) for a in allowed_in_session):
             allowed = ", ".join(str(Path(s) / a) for a in allowed_in_session)
             raise OutputError(

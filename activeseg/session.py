@@ -34,6 +34,7 @@ import logging
 import os
 import shutil
 import socket
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -270,6 +271,7 @@ class Session:
         self.root = Path(root)
         self._manifest = manifest
         self._lock: _Lock | None = None
+        self._owner: int | None = None  # the thread holding the lock
 
     # -- opening ----------------------------------------------------------------------
     @classmethod
@@ -336,7 +338,7 @@ class Session:
     def is_writing(self) -> bool:
         """Whether this object holds the session lock now (inside :meth:`writing`), so
         that it may write files and :meth:`commit`."""
-        return self._lock is not None
+        return self._lock is not None and self._owner == threading.get_ident()
 
     def path(self, *parts: str) -> Path:
         """A path inside the session directory."""
@@ -350,12 +352,15 @@ class Session:
     @contextmanager
     def writing(self, command: str) -> Iterator[Session]:
         """Hold the session lock for the duration of a step; reloads the manifest first."""
-        if self._lock is not None:  # re-entrant within one process
+        if self._lock is not None and self._owner == threading.get_ident():  # re-entrant within one thread
             yield self
             return
+        # another thread of this process (a GUI's worker and its viewer sharing this object)
+        # takes the file lock like another process would, and is refused while it is held
         lock = _Lock(self.path(LOCK), command)
         lock.acquire()
         self._lock = lock
+        self._owner = threading.get_ident()
         try:
             self._sweep()
             if self.path(MANIFEST).exists():
@@ -363,13 +368,16 @@ class Session:
             yield self
         finally:
             self._lock = None
+            self._owner = None
             lock.release()
 
     def _sweep(self) -> None:
         """Remove what a killed or failed step left behind: the ``tmp/`` scratch folder and
         temporary files of interrupted atomic writes (only the lock holder may do this)."""
         shutil.rmtree(self.path("tmp"), ignore_errors=True)
-        for folder, _dirs, files in os.walk(self.root):
+        for folder, dirs, files in os.walk(self.root):
+            if Path(folder) == self.root:  # exports/ belongs to exports that run without the lock
+                dirs[:] = [d for d in dirs if d != "exports"]
             for name in files:
                 if name.startswith(".") and name.endswith(".tmp"):
                     try:
@@ -378,7 +386,7 @@ class Session:
                         pass
 
     def _require_lock(self) -> None:
-        if self._lock is None:
+        if not self.is_writing:
             raise SessionError("internal: session writes need `with session.writing(...)`")
 
     def commit(self, manifest: dict | None = None) -> None:

@@ -99,3 +99,35 @@ def test_atomic_write_leaves_no_temp_files_and_handles_nan(tmp_path):
     atomic_write_json(tmp_path / "a.json", {"x": float("nan"), "y": np.float32(2.5), "z": np.arange(3)})
     assert json.loads((tmp_path / "a.json").read_text()) == {"x": None, "y": 2.5, "z": [0, 1, 2]}
     assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
+
+
+def test_another_thread_sharing_the_session_object_is_refused(tmp_path):
+    """A GUI's worker thread and its viewer may share one Session: only the holder's thread re-enters."""
+    import threading
+
+    s = Session.create(tmp_path / "s", {})
+    entered, release, seen = threading.Event(), threading.Event(), {}
+
+    def worker():
+        with s.writing("train"):
+            entered.set()
+            release.wait(10)
+            seen["writing_in_worker"] = s.is_writing
+
+    t = threading.Thread(target=worker)
+    t.start()
+    try:
+        assert entered.wait(10)
+        assert not s.is_writing  # this thread does not hold the lock
+        with pytest.raises(SessionLockedError):
+            with s.writing("correct (save)"):
+                pass
+        with pytest.raises(SessionError):
+            s.commit(s.manifest)  # no commit without the lock in this thread
+    finally:
+        release.set()
+        t.join(10)
+    assert seen["writing_in_worker"]
+    with s.writing("after"):  # free again once the worker is done
+        with s.writing("nested"):  # and re-entrant in the holder's own thread
+            assert s.is_writing
