@@ -598,6 +598,9 @@ def _swap_in(part: Path, path: Path) -> None:
         raise OutputError(safety.os_error_message(exc, path)) from exc
     if old is not None:
         _remove_tree(old)
+    # a previous output set aside by a writer killed between the two renames: the new one replaces it
+    for stale in path.parent.glob(f".{path.name}.old-*"):
+        _remove_tree(stale)
     _fsync_dir(path.parent)
 
 
