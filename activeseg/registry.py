@@ -10,6 +10,12 @@ It receives a read-only :class:`QueryContext` and a budget ``n`` and returns at 
 ``n`` unique, currently unlabelled, global slice ids (``np.intp``). Its keyword-only
 parameters have JSON-serialisable defaults (they are stored in the round record).
 
+A *tile strategy* (``@strategy(..., unit="tiles")``) queries regions instead: tiles of
+the session's grid (``ctx.tile_grid``), and returns an int64 ``(k, 2)`` array of rows
+``(z, t)`` (slice, tile index ``t = row * n_cols + col``), k <= n, unique, never a tile
+already labelled. It reads per-tile scores declared with the prefix ``tile:``
+(``requires=("tile:entropy",)``) from ``ctx.tile_scores`` (without the prefix).
+
 Strategies are found through the entry-point group ``activeseg.strategies``; each entry
 names the strategy function itself (``name = "package.module:function"``). The built-ins
 in ``activeseg.strategies`` are registered exactly that way, in activeseg's own
@@ -50,6 +56,10 @@ from activeseg.uncertainty import SCORERS
 __all__ = [
     "ENTRY_POINT_GROUP",
     "KNOWN_SCORES",
+    "KNOWN_TILE_SCORES",
+    "TILE_PREFIX",
+    "TILE_DESCRIPTORS",
+    "UNITS",
     "EMBEDDINGS",
     "QueryContext",
     "PreparedQuery",
@@ -63,7 +73,9 @@ __all__ = [
     "unregister_strategy",
     "refresh_strategies",
     "required_scores",
+    "split_scores",
     "strategy_parameters",
+    "strategy_unit",
     "validate_params",
     "validate_output",
     "run_strategy",
@@ -110,9 +122,82 @@ informative.
 EMBEDDINGS = "embeddings"
 """Requirement name meaning "compute per-slice embeddings into ``ctx.embeddings``"."""
 
+UNITS: tuple[str, ...] = ("slices", "tiles")
+"""What a strategy queries: whole slices (the default) or tiles of the session's grid."""
+
+TILE_PREFIX = "tile:"
+"""Prefix of per-tile score names in ``requires`` (``"tile:entropy"``); the values appear
+in ``ctx.tile_scores`` without it (``ctx.tile_scores["entropy"]``)."""
+
+TILE_DESCRIPTORS: Mapping[str, str] = types.MappingProxyType({
+    "porosity": "predicted pore fraction of the tile",
+    "edge": "fraction of the tile's pixels within 2 px of a predicted phase interface",
+})
+"""Per-tile descriptors that are not means of a per-pixel scorer (name without prefix)."""
+
+
+class _TileScoreDescriptions(Mapping[str, str]):
+    """Read-only, live view of the per-tile score names: ``tile:`` + every registered
+    scorer (the mean of its per-pixel map over the tile) plus :data:`TILE_DESCRIPTORS`."""
+
+    def _names(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys([*SCORERS, *TILE_DESCRIPTORS]))
+
+    def __getitem__(self, name: str) -> str:
+        if not isinstance(name, str) or not name.startswith(TILE_PREFIX):
+            raise KeyError(name)
+        base = name[len(TILE_PREFIX):]
+        if base in TILE_DESCRIPTORS:
+            return TILE_DESCRIPTORS[base]
+        if base in SCORERS:
+            return f"mean over the tile of: {SCORERS[base].description}"
+        raise KeyError(name)
+
+    def __iter__(self):
+        return iter(TILE_PREFIX + n for n in self._names())
+
+    def __len__(self) -> int:
+        return len(self._names())
+
+    def __repr__(self) -> str:
+        return f"KNOWN_TILE_SCORES({dict(self)!r})"
+
+
+KNOWN_TILE_SCORES: Mapping[str, str] = _TileScoreDescriptions()
+"""Per-tile score names (with the ``tile:`` prefix) the query step can compute: the mean
+over each tile of any registered per-pixel scorer (``tile:entropy``, ``tile:margin``,
+``tile:bald``, ...), ``tile:porosity`` and ``tile:edge`` (:data:`TILE_DESCRIPTORS`).
+All are float32 ``(Z, n_tiles)``; a row of NaN = slice not scored."""
+
+
+def split_scores(scores: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Split a dict of computed scores into per-slice and per-tile ones.
+
+    Parameters
+    ----------
+    scores : mapping name -> array, as the scoring step returns it: per-slice scores
+        under their names, per-tile scores under ``tile:NAME``; ``"embeddings"`` is left out.
+
+    Returns
+    -------
+    (slice_scores, tile_scores) : the per-slice scores, and the per-tile ones keyed by
+        their name *without* the prefix, ready for ``QueryContext(scores=..., tile_scores=...)``.
+    """
+    per_slice: dict[str, np.ndarray] = {}
+    per_tile: dict[str, np.ndarray] = {}
+    for name, values in scores.items():
+        if name == EMBEDDINGS:
+            continue
+        if isinstance(name, str) and name.startswith(TILE_PREFIX):
+            per_tile[name[len(TILE_PREFIX):]] = values
+        else:
+            per_slice[name] = values
+    return per_slice, per_tile
+
 # Attribute names set by the decorator (public so plugin code can introspect them).
 _REQUIRES_ATTR = "__strategy_requires__"
 _DESCRIPTION_ATTR = "__strategy_description__"
+_UNIT_ATTR = "__strategy_unit__"
 _MARK_ATTR = "__activeseg_strategy__"
 
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
@@ -148,6 +233,19 @@ class QueryContext:
         A row of NaN means "this slice was not embedded".
     round_index : int, optional
         Index of the round being queried (0 = first query).
+    tile_grid : (n_rows, n_cols, tile), optional
+        The session's tile grid: ``n_rows`` x ``n_cols`` tiles of ``tile`` x ``tile``
+        pixels (edge tiles clipped), tile index ``t = row * n_cols + col``. None = the
+        context has no tiles (then the other tile fields must be left out).
+    tile_scores : mapping str -> float32 (Z, n_tiles), optional
+        Per-tile scores (see :data:`KNOWN_TILE_SCORES`), keyed *without* the ``tile:``
+        prefix (a key given with it is stripped); a row of NaN = slice not scored.
+    tile_labelled : bool (Z, n_tiles), optional
+        True for tiles whose every pixel is labelled. Every tile of a labelled slice is
+        marked here too (the context ORs ``labelled`` in), so ``~tile_labelled`` is
+        exactly what a tile strategy may pick. None with a grid = derived from ``labelled``.
+    tile_pixels : int64 (n_tiles,), optional
+        Pixels per tile (edge tiles are smaller); None = unknown.
 
     Notes
     -----
@@ -163,6 +261,10 @@ class QueryContext:
     scores: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)
     embeddings: np.ndarray | None = None
     round_index: int = 0
+    tile_scores: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    tile_labelled: np.ndarray | None = None
+    tile_grid: tuple[int, int, int] | None = None
+    tile_pixels: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -200,6 +302,11 @@ class QueryContext:
         for name, values in self.scores.items():
             if not isinstance(name, str) or not name:
                 raise ConfigError(f"QueryContext.scores keys must be non-empty strings, got {name!r}")
+            if name.startswith(TILE_PREFIX):
+                raise ConfigError(
+                    f"QueryContext.scores holds the per-tile score {name!r}; per-tile scores go in "
+                    "tile_scores (without the prefix): registry.split_scores(scores) splits them"
+                )
             arr = np.asarray(values)
             if arr.dtype.kind not in "biuf":
                 raise ConfigError(f"score {name!r} must be a real-valued array, got dtype {arr.dtype}")
@@ -239,12 +346,139 @@ class QueryContext:
         if isinstance(r, bool) or not isinstance(r, numbers.Integral) or r < 0:
             raise ConfigError(f"QueryContext.round_index must be an integer >= 0, got {r!r}")
         set_(self, "round_index", int(r))
+        self._check_tiles()
+
+    def _check_tiles(self) -> None:
+        set_ = object.__setattr__
+        z = self.n_slices
+        if not isinstance(self.tile_scores, Mapping):
+            raise ConfigError(
+                f"QueryContext.tile_scores must be a mapping name -> float32 (Z, n_tiles) array, "
+                f"got {type(self.tile_scores).__name__}"
+            )
+        grid = self.tile_grid
+        if grid is None:
+            given = [f for f in ("tile_scores", "tile_labelled", "tile_pixels")
+                     if (len(self.tile_scores) if f == "tile_scores" else getattr(self, f) is not None)]
+            if given:
+                raise ConfigError(
+                    f"QueryContext got {', '.join(given)} but no tile_grid; pass tile_grid=(n_rows, n_cols, tile) "
+                    "so the tile fields can be checked"
+                )
+            set_(self, "tile_scores", types.MappingProxyType({}))
+            return
+        try:
+            parts = tuple(grid)
+        except TypeError:
+            parts = ()
+        if len(parts) != 3 or any(isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1 for v in parts):
+            raise ConfigError(
+                f"QueryContext.tile_grid must be (n_rows, n_cols, tile), three integers >= 1, got {grid!r}"
+            )
+        n_rows, n_cols, tile = (int(v) for v in parts)
+        set_(self, "tile_grid", (n_rows, n_cols, tile))
+        n_tiles = n_rows * n_cols
+
+        if self.tile_labelled is None:
+            tl = np.repeat(self.labelled[:, None], n_tiles, axis=1)
+        else:
+            tl = np.asarray(self.tile_labelled)
+            if tl.dtype != np.bool_:
+                raise ConfigError(
+                    f"QueryContext.tile_labelled must be a bool array of shape ({z}, {n_tiles}), got dtype "
+                    f"{tl.dtype}; convert a 0/1 array with mask.astype(bool)"
+                )
+            if tl.shape != (z, n_tiles):
+                raise ConfigError(
+                    f"QueryContext.tile_labelled must have shape ({z}, {n_tiles}) (one flag per slice and "
+                    f"tile of the {n_rows} x {n_cols} grid), got shape {tl.shape}"
+                )
+            tl = tl | self.labelled[:, None]  # a new array: the tiles of labelled slices are labelled
+        set_(self, "tile_labelled", _readonly(tl))
+
+        if self.tile_pixels is not None:
+            px = np.asarray(self.tile_pixels)
+            if px.dtype.kind not in "iu":
+                raise ConfigError(f"QueryContext.tile_pixels must be an integer array, got dtype {px.dtype}")
+            if px.shape != (n_tiles,):
+                raise ConfigError(
+                    f"QueryContext.tile_pixels must have shape ({n_tiles},) (pixels of each tile), got shape {px.shape}"
+                )
+            if px.size and (px.min() < 1 or px.max() > tile * tile):
+                raise ConfigError(
+                    f"QueryContext.tile_pixels must lie in 1..{tile * tile} (a tile of {tile} x {tile} pixels, "
+                    f"smaller at the edges), got {int(px.min())}..{int(px.max())}"
+                )
+            set_(self, "tile_pixels", _readonly(px.astype(np.int64, copy=False)))
+
+        tscores: dict[str, np.ndarray] = {}
+        for key, values in self.tile_scores.items():
+            if not isinstance(key, str) or not key:
+                raise ConfigError(f"QueryContext.tile_scores keys must be non-empty strings, got {key!r}")
+            name = key[len(TILE_PREFIX):] if key.startswith(TILE_PREFIX) else key
+            if not name:
+                raise ConfigError(f"QueryContext.tile_scores key {key!r} names no score")
+            if name in tscores:
+                raise ConfigError(f"QueryContext.tile_scores holds {name!r} twice (with and without the {TILE_PREFIX!r} prefix)")
+            arr = np.asarray(values)
+            if arr.dtype.kind not in "biuf":
+                raise ConfigError(f"tile score {name!r} must be a real-valued array, got dtype {arr.dtype}")
+            if arr.shape != (z, n_tiles):
+                raise ConfigError(
+                    f"tile score {name!r} must have shape ({z}, {n_tiles}) (one value per slice and tile of "
+                    f"the {n_rows} x {n_cols} grid, a row of NaN = slice not scored), got shape {arr.shape}"
+                )
+            arr = arr.astype(np.float32, copy=False)
+            if np.isinf(arr).any():
+                rows = np.flatnonzero(np.isinf(arr).any(axis=1))
+                raise ConfigError(
+                    f"tile score {name!r} holds infinite values in slices {rows[:5].tolist()}; use NaN for "
+                    "'not scored'"
+                )
+            tscores[name] = _readonly(arr)
+        set_(self, "tile_scores", types.MappingProxyType(tscores))
 
     # Convenience for strategy authors (all cheap, all return new arrays).
     @property
     def unlabelled_ids(self) -> np.ndarray:
         """Global ids of the unlabelled slices, ascending, intp ``(m,)``."""
         return np.flatnonzero(~self.labelled).astype(np.intp, copy=False)
+
+    @property
+    def n_tiles(self) -> int:
+        """Tiles per slice (``n_rows * n_cols``); 0 when the context has no tile grid."""
+        if self.tile_grid is None:
+            return 0
+        return self.tile_grid[0] * self.tile_grid[1]
+
+    @property
+    def unlabelled_tiles(self) -> np.ndarray:
+        """Rows ``(z, t)`` of the tiles a tile strategy may pick, int64 ``(m, 2)``,
+        sorted by z then t (empty without a tile grid)."""
+        if self.tile_labelled is None:
+            return np.empty((0, 2), dtype=np.int64)
+        return np.argwhere(~self.tile_labelled).astype(np.int64, copy=False)
+
+    def tile_position(self, t) -> tuple[np.ndarray, np.ndarray]:
+        """Grid row and column of tile index(es) ``t`` (``t = row * n_cols + col``)."""
+        if self.tile_grid is None:
+            raise StrategyError("this query context has no tile grid (tile_grid is None)")
+        rows, cols = np.divmod(np.asarray(t, dtype=np.int64), self.tile_grid[1])
+        return rows, cols
+
+    def tile_score(self, name: str) -> np.ndarray:
+        """The per-tile score ``name`` (without the ``tile:`` prefix; float32 (Z, n_tiles),
+        read-only); StrategyError if absent."""
+        if name.startswith(TILE_PREFIX):
+            name = name[len(TILE_PREFIX):]
+        try:
+            return self.tile_scores[name]
+        except KeyError:
+            have = ", ".join(sorted(self.tile_scores)) or "none"
+            raise StrategyError(
+                f"tile score {name!r} is not in this query context (have: {have}); declare it with "
+                f"@strategy(requires=({TILE_PREFIX + name!r},)) so the query step computes it"
+            ) from None
 
     def score(self, name: str) -> np.ndarray:
         """The per-slice score ``name`` (float32 (Z,), read-only); StrategyError if absent."""
@@ -267,25 +501,35 @@ def strategy(
     *,
     requires: Iterable[str] | str | Callable[..., Iterable[str]] = (),
     description: str | None = None,
+    unit: str = "slices",
 ):
     """Mark a function as a query strategy and declare what it needs. Does not register.
 
     Parameters
     ----------
     requires : tuple of str, or callable
-        Names of the per-slice scores the strategy reads from ``ctx.scores``, or a
-        function called with the strategy's keyword parameters (defaults filled in)
+        Names of the per-slice scores the strategy reads from ``ctx.scores``, and of
+        per-tile scores (prefix ``tile:``, read from ``ctx.tile_scores`` without it), or
+        a function called with the strategy's keyword parameters (defaults filled in)
         that returns them, e.g. ``requires=lambda score="entropy", **_: (score,)``.
     description : str, optional
         One line shown by ``activeseg strategies``; defaults to the docstring's
         first line.
+    unit : "slices" or "tiles"
+        What the strategy returns: global slice ids ``(k,)`` (default), or rows
+        ``(z, t)`` of tiles, int64 ``(k, 2)`` (docs/architecture.md §4).
 
     Examples
     --------
     >>> @strategy(requires=("entropy",), description="top-n by entropy")
     ... def my_entropy(ctx, n, /, *, min_gap: int = 0):
     ...     ...
+    >>> @strategy(requires=("tile:entropy",), unit="tiles")
+    ... def my_tiles(ctx, n, /):
+    ...     ...
     """
+    if unit not in UNITS:
+        raise StrategyError(f"@strategy(unit=...) must be one of {', '.join(map(repr, UNITS))}, got {unit!r}")
 
     def mark(f: Callable) -> Callable:
         if not callable(f):
@@ -309,6 +553,7 @@ def strategy(
         _check_signature(f, getattr(f, "__name__", repr(f)))
         setattr(f, _REQUIRES_ATTR, req)
         setattr(f, _DESCRIPTION_ATTR, description)
+        setattr(f, _UNIT_ATTR, unit)
         setattr(f, _MARK_ATTR, True)
         return f
 
@@ -465,6 +710,16 @@ def required_scores(fn_or_name: Callable | str, params: Mapping[str, Any] | None
     return tuple(dict.fromkeys(req))
 
 
+def strategy_unit(fn_or_name: Callable | str) -> str:
+    """What a strategy queries: ``"slices"`` (the default, also for undecorated functions)
+    or ``"tiles"`` (declared with ``@strategy(..., unit="tiles")``)."""
+    fn, name = _resolve(fn_or_name)
+    unit = getattr(fn, _UNIT_ATTR, "slices")
+    if unit not in UNITS:
+        raise StrategyError(f"strategy {name!r} declares unit {unit!r}; expected one of {', '.join(map(repr, UNITS))}")
+    return str(unit)
+
+
 def _description(fn: Callable) -> str:
     desc = getattr(fn, _DESCRIPTION_ATTR, None)
     if desc:
@@ -493,6 +748,7 @@ class StrategyInfo:
     params : keyword parameters with their defaults.
     error : None, or why the strategy cannot be used (import error, invalid signature).
     shadowed : "source (target)" of other entries with the same name that lost.
+    unit : "slices" (returns slice ids) or "tiles" (returns (z, t) rows of tiles).
     """
 
     name: str
@@ -505,6 +761,7 @@ class StrategyInfo:
     params: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     error: str | None = None
     shadowed: tuple[str, ...] = ()
+    unit: str = "slices"
 
     @property
     def ok(self) -> bool:
@@ -622,6 +879,7 @@ def _load(entry: _Entry) -> _Entry:
                 if not callable(obj):
                     raise StrategyError(f"entry point names a {type(obj).__name__}, not a function")
                 _check_signature(obj, entry.name)
+                strategy_unit(obj)
                 if callable(getattr(obj, _REQUIRES_ATTR, ())):
                     required_scores(obj)  # a requires function must work with the defaults
             except StrategyError as exc:
@@ -704,6 +962,7 @@ def _info(entry: _Entry) -> StrategyInfo:
     try:
         params = strategy_parameters(fn)
         requires = required_scores(fn)
+        unit = strategy_unit(fn)
     except StrategyError as exc:
         return StrategyInfo(
             entry.name, entry.source, entry.version, entry.target,
@@ -720,6 +979,7 @@ def _info(entry: _Entry) -> StrategyInfo:
         params=types.MappingProxyType(params),
         error=None,
         shadowed=tuple(entry.shadowed),
+        unit=unit,
     )
 
 
@@ -754,6 +1014,7 @@ def register_strategy(fn: Callable, name: str | None = None, *, replace: bool = 
             "with a letter or '_'"
         )
     _check_signature(fn, name)
+    strategy_unit(fn)
     if callable(getattr(fn, _REQUIRES_ATTR, ())):
         required_scores(fn)
     with _lock:
@@ -790,11 +1051,29 @@ class PreparedQuery:
     name: str
     params: dict
     requires: tuple[str, ...]
+    unit: str = "slices"
 
     @property
     def scores(self) -> tuple[str, ...]:
-        """The per-slice scores to compute (``requires`` without :data:`EMBEDDINGS`)."""
+        """The scores to compute (``requires`` without :data:`EMBEDDINGS`): per-slice
+        names and per-tile ``tile:`` names, as the scoring step takes them."""
         return tuple(r for r in self.requires if r != EMBEDDINGS)
+
+    @property
+    def slice_scores(self) -> tuple[str, ...]:
+        """The per-slice scores among :attr:`scores` (no ``tile:`` prefix)."""
+        return tuple(r for r in self.scores if not r.startswith(TILE_PREFIX))
+
+    @property
+    def tile_scores(self) -> tuple[str, ...]:
+        """The per-tile scores among :attr:`scores`, with their ``tile:`` prefix."""
+        return tuple(r for r in self.scores if r.startswith(TILE_PREFIX))
+
+    @property
+    def needs_tiles(self) -> bool:
+        """True when the context must carry the tile grid: a tile strategy, or one
+        that reads per-tile scores."""
+        return self.unit == "tiles" or bool(self.tile_scores)
 
     @property
     def wants_embeddings(self) -> bool:
@@ -819,39 +1098,60 @@ def prepare_query(fn_or_name: Callable | str, params: Mapping[str, Any] | None =
     name = _name_of(fn)  # the canonical name, whatever case or dashes were typed
     full = validate_params(fn, params)
     requires = required_scores(fn, full)
-    computable = (*KNOWN_SCORES, EMBEDDINGS)
+    unit = strategy_unit(fn)
+    computable = (*KNOWN_SCORES, *KNOWN_TILE_SCORES, EMBEDDINGS)
     for r in requires:
         if r not in computable:
             close = difflib.get_close_matches(r, computable, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise StrategyError(
                 f"strategy {name!r} with parameters {full} needs score {r!r}, which the query step cannot "
-                f"compute{hint} Known scores: {', '.join(KNOWN_SCORES)} (add one with "
-                "activeseg.uncertainty.register_scorer)"
+                f"compute{hint} Known scores: {', '.join(KNOWN_SCORES)}; per tile: {', '.join(KNOWN_TILE_SCORES)} "
+                "(add one with activeseg.uncertainty.register_scorer)"
             )
+    prepared = PreparedQuery(fn, name, full, requires, unit)
     z = 8
+    tiles: dict[str, Any] = {}
+    if prepared.needs_tiles:
+        tiles = {"tile_grid": (2, 3, 16),
+                 "tile_scores": {s[len(TILE_PREFIX):]: np.full((z, 6), np.nan, np.float32) for s in prepared.tile_scores}}
     dry = QueryContext(
         n_slices=z,
         labelled=np.zeros(z, bool),
-        scores={s: np.full(z, np.nan, np.float32) for s in requires if s != EMBEDDINGS},
+        scores={s: np.full(z, np.nan, np.float32) for s in prepared.slice_scores},
         rng=np.random.default_rng(0),
+        **tiles,
     )
     try:
         fn(dry, 0, **full)
     except Exception as exc:  # ActiveSegError or foreign plugin code alike: report before scoring
         raise StrategyError(f"strategy {name!r} rejects parameters {full}: {exc}") from exc
-    return PreparedQuery(fn, name, full, requires)
+    return prepared
 
 
-def validate_output(name: str, out: Any, ctx: QueryContext, n: int) -> np.ndarray:
-    """Check what strategy ``name`` returned for budget ``n`` and return it as intp ``(k,)``.
+def validate_output(name: str, out: Any, ctx: QueryContext, n: int, *, unit: str = "slices") -> np.ndarray:
+    """Check what strategy ``name`` returned for budget ``n``.
+
+    Parameters
+    ----------
+    unit : "slices" (the result must be slice ids) or "tiles" (rows ``(z, t)``).
+
+    Returns
+    -------
+    intp ``(k,)`` slice ids, or for ``unit="tiles"`` int64 ``(k, 2)`` rows ``(z, t)``.
 
     Raises
     ------
     StrategyError
         A modAL-style tuple, not 1-D integer ids, more than ``n`` ids, ids out of range,
-        duplicates, or already labelled slices (the message names the strategy and the fault).
+        duplicates, or already labelled slices (the message names the strategy and the
+        fault); for tiles the same rules per row (shape ``(k, 2)``, slice and tile in
+        range, unique rows, no labelled tile, no tile of a labelled slice), naming the row.
     """
+    if unit not in UNITS:
+        raise StrategyError(f"unit must be one of {', '.join(map(repr, UNITS))}, got {unit!r}")
+    if unit == "tiles":
+        return _validate_tiles(name, out, ctx, n)
     if isinstance(out, tuple) and len(out) == 2 and not np.isscalar(out[0]):
         raise StrategyError(
             f"strategy {name!r} returned a tuple of 2 arrays (modAL style); return only the "
@@ -864,7 +1164,9 @@ def validate_output(name: str, out: Any, ctx: QueryContext, n: int) -> np.ndarra
     if arr.size == 0:
         return np.empty(0, dtype=np.intp)
     if arr.ndim != 1:
-        raise StrategyError(f"strategy {name!r} returned an array of shape {arr.shape}; expected 1-D slice ids")
+        hint = " (a strategy that returns (z, t) rows of tiles must be declared @strategy(..., unit=\"tiles\"))" \
+            if arr.ndim == 2 and arr.shape[1] == 2 else ""
+        raise StrategyError(f"strategy {name!r} returned an array of shape {arr.shape}; expected 1-D slice ids{hint}")
     if arr.dtype.kind not in "iu":
         raise StrategyError(
             f"strategy {name!r} returned dtype {arr.dtype}; expected integer slice ids "
@@ -887,6 +1189,81 @@ def validate_output(name: str, out: Any, ctx: QueryContext, n: int) -> np.ndarra
     return arr
 
 
+def _validate_tiles(name: str, out: Any, ctx: QueryContext, n: int) -> np.ndarray:
+    """:func:`validate_output` for a tile strategy: int64 ``(k, 2)`` rows ``(z, t)``."""
+    if ctx.tile_grid is None or ctx.tile_labelled is None:
+        raise StrategyError(
+            f"strategy {name!r} queries tiles, but the query context has no tile grid; build it with "
+            "tile_grid=(n_rows, n_cols, tile) (and tile_scores / tile_labelled)"
+        )
+    if isinstance(out, tuple):
+        raise StrategyError(
+            f"strategy {name!r} returned a tuple; a tile strategy returns one int64 array of shape (k, 2), "
+            "rows (z, t): np.asarray(rows, dtype=np.int64).reshape(-1, 2)"
+        )
+    try:
+        arr = np.asarray(out)
+    except Exception as exc:
+        raise StrategyError(f"strategy {name!r} returned {type(out).__name__}, not an array of (z, t) rows") from exc
+    if arr.size == 0:
+        return np.empty((0, 2), dtype=np.int64)
+    if arr.ndim != 2 or arr.shape[1] != 2:
+        raise StrategyError(
+            f"strategy {name!r} is a tile strategy and returned an array of shape {arr.shape}; expected "
+            "shape (k, 2), one row (z, t) per tile (slice z, tile index t = row * n_cols + col)"
+        )
+    if arr.dtype.kind not in "iu":
+        raise StrategyError(
+            f"strategy {name!r} returned dtype {arr.dtype}; expected integer (z, t) rows "
+            "(np.asarray(rows, dtype=np.int64))"
+        )
+    k = arr.shape[0]
+    if k > n:
+        raise StrategyError(f"strategy {name!r} returned {k} tiles for a budget of n={n} (the budget counts tiles)")
+    arr = arr.astype(np.int64)
+    z, t = arr[:, 0], arr[:, 1]
+    n_rows, n_cols, _ = ctx.tile_grid
+    bad = np.flatnonzero((z < 0) | (z >= ctx.n_slices))
+    if bad.size:
+        i = int(bad[0])
+        raise StrategyError(
+            f"strategy {name!r} returned row {i} = {arr[i].tolist()}: slice {int(z[i])} is outside "
+            f"0..{ctx.n_slices - 1} ({bad.size} such row{'s' if bad.size != 1 else ''})"
+        )
+    bad = np.flatnonzero((t < 0) | (t >= ctx.n_tiles))
+    if bad.size:
+        i = int(bad[0])
+        raise StrategyError(
+            f"strategy {name!r} returned row {i} = {arr[i].tolist()}: tile {int(t[i])} is outside "
+            f"0..{ctx.n_tiles - 1} (a {n_rows} x {n_cols} grid; {bad.size} such row{'s' if bad.size != 1 else ''})"
+        )
+    key = z * ctx.n_tiles + t
+    _, first, counts = np.unique(key, return_index=True, return_counts=True)
+    if (counts > 1).any():
+        dup = int(key[first[np.flatnonzero(counts > 1)[0]]])
+        rows = np.flatnonzero(key == dup)
+        raise StrategyError(
+            f"strategy {name!r} returned the same tile (z={dup // ctx.n_tiles}, t={dup % ctx.n_tiles}) in rows "
+            f"{rows.tolist()}; every (z, t) row must be unique"
+        )
+    bad = np.flatnonzero(ctx.labelled[z])
+    if bad.size:
+        i = int(bad[0])
+        raise StrategyError(
+            f"strategy {name!r} returned row {i} = {arr[i].tolist()}, a tile of slice {int(z[i])}, which is "
+            f"already labelled as a whole ({bad.size} such row{'s' if bad.size != 1 else ''}); pick only where "
+            "~ctx.tile_labelled"
+        )
+    bad = np.flatnonzero(ctx.tile_labelled[z, t])
+    if bad.size:
+        i = int(bad[0])
+        raise StrategyError(
+            f"strategy {name!r} returned row {i} = {arr[i].tolist()}, a tile that is already labelled "
+            f"({bad.size} such row{'s' if bad.size != 1 else ''}); pick only where ~ctx.tile_labelled"
+        )
+    return arr
+
+
 def run_strategy(
     fn_or_name: Callable | str,
     ctx: QueryContext,
@@ -905,7 +1282,9 @@ def run_strategy(
     Returns
     -------
     intp (k,) with k <= n: unique, in-range, unlabelled global slice ids, in the
-    strategy's order (most wanted first where the strategy ranks).
+    strategy's order (most wanted first where the strategy ranks). For a tile strategy
+    (:func:`strategy_unit` ``"tiles"``): int64 (k, 2) rows ``(z, t)``, k <= n, unique,
+    unlabelled tiles, in the strategy's order.
 
     Raises
     ------
@@ -921,11 +1300,21 @@ def run_strategy(
         raise ConfigError(f"query budget n must be an integer >= 0, got {n!r}")
     n = int(n)
     full = validate_params(fn, params)
-    missing = [s for s in required_scores(fn, full) if s != EMBEDDINGS and s not in ctx.scores]
+    unit = strategy_unit(fn)
+    if unit == "tiles" and ctx.tile_grid is None:
+        raise StrategyError(
+            f"strategy {name!r} queries tiles, but the query context has no tile grid; build it with "
+            "tile_grid=(n_rows, n_cols, tile) (and tile_scores / tile_labelled)"
+        )
+    missing = [
+        s for s in required_scores(fn, full) if s != EMBEDDINGS and (
+            s[len(TILE_PREFIX):] not in ctx.tile_scores if s.startswith(TILE_PREFIX) else s not in ctx.scores)
+    ]
     if missing:
+        have = [*sorted(ctx.scores), *(TILE_PREFIX + k for k in sorted(ctx.tile_scores))]
         raise StrategyError(
             f"strategy {name!r} needs scores {missing} that the query context lacks "
-            f"(has: {', '.join(sorted(ctx.scores)) or 'none'})"
+            f"(has: {', '.join(have) or 'none'})"
         )
     try:
         out = fn(ctx, n, **full)
@@ -933,6 +1322,6 @@ def run_strategy(
         raise
     except Exception as exc:  # foreign plugin code: report it as a strategy fault
         raise StrategyError(f"strategy {name!r} failed: {type(exc).__name__}: {exc}") from exc
-    ids = validate_output(name, out, ctx, n)
-    log.debug("strategy %s picked %d of %d slices: %s", name, ids.size, n, ids.tolist())
+    ids = validate_output(name, out, ctx, n, unit=unit)
+    log.debug("strategy %s picked %d of %d %s: %s", name, len(ids), n, unit, ids.tolist())
     return ids

@@ -31,10 +31,11 @@ def coverage_radius(z, chosen):
     return int(np.abs(np.arange(z)[:, None] - chosen[None, :]).min(axis=1).max())
 
 
-def test_all_twelve_builtins_are_registered():
+def test_all_fifteen_builtins_are_registered():
     assert set(BUILTINS) == {
         "initial", "distributed", "random", "porosity_random", "entropy", "margin", "bald",
         "spaced_entropy", "ranked_batch", "coreset", "disagreement", "hybrid",
+        "tile_entropy", "tile_boundary", "tile_random",  # region strategies (unit "tiles")
     }
 
 

@@ -1,6 +1,7 @@
-"""Example activeseg plugin: ``z_stratified``, the most uncertain slice in each z-stratum.
+"""Example activeseg plugin: ``z_stratified``, the most uncertain slice in each z-stratum,
+and ``best_tile_per_slice``, a tile strategy (``unit="tiles"``).
 
-Registered through the entry point in this package's ``pyproject.toml``; nothing in
+Registered through the entry points in this package's ``pyproject.toml``; nothing in
 activeseg refers to it.
 """
 
@@ -11,7 +12,7 @@ import numpy as np
 from activeseg.errors import ConfigError
 from activeseg.registry import QueryContext, strategy
 
-__all__ = ["z_stratified"]
+__all__ = ["z_stratified", "best_tile_per_slice"]
 __version__ = "0.1.0"
 
 
@@ -71,3 +72,28 @@ def z_stratified(ctx: QueryContext, n: int, /, *, score: str = "entropy", strata
         picks += [int(i) for i in order[: n - len(picks)]]
     picks += best_unscored[: n - len(picks)]
     return np.asarray(picks[:n], dtype=np.intp)
+
+
+def _tile_requires(*, score: str = "entropy", **_) -> tuple[str, ...]:
+    # per-tile scores are asked for with the prefix "tile:" and read without it
+    return ("tile:" + score,)
+
+
+@strategy(requires=_tile_requires, unit="tiles", description="the most uncertain tile of each of the n most uncertain slices")
+def best_tile_per_slice(ctx: QueryContext, n: int, /, *, score: str = "entropy") -> np.ndarray:
+    """One tile per slice: each slice's most uncertain unlabelled tile, slices ranked by it.
+
+    A tile strategy returns rows ``(z, t)`` (slice, tile index ``t = row * n_cols + col``
+    of ``ctx.tile_grid``) as an int64 array of shape (k, 2), k <= n, never a tile marked
+    in ``ctx.tile_labelled`` (which also marks every tile of a labelled slice). Tiles of
+    unscored slices (a NaN row) are not picked.
+    """
+    if n <= 0:
+        return np.empty((0, 2), dtype=np.int64)
+    values = np.where(ctx.tile_labelled, np.nan, ctx.tile_scores[score])  # (Z, n_tiles)
+    has = np.isfinite(values).any(axis=1)
+    zs = np.flatnonzero(has)
+    best_t = np.nanargmax(values[zs], axis=1)  # ties go to the lower tile index
+    best = values[zs, best_t]
+    order = np.lexsort((zs, -best))[:n]  # best slice first, ties to the lower z
+    return np.stack([zs[order], best_t[order]], axis=1).astype(np.int64)
