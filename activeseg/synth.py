@@ -20,6 +20,11 @@ Pipeline
    ``phases=3`` a second random field splits the solid into two phases
    (:func:`split_solid`, ``phase_fraction`` of the solid is the second one); the truth
    is then 0 = first solid, 1 = pore, 2 = second solid.
+   ``membrane`` = a layered, asymmetric membrane (:func:`membrane_layers`): a dense skin
+   (``skin_porosity``, pores ``skin_scale`` times smaller) from row 0 (``layer_axis``
+   "y") or slice 0 ("z") over a support of the requested porosity, with a graded layer
+   between; two random fields mixed along that axis, thresholded row by row (slice by
+   slice) to the layer's porosity.
 2. **Ray march** (:func:`march`): the first solid voxel along the beam behind every
    pixel. In the sheared frame ``u = y - round(z c)`` every ray is a straight column
    along ``z``, so one reverse scan over the slices ("next solid slice in this column")
@@ -48,7 +53,10 @@ Pipeline
    (smooth low-frequency additive field), shot noise (``dose`` electrons per pixel at full
    scale; exact Poisson below 20 counts, Gaussian with the Poisson variance above),
    per-slice gain/offset drift (random walks), Gaussian read noise, then quantisation:
-   ``value = round(clip(I, 0, 1) * (2**bit_depth - 1))``.
+   ``value = round(clip(I, 0, 1) * (2**bit_depth - 1))``. An imaging change along z
+   (``drift``, :func:`drift_factors`) scales the back walls' signal relative to the cut
+   face and the detector gain ("contrast"), or the curtain amplitude ("curtaining"), by
+   deterministic per-slice factors; the random draws stay those of the same seed without it.
 
 The depth map (docs/architecture.md §8) holds 0 on solid, the back-wall depth in slices on pores
 (integer, ``1 .. march_limit``), and -1 where no wall was hit within the march limit (or
@@ -84,6 +92,9 @@ from activeseg.safety import atomic_write_text
 
 __all__ = [
     "STRUCTURES",
+    "ALL_STRUCTURES",
+    "LAYER_AXES",
+    "DRIFTS",
     "DIFFICULTIES",
     "DEPTH_LAWS",
     "SynthParams",
@@ -92,7 +103,9 @@ __all__ = [
     "make_params",
     "structure_margin",
     "make_structure",
+    "membrane_layers",
     "split_solid",
+    "drift_factors",
     "march",
     "render",
     "render_volume",
@@ -104,7 +117,11 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-STRUCTURES: tuple[str, ...] = ("blobs", "spheres", "fibres")
+STRUCTURES: tuple[str, ...] = ("blobs", "spheres", "fibres")  # stationary: the window's porosity is exact
+# a layered, asymmetric membrane: a dense skin with small pores over a porous support
+ALL_STRUCTURES: tuple[str, ...] = (*STRUCTURES, "membrane")
+LAYER_AXES: tuple[str, ...] = ("y", "z")
+DRIFTS: tuple[str, ...] = ("none", "contrast", "curtaining", "both")
 DIFFICULTIES: tuple[str, ...] = ("easy", "medium", "hard")
 DEPTH_LAWS: tuple[str, ...] = ("exp", "lorentz")
 
@@ -116,6 +133,10 @@ _CHARGING_CELLS = 3.0  # charging: about this many bright/dark patches across th
 _CHARGING_PERIOD = 32  # slices over which the charging pattern changes
 _SLAB = 16  # slices rendered at once (keeps memory bounded; fixed for determinism)
 _EXACT_POISSON_BELOW = 20.0  # counts
+# imaging drift along z (drift_factors), per unit drift_strength, over the stack (t = 0 top .. 1 bottom)
+_DRIFT_WALL = 0.6  # back-wall signal relative to the cut face: 1 + 0.6 s (t - 1/2)
+_DRIFT_GAIN = 0.3  # detector gain: 1 - 0.3 s (t - 1/2) (the signal falls as the trench deepens)
+_DRIFT_CURTAIN = 3.0  # curtaining amplitude: 1 + 3 s t (the milled trench grows deeper)
 
 
 # ----------------------------------------------------------------------------- parameters
@@ -131,8 +152,9 @@ class SynthParams:
 
     Parameters
     ----------
-    structure : "blobs" | "spheres" | "fibres".
-    porosity : requested pore fraction of the truth window, in (0, 1).
+    structure : "blobs" | "spheres" | "fibres" | "membrane".
+    porosity : requested pore fraction of the truth window, in (0, 1); for "membrane"
+        the porosity of the support (the skin has ``skin_porosity``).
     porosity_gradient : blobs: porosity of the last slice minus that of the first; the
         porosity ramps linearly along z around ``porosity`` (which stays the window's
         exact mean), so the material itself changes with depth, like a graded or
@@ -181,6 +203,21 @@ class SynthParams:
     phase_fraction : phases = 3: fraction of the solid that is the second solid phase.
     phase_yield : phases = 3: secondary-electron yield of the second solid relative to
         the first (its cut faces and the back walls it forms are this much as bright).
+    skin_fraction : membrane: the skin's share of the volume along ``layer_axis``
+        (from row / slice 0).
+    skin_porosity : membrane: porosity of the skin.
+    skin_scale : membrane: pore size of the skin relative to the support's (its random
+        field is correlated over ``corr_length * skin_scale``).
+    transition_fraction : membrane: share of the graded layer between skin and support
+        (porosity and pore size ramp linearly across it).
+    layer_axis : membrane: "y" (default; the skin is a band of image rows from row 0,
+        so every slice holds skin and support, as when the block face cuts across the
+        membrane) or "z" (the skin is the first slices milled).
+    drift : imaging change along z: "none", "contrast" (the back walls' signal relative
+        to the cut face grows with depth and the detector gain falls), "curtaining"
+        (the curtain stripes' amplitude grows with depth) or "both"
+        (:func:`drift_factors`). The truth is unchanged.
+    drift_strength : scale of that change, in [0, 3] (1 = the default strength).
     """
 
     structure: str = "blobs"
@@ -219,6 +256,13 @@ class SynthParams:
     phases: int = 2
     phase_fraction: float = 0.4
     phase_yield: float = 0.6
+    skin_fraction: float = 0.25
+    skin_porosity: float = 0.25
+    skin_scale: float = 0.4
+    transition_fraction: float = 0.1
+    layer_axis: str = "y"
+    drift: str = "none"
+    drift_strength: float = 1.0
 
     def __post_init__(self) -> None:
         _validate_params(self)
@@ -262,8 +306,8 @@ def _num(p: SynthParams, name: str, lo: float | None = None, hi: float | None = 
 
 
 def _validate_params(p: SynthParams) -> None:
-    if p.structure not in STRUCTURES:
-        raise ConfigError(f"structure must be one of {', '.join(STRUCTURES)}; got {p.structure!r}")
+    if p.structure not in ALL_STRUCTURES:
+        raise ConfigError(f"structure must be one of {', '.join(ALL_STRUCTURES)}; got {p.structure!r}")
     _num(p, "porosity", 0.0, 1.0, lo_open=True, hi_open=True,
          hint="; porosity is the pore fraction, e.g. 0.8 for 80 % pores")
     _num(p, "porosity_gradient", -0.9, 0.9)
@@ -320,16 +364,50 @@ def _validate_params(p: SynthParams) -> None:
     _num(p, "phase_fraction", 0.0, 1.0, lo_open=True, hi_open=True,
          hint="; the fraction of the solid that is the second solid phase, e.g. 0.4")
     _num(p, "phase_yield", 0.0, 3.0, lo_open=True, hint="; the second solid's brightness relative to the first, e.g. 0.6")
+    _validate_membrane(p)
+    if p.drift not in DRIFTS:
+        raise ConfigError(f"drift must be one of {', '.join(DRIFTS)}; got {p.drift!r}")
+    _num(p, "drift_strength", 0.0, 3.0, hint="; 1 is the default change of contrast / curtaining over the stack")
     for name in ("porosity", "porosity_gradient", "corr_length", "particle_radius", "fibre_radius", "radius_spread", "neck_ratio",
                  "fibre_inplane", "alpha_deg", "depth_length", "face_yield", "pore_floor", "edge_eps",
                  "edge_width", "shading", "texture", "face_texture", "texture_length", "ghost_blur", "psf_sigma", "curtain_amp",
                  "charging_amp",
-                 "drift_gain", "drift_offset", "dose", "read_noise", "phase_fraction", "phase_yield"):
+                 "drift_gain", "drift_offset", "dose", "read_noise", "phase_fraction", "phase_yield",
+                 "skin_fraction", "skin_porosity", "skin_scale", "transition_fraction", "drift_strength"):
         object.__setattr__(p, name, float(getattr(p, name)))
     object.__setattr__(p, "beam_sign", int(p.beam_sign))
     object.__setattr__(p, "bit_depth", int(p.bit_depth))
     object.__setattr__(p, "phases", int(p.phases))
     object.__setattr__(p, "connected", bool(p.connected))
+
+
+_MEMBRANE_KNOBS = ("skin_fraction", "skin_porosity", "skin_scale", "transition_fraction", "layer_axis")
+
+
+def _validate_membrane(p: SynthParams) -> None:
+    _num(p, "skin_fraction", 0.0, 0.9, lo_open=True, hint="; the skin's share of the volume, e.g. 0.25")
+    _num(p, "skin_porosity", 0.05, 0.95, hint="; the dense skin's pore fraction, e.g. 0.25")
+    _num(p, "skin_scale", 0.0, 1.0, lo_open=True, hint="; the skin's pore size relative to the support's, e.g. 0.4")
+    _num(p, "transition_fraction", 0.0, 0.5, hint="; the graded layer's share of the volume, e.g. 0.1")
+    if p.layer_axis not in LAYER_AXES:
+        raise ConfigError(f"layer_axis must be 'y' (a band of image rows) or 'z' (the first slices); got {p.layer_axis!r}")
+    if p.structure != "membrane":
+        default = SynthParams.__dataclass_fields__
+        changed = [k for k in _MEMBRANE_KNOBS if getattr(p, k) != default[k].default]
+        if changed:
+            raise ConfigError(f"{', '.join(changed)} only apply to structure 'membrane' (its layers); got structure "
+                              f"{p.structure!r}: use structure='membrane' (--structure membrane) or leave them out")
+        return
+    if p.skin_fraction + p.transition_fraction > 0.9 + 1e-9:
+        raise ConfigError(
+            f"skin_fraction {p.skin_fraction} plus transition_fraction {p.transition_fraction} leave no room for the "
+            "support; keep their sum at most 0.9"
+        )
+    if p.corr_length * p.skin_scale < 0.5:
+        raise ConfigError(
+            f"the skin's pores would be correlated over corr_length * skin_scale = {p.corr_length * p.skin_scale:.3g} px; "
+            "at least 0.5 px is needed: raise skin_scale or corr_length"
+        )
 
 
 _PRESETS: dict[str, dict[str, Any]] = {
@@ -474,9 +552,11 @@ def _scales(params: SynthParams) -> np.ndarray:
     return np.array([dz / dy, 1.0, dx / dy])
 
 
-def _blobs_field(block: tuple[int, int, int], params: SynthParams, rng: np.random.Generator) -> np.ndarray:
-    """Gaussian random field (Gaussian covariance) by FFT filtering of white noise."""
-    sig = params.corr_length / _scales(params)  # in voxels per axis
+def _blobs_field(block: tuple[int, int, int], params: SynthParams, rng: np.random.Generator,
+                 corr_length: float | None = None) -> np.ndarray:
+    """Gaussian random field (Gaussian covariance) by FFT filtering of white noise
+    (correlated over ``corr_length``, default ``params.corr_length``)."""
+    sig = (params.corr_length if corr_length is None else corr_length) / _scales(params)  # in voxels per axis
     fshape = tuple(sfft.next_fast_len(int(n + math.ceil(3 * s)), real=True) for n, s in zip(block, sig))
     noise = rng.standard_normal(fshape, dtype=np.float32)
     spec = sfft.rfftn(noise, workers=-1)
@@ -814,6 +894,8 @@ def make_structure(shape: Sequence[int], structure: str = "blobs", porosity: flo
         block, window = _block_and_window(shape, p)
     else:
         block, window = shape, (slice(None),) * 3
+    if p.structure == "membrane":
+        return _membrane_structure(block, window, p, rng)
     fld = _FIELDS[p.structure](block, p, rng)
     if p.porosity_gradient:
         return _ramped_threshold(fld, window, p)
@@ -853,6 +935,122 @@ def _ramped_threshold(fld: np.ndarray, window: tuple[slice, ...], p: SynthParams
         logger.warning("porosity ramp followed within %.3f per slice (aimed at 0.01): the connected solid cannot be "
                        "that sparse; use a smaller --porosity-gradient or a lower --porosity", best_err)
     assert best is not None  # rounds >= 1, and the first round's error is finite
+    return best
+
+
+def membrane_layers(n: int, params: SynthParams) -> dict[str, Any]:
+    """The layers of a membrane along its layer axis (``n`` rows or slices of the truth).
+
+    Parameters
+    ----------
+    n : length of the truth along ``params.layer_axis``.
+    params : knobs (``skin_fraction``, ``transition_fraction``, ``skin_porosity``,
+        ``porosity``).
+
+    Returns
+    -------
+    dict
+        ``skin``, ``transition``, ``support``: half-open index ranges ``[start, end)``
+        along the axis (skin from index 0); ``weight``: float64 ``(n,)``, 0 in the skin, 1
+        in the support, linear across the transition (it mixes the pore size);
+        ``porosity``: the target porosity of each index.
+
+    Raises
+    ------
+    ConfigError
+        When the axis is too short to hold at least one index of skin and of support.
+    """
+    s_end = int(round(params.skin_fraction * n))
+    t_end = max(s_end, int(round((params.skin_fraction + params.transition_fraction) * n)))
+    if s_end < 1 or t_end >= n:
+        raise ConfigError(
+            f"a membrane {n} {'rows' if params.layer_axis == 'y' else 'slices'} deep along {params.layer_axis} with "
+            f"skin_fraction {params.skin_fraction} and transition_fraction {params.transition_fraction} has "
+            f"{s_end} of skin and {max(n - t_end, 0)} of support; both need at least one: make the volume larger "
+            "along that axis or change the fractions"
+        )
+    i = np.arange(n, dtype=np.float64)
+    w = np.clip((i - s_end + 0.5) / max(t_end - s_end, 1), 0.0, 1.0)
+    w[:s_end] = 0.0
+    w[t_end:] = 1.0
+    por = params.skin_porosity + w * (params.porosity - params.skin_porosity)
+    return {"skin": [0, s_end], "transition": [s_end, t_end], "support": [t_end, n], "weight": w, "porosity": por}
+
+
+def _membrane_structure(block: tuple[int, int, int], window: tuple[slice, ...], p: SynthParams,
+                        rng: np.random.Generator) -> np.ndarray:
+    """A dense skin with small pores over a porous support, graded in between.
+
+    Two Gaussian random fields (correlated over ``corr_length * skin_scale`` and
+    ``corr_length``, each scaled to unit variance) are mixed along the layer axis by the
+    layer weight, and the mixture is thresholded so that every row (or slice) along the
+    axis has its layer's porosity (:func:`_profile_threshold`). Indices of the block
+    outside the truth window (the ray-march margins) continue the nearest layer.
+    """
+    ax = 1 if p.layer_axis == "y" else 0
+    start, stop, _ = window[ax].indices(block[ax])
+    layers = membrane_layers(stop - start, p)
+    idx = np.clip(np.arange(block[ax]) - start, 0, stop - start - 1)
+    w = layers["weight"][idx]
+    target = layers["porosity"][idx]
+    skin = _blobs_field(block, p, rng, corr_length=p.corr_length * p.skin_scale)
+    skin /= max(float(skin[window].std()), 1e-12)
+    fld = _blobs_field(block, p, rng)
+    fld /= max(float(fld[window].std()), 1e-12)
+    shp = [1, 1, 1]
+    shp[ax] = block[ax]
+    wa = w.reshape(shp).astype(np.float32)
+    fld *= wa
+    fld += (1.0 - wa) * skin
+    del skin
+    fld /= np.sqrt((1.0 - wa) ** 2 + wa**2)
+    return _profile_threshold(fld, window, target, ax, p.connected)
+
+
+def _profile_threshold(fld: np.ndarray, window: tuple[slice, ...], target: np.ndarray, ax: int, connected: bool,
+                       rounds: int = 5) -> np.ndarray:
+    """Threshold a field so that each index along axis ``ax`` has its ``target`` porosity.
+
+    As :func:`_ramped_threshold` (which does this along z for a linear ramp): each
+    index is offset by its own quantile at its target, one global threshold at the
+    window's mean target follows, and the targets are corrected from the result (damped)
+    where the ``connected`` rule moved them. Each cross-section is split into the part
+    inside the truth window and the margins the rays look into, each with its own
+    quantile and correction, so both follow the layers; the result is judged on the
+    window (its mean is exact).
+    """
+    others = tuple(a for a in range(3) if a != ax)
+    inside = np.zeros(tuple(fld.shape[a] for a in others), dtype=bool)
+    inside[tuple(window[a] for a in others)] = True
+    has_margin = not bool(inside.all())
+    mean_target = float(np.mean(target[window[ax]]))
+    aim_in, aim_out = target.copy(), target.copy()
+    n = fld.shape[ax]
+    best, best_err = None, math.inf
+    for _ in range(rounds):
+        off = np.empty((n, *inside.shape), dtype=np.float32)  # the offset of every voxel, axis ax first
+        for i in range(n):
+            sec = np.take(fld, i, axis=ax)
+            off[i] = _quantile(sec[inside], float(aim_in[i]))
+            if has_margin:
+                off[i][~inside] = _quantile(sec[~inside], float(aim_out[i]))
+        solid = _threshold(fld - np.moveaxis(off, 0, ax), window, mean_target, connected)
+        del off
+        sol = np.moveaxis(solid, ax, 0)
+        err_in = 1.0 - sol[:, inside].mean(axis=1) - target
+        worst = float(np.abs(err_in[window[ax]]).max())
+        logger.debug("porosity profile: largest error %.4f", worst)
+        if worst < best_err:
+            best, best_err = solid, worst
+        if worst < 0.01:
+            break
+        aim_in = np.clip(aim_in - 0.5 * err_in, 0.01, 0.99)
+        if has_margin:
+            aim_out = np.clip(aim_out - 0.5 * (1.0 - sol[:, ~inside].mean(axis=1) - target), 0.01, 0.99)
+    if best_err > 0.03:
+        logger.warning("the layers' porosity is followed within %.3f per %s (aimed at 0.01): the connected solid "
+                       "cannot be that sparse; use a lower porosity", best_err, "slice" if ax == 0 else "row")
+    assert best is not None  # rounds >= 1
     return best
 
 
@@ -1029,6 +1227,38 @@ def _gauss_basis(n: int, cells: float) -> np.ndarray:
     return w / np.sqrt(np.sum(w**2, axis=1, keepdims=True))
 
 
+def drift_factors(params: SynthParams, n_slices: int) -> dict[str, np.ndarray]:
+    """Per-slice factors of the imaging change along z (``params.drift``).
+
+    With ``t`` = 0 on the first slice and 1 on the last and ``s`` = ``drift_strength``:
+
+    - ``wall``: the back walls' signal relative to the cut face, ``1 + 0.6 s (t - 1/2)``
+      ("contrast", "both"): near back walls go from darker than the cut face at the top
+      to brighter at the bottom, so the top and the bottom need different decisions;
+    - ``gain``: the detector gain, ``1 - 0.3 s (t - 1/2)`` ("contrast", "both"), on top
+      of the random gain walk;
+    - ``curtain``: the curtaining amplitude, ``1 + 3 s t`` ("curtaining", "both").
+
+    Factors a drift does not change are 1.
+
+    Returns
+    -------
+    dict
+        "wall", "gain", "curtain" -> float64 ``(n_slices,)``.
+    """
+    n = int(n_slices)
+    t = np.arange(n, dtype=np.float64) / max(n - 1, 1)
+    st = params.drift_strength
+    one = np.ones(n)
+    contrast = params.drift in ("contrast", "both")
+    curtaining = params.drift in ("curtaining", "both")
+    return {
+        "wall": 1.0 + _DRIFT_WALL * st * (t - 0.5) if contrast else one,
+        "gain": 1.0 - _DRIFT_GAIN * st * (t - 0.5) if contrast else one.copy(),
+        "curtain": 1.0 + _DRIFT_CURTAIN * st * t if curtaining else one.copy(),
+    }
+
+
 def _depth_law(d: np.ndarray, params: SynthParams) -> np.ndarray:
     lam = params.depth_length
     if params.depth_law == "exp":
@@ -1079,6 +1309,13 @@ def _render_signal(solid_win: np.ndarray, ghost: np.ndarray, params: SynthParams
     gain = np.exp(log_gain - log_gain.mean())
     offset = np.cumsum(rng.normal(0.0, p.drift_offset, z)) if p.drift_offset > 0 else np.zeros(z)
     offset -= offset.mean()
+    drifting = p.drift != "none"  # deterministic factors, no random draws: the rest stays as without drift
+    wall_drift = None
+    if drifting:
+        fac = drift_factors(p, z)
+        curtain = curtain * fac["curtain"][:, None].astype(np.float32)
+        gain = gain * fac["gain"]
+        wall_drift = fac["wall"].astype(np.float32)
 
     # blur levels for depth-dependent ghost blur
     b = p.ghost_blur
@@ -1095,7 +1332,10 @@ def _render_signal(solid_win: np.ndarray, ghost: np.ndarray, params: SynthParams
         face = p.face_yield * (1.0 + p.edge_eps * np.minimum(2.0 * rim, 1.0))
         if face_tex is not None:
             face *= np.maximum(1.0 + p.face_texture * face_tex[k0:k1].astype(np.float32), 0.0)
-        face *= 1.0 + curtain[k0:k1, None, :]
+        if drifting:  # a strong curtain cannot make the face negative
+            face *= np.maximum(1.0 + curtain[k0:k1, None, :], 0.0)
+        else:
+            face *= 1.0 + curtain[k0:k1, None, :]
         if phase_win is not None:
             face *= np.where(phase_win[k0:k1], np.float32(p.phase_yield), np.float32(1.0))
         # back walls: incidence from the gradient of the smoothed depth map
@@ -1112,6 +1352,8 @@ def _render_signal(solid_win: np.ndarray, ghost: np.ndarray, params: SynthParams
         if hit_phase is not None:
             wall_yield = np.where(hit_phase[k0:k1], np.float32(p.face_yield * p.phase_yield), np.float32(p.face_yield))
         ghost_sig = np.where(hit, wall_yield * phi * _depth_law(gd, p), 0.0).astype(np.float32)
+        if wall_drift is not None:
+            ghost_sig *= wall_drift[k0:k1, None, None]
         ghost_sig += p.pore_floor
         del phi, cos_ratio
         if len(levels) > 1:
@@ -1246,16 +1488,22 @@ def synthesize(shape: Sequence[int], *, structure: str = "blobs", porosity: floa
     Parameters
     ----------
     shape : (Z, Y, X) in voxels.
-    structure : "blobs" | "spheres" | "fibres".
+    structure : "blobs" | "spheres" | "fibres" | "membrane" (a dense skin over a porous
+        support; ``skin_fraction``, ``skin_porosity``, ``skin_scale``,
+        ``transition_fraction``, ``layer_axis``; ``params["membrane"]`` records the layers
+        and the porosity each reached).
     porosity : pore fraction of the truth, in (0, 1); achieved within 0.01 (in practice
-        0.002).
+        0.002). For "membrane" the support's porosity (each row or slice of a layer is
+        within about 0.02 of its target).
     difficulty : imaging preset "easy" | "medium" | "hard" (:func:`difficulty_params`).
     rng : random generator; its starting state is recorded in ``params["rng_state"]``.
     seed : alternatively an integer seed (recorded as ``params["seed"]``).
     progress : optional ``callback(done, total)`` over the three stages.
     **overrides : any :class:`SynthParams` knob (e.g. ``beam_sign=-1``,
         ``voxel_size=(20, 10, 10)``, ``depth_length=8``; ``phases=3`` for two solid
-        phases and pore, ``phase_fraction``, ``phase_yield``).
+        phases and pore, ``phase_fraction``, ``phase_yield``; ``drift="contrast"`` for an
+        imaging change along z, ``drift_strength``; ``params["drift_factors"]`` records
+        the per-slice factors).
 
     Returns
     -------
@@ -1302,12 +1550,30 @@ def _meta(params: SynthParams, shape, truth, *, difficulty: str | None, rng_info
     meta["porosity_achieved"] = float(np.mean(truth == 1))
     if params.phases > 2:
         meta["phase_fractions_achieved"] = [float(np.mean(truth == k)) for k in range(params.phases)]
+    if params.structure == "membrane" and structure_name is None:
+        meta["membrane"] = _membrane_meta(params, truth)
+    if params.drift != "none":
+        meta["drift_factors"] = {k: [round(float(v), 6) for v in f] for k, f in drift_factors(params, shape[0]).items()}
     meta["geometry"] = params.geometry.to_dict()
     meta["intensity_scale"] = (
         f"value = round(clip(I, 0, 1) * {2**params.bit_depth - 1}); cut face ~ face_yield, empty pore ~ pore_floor"
     )
     meta.update(rng_info)
     return _jsonable(meta)
+
+
+def _membrane_meta(params: SynthParams, truth: np.ndarray) -> dict[str, Any]:
+    """Where the layers lie and the porosity each reached (measured on the truth)."""
+    ax = 1 if params.layer_axis == "y" else 0
+    layers = membrane_layers(truth.shape[ax], params)
+    other = tuple(a for a in range(3) if a != ax)
+    prof = np.mean(truth == 1, axis=other)
+    out: dict[str, Any] = {"layer_axis": params.layer_axis}
+    for name in ("skin", "transition", "support"):
+        a, b = layers[name]
+        out[name] = [a, b]
+        out[f"porosity_{name}"] = float(prof[a:b].mean()) if b > a else None
+    return out
 
 
 def render_volume(solid_zyx: np.ndarray, params: SynthParams | dict[str, Any] | None = None,
