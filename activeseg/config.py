@@ -5,7 +5,8 @@ A config file has up to five tables (every key optional)::
     [geometry]  voxel_size = [z, y, x] (nm), alpha_deg, beam_sign
     [session]   n_classes, seed, export_radius, score_max_slices, score_reduction,
                 bald_samples, pseudo_threshold, train_on_scribbles, sections,
-                pseudo_train, pseudo_slices, pseudo_below
+                pseudo_train, pseudo_slices, pseudo_below, tile, export_margin,
+                audit_tiles, stop_gain
     [rf]        keyword arguments of activeseg.bootstrap.fit_rf (n_estimators, ...)
     [model]     fields of activeseg.model.ModelConfig (arch, encoder, ...)
     [train]     fields of activeseg.train.TrainConfig (steps, patch_size, ...)
@@ -134,6 +135,13 @@ class SessionConfig:
     (:func:`model_kwargs`), no beam sign is estimated, and the files to correct hold just
     the slice (``export_radius`` is 0). False (the default, and what a session without
     the key means): a z-stack whose neighbouring slices are neighbours.
+
+    Region queries (:mod:`activeseg.tiles`): ``tile`` is the side in pixels of the grid
+    regions are tiles of (>= 16), ``export_margin`` the pixels of in-plane context written
+    around a region to correct, ``audit_tiles`` how many random tiles ``query --audit``
+    adds to a region round, and ``stop_gain`` the expected gain of another round below
+    which the stopping rule says stop. A session made before these keys has none stored
+    and gets these defaults (128, 32, 4, 0.005).
     """
 
     geometry: Geometry = field(default_factory=Geometry)
@@ -149,6 +157,10 @@ class SessionConfig:
     pseudo_train: str = "auto"
     pseudo_slices: int = 8
     pseudo_below: int = 10
+    tile: int = 128
+    export_margin: int = 32
+    audit_tiles: int = 4
+    stop_gain: float = 0.005
     rf: dict = field(default_factory=dict)
     model: dict = field(default_factory=dict)
     train: dict = field(default_factory=dict)
@@ -174,6 +186,14 @@ class SessionConfig:
         _range("session", "pseudo_slices", self.pseudo_slices >= 1, "an integer >= 1 (unlabelled slices pseudo-labelled)",
                self.pseudo_slices, "")
         _range("session", "pseudo_below", self.pseudo_below >= 1, "an integer >= 1 (labelled slices)", self.pseudo_below, "")
+        _range("session", "tile", self.tile >= 16, "an integer >= 16 (tile side in pixels of the region grid)", self.tile, "")
+        _range("session", "export_margin", 0 <= self.export_margin <= 4096,
+               "an integer from 0 to 4096 (pixels of context around a region to correct)", self.export_margin, "")
+        _range("session", "audit_tiles", self.audit_tiles >= 1, "an integer >= 1 (random audit tiles of a region query)",
+               self.audit_tiles, "")
+        _range("session", "stop_gain", 0.0 < self.stop_gain < 1.0,
+               "a number between 0 and 1 (the expected gain of another round below which to stop)", self.stop_gain, "")
+        object.__setattr__(self, "stop_gain", float(self.stop_gain))
         if self.sections:  # unrelated sections have no neighbours to show around a slice
             object.__setattr__(self, "export_radius", 0)
 

@@ -22,6 +22,7 @@ from scipy import ndimage
 from activeseg import figures, io
 from activeseg.errors import LabelError
 from activeseg.safety import atomic_write_text
+from activeseg.tiles import TileGrid, parse_region, region_name
 
 __all__ = [
     "Correction",
@@ -34,6 +35,12 @@ __all__ = [
     "overlay_name",
     "OVERLAYS",
     "slice_from_name",
+    "region_file",
+    "region_crop",
+    "export_regions_for_correction",
+    "find_region_files",
+    "read_region_corrections",
+    "confusion",
 ]
 
 log = logging.getLogger("activeseg")
@@ -254,7 +261,10 @@ def _overlay_png(path: Path, image_slice, mask, z: int, *, n_classes: int = 2) -
 
 
 def find_mask_files(directory: Path) -> dict[int, Path]:
-    """Mask files in ``directory`` by the slice index in their names (``z0120`` ...)."""
+    """Mask files in ``directory`` by the slice index in their names (``z0120`` ...).
+
+    The files of regions (``z0120_t017_mask.tif``, :func:`find_region_files`) are not slices' masks and are left out.
+    """
     directory = Path(directory)
     if not directory.is_dir():
         raise LabelError(f"{directory} is not a directory of corrected masks")
@@ -263,7 +273,7 @@ def find_mask_files(directory: Path) -> dict[int, Path]:
         if p.suffix.lower() not in (".tif", ".tiff", ".png") or any(f"_{w}" in p.stem for w in ("image", "preview", *OVERLAYS)):
             continue
         z = slice_from_name(p.name)
-        if z is None:
+        if z is None or parse_region(p.name) is not None:  # a region's mask (find_region_files), not a slice's
             continue
         if z in found:
             raise LabelError(
@@ -271,6 +281,191 @@ def find_mask_files(directory: Path) -> dict[int, Path]:
             )
         found[z] = p
     return found
+
+
+# --- regions: one tile of one slice -------------------------------------------------------------
+
+
+def region_file(z: int, t: int, what: str = "mask") -> str:
+    """File name of a region's file: ``z0120_t017_mask.tif`` (``what``: mask, image,
+    uncertainty, disagreement; ``preview`` gives the ``.png``)."""
+    return f"{region_name(z, t)}_{what}.{'png' if what == 'preview' else 'tif'}"
+
+
+def region_crop(grid: TileGrid, t: int, margin: int) -> tuple[tuple[int, int, int, int], tuple[int, int, int, int]]:
+    """Where a region's image is cut from its slice, and where its tile lies inside that image.
+
+    Returns
+    -------
+    ``((cy0, cy1, cx0, cx1), (ty0, ty1, tx0, tx1))``: the image's in-plane window (the
+    tile plus ``margin`` pixels on each side, clipped to the slice) in slice coordinates,
+    and the tile's rows and columns in the image's coordinates (half-open).
+    """
+    y0, y1, x0, x1 = grid.bounds(t)
+    margin = max(0, int(margin))
+    cy0, cy1 = max(0, y0 - margin), min(grid.ny, y1 + margin)
+    cx0, cx1 = max(0, x0 - margin), min(grid.nx, x1 + margin)
+    return (cy0, cy1, cx0, cx1), (y0 - cy0, y1 - cy0, x0 - cx0, x1 - cx0)
+
+
+def export_regions_for_correction(
+    out_dir: Path,
+    image,
+    regions,
+    prefill: dict,
+    grid: TileGrid,
+    *,
+    radius: int = 3,
+    margin: int = 32,
+    voxel_size=None,
+    preview: bool = True,
+    n_classes: int = 2,
+    overlays: dict | None = None,
+) -> dict[tuple[int, int], dict[str, Path]]:
+    """Write what a person needs to correct each queried region (one tile of one slice).
+
+    For region ``(z, t)``: ``zNNNN_tTTT_image.tif`` (planes z-radius..z+radius, clamped at
+    the stack's edges, cut to the tile plus ``margin`` pixels of context on each side,
+    clipped to the slice: :func:`region_crop`), ``zNNNN_tTTT_mask.tif`` (the tile's
+    pre-filled class ids, tile-sized: it never holds "unlabelled"), the overlays
+    ``zNNNN_tTTT_uncertainty.tif`` / ``_disagreement.tif`` cropped to the tile, and
+    ``zNNNN_tTTT_preview.png``. ``INSTRUCTIONS.txt`` says where each tile lies inside its
+    image.
+
+    Parameters
+    ----------
+    image : (Z, Y, X) array-like (a lazy stack is fine).
+    regions : ``(z, t)`` pairs.
+    prefill : ``(z, t) -> uint8 (h, w)`` the tile's pre-filled mask (0..C-1).
+    grid : the session's tile grid.
+    overlays : ``(z, t) -> {name: float (h, w) in [0, 1]}``, names from :data:`OVERLAYS`.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    nz = int(image.shape[0])
+    written: dict[tuple[int, int], dict[str, Path]] = {}
+    where = []
+    for z, t in regions:
+        z, t = int(z), int(t)
+        (cy0, cy1, cx0, cx1), (ty0, ty1, tx0, tx1) = region_crop(grid, t, margin)
+        planes = np.stack([np.asarray(image[c])[cy0:cy1, cx0:cx1] for c in _context(z, nz, radius)])
+        tile_mask = np.asarray(prefill[(z, t)], np.uint8)
+        files = {
+            "image": io.write_stack(out_dir / region_file(z, t, "image"), planes, voxel_size=voxel_size),
+            "mask": io.write_stack(out_dir / region_file(z, t, "mask"), tile_mask[None], voxel_size=voxel_size, kind="labels"),
+        }
+        for what, arr in (overlays or {}).get((z, t), {}).items():
+            plane = np.clip(np.nan_to_num(np.asarray(arr, np.float32)), 0.0, 1.0)[None]
+            files[what] = io.write_stack(out_dir / region_file(z, t, what), plane, voxel_size=voxel_size,
+                                         kind="probabilities")
+        if preview:
+            files["preview"] = _region_png(out_dir / region_file(z, t, "preview"), planes[len(planes) // 2], tile_mask,
+                                           (ty0, ty1, tx0, tx1), z, t, n_classes=n_classes)
+        written[(z, t)] = files
+        y0, y1, x0, x1 = grid.bounds(t)
+        where.append(f"  {region_name(z, t)}: slice {z}, rows {y0}..{y1 - 1}, columns {x0}..{x1 - 1}; in its image "
+                     f"rows {ty0}..{ty1 - 1}, columns {tx0}..{tx1 - 1}\n")
+    classes = ("0 = solid, 1 = pore (a 0/255 mask is fine too, either way round)" if n_classes == 2
+               else f"0 = first solid, 1 = pore, {further_phases(n_classes)}")
+    atomic_write_text(
+        out_dir / "INSTRUCTIONS.txt",
+        "Correct the pre-filled masks, one per queried region (a tile of one slice):\n\n"
+        f"  zNNNN_tTTT_mask.tif   edit this: {classes}; it covers the tile only\n"
+        f"  zNNNN_tTTT_image.tif  the tile with {margin} pixels of context around it"
+        + (f", planes +-{radius} slices (the slice to correct is the MIDDLE plane)" if radius > 0 else "")
+        + "\n  zNNNN_tTTT_preview.png a quick look: the image with the tile's frame and the current mask outline\n"
+        + ("  zNNNN_tTTT_uncertainty.tif where the current model is unsure in the tile (0..1)\n" if overlays else "")
+        + "\nWhere each tile lies (its slice, and inside its image):\n" + "".join(where)
+        + "\nFix the mask (every pixel: a corrected tile is complete), save it under the same name (same size),\n"
+        "then run `activeseg import SESSION`. Import a few now and the rest later if you like;\n"
+        "skip a region with `activeseg import SESSION --skip-regions zNNNN_tTTT`.\n",
+    )
+    return written
+
+
+def _region_png(path: Path, plane, tile_mask, inside: tuple[int, int, int, int], z: int, t: int, *,
+                n_classes: int = 2) -> Path:
+    plt = figures.pyplot()
+    ty0, ty1, tx0, tx1 = inside
+    full = np.full(np.shape(plane), -1, np.int16)
+    full[ty0:ty1, tx0:tx1] = tile_mask
+    lo, hi = np.percentile(plane, [0.5, 99.5])
+    fig, ax = plt.subplots(1, 1, figsize=(4.2, 4.2))
+    ax.imshow(plane, cmap="gray", vmin=lo, vmax=max(hi, lo + 1))
+    ax.contour(full == 1, levels=[0.5], colors=["tab:orange"], linewidths=0.6)
+    for k in range(2, n_classes):
+        if np.any(full == k):
+            ax.contour(full == k, levels=[0.5], colors=["tab:cyan"], linewidths=0.6)
+    ax.plot([tx0 - 0.5, tx1 - 0.5, tx1 - 0.5, tx0 - 0.5, tx0 - 0.5], [ty0 - 0.5, ty0 - 0.5, ty1 - 0.5, ty1 - 0.5, ty0 - 0.5],
+            color="yellow", linewidth=0.8)
+    ax.set_title(f"{region_name(z, t)}: tile (yellow) with the pre-filled outline", fontsize=8)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    fig.tight_layout()
+    try:
+        return figures.savefig(fig, path, dpi=100)
+    finally:
+        plt.close(fig)
+
+
+def find_region_files(directory: Path) -> dict[tuple[int, int], Path]:
+    """Regions' mask files in ``directory`` by ``(z, t)`` from their names (``z0120_t017_mask.tif``)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise LabelError(f"{directory} is not a directory of corrected masks")
+    found: dict[tuple[int, int], Path] = {}
+    for p in sorted(directory.iterdir()):
+        if p.suffix.lower() not in (".tif", ".tiff", ".png") or any(f"_{w}" in p.stem for w in ("image", "preview", *OVERLAYS)):
+            continue
+        zt = parse_region(p.name)
+        if zt is None:
+            continue
+        if zt in found:
+            raise LabelError(
+                f"two mask files for region {region_name(*zt)} in {directory}: {found[zt].name} and {p.name}; keep one"
+            )
+        found[zt] = p
+    return found
+
+
+def read_region_corrections(files: dict[tuple[int, int], Path], grid: TileGrid, *, n_classes: int = 2,
+                            prefill: dict[tuple[int, int], np.ndarray] | None = None) -> dict[tuple[int, int], np.ndarray]:
+    """Read and validate edited region masks ``{(z, t): file}`` -> ``{(z, t): uint8 (h, w)}``.
+
+    A region's mask is one plane of exactly its tile's size (the exported
+    ``zNNNN_tTTT_mask.tif``), complete: class ids 0..C-1, or a 0/255 mask read in the
+    polarity that agrees more with the tile's pre-fill (as for slices,
+    :func:`read_corrections`). A pixel left 255 in a 0/1 mask, a wrong size or more
+    planes is refused with :class:`LabelError` naming the file and region; nothing is
+    returned unless all files are valid.
+    """
+    out = {}
+    for (z, t), path in sorted(files.items()):
+        name, what = Path(path).name, f"region {region_name(z, t)}"
+        y0, y1, x0, x1 = grid.bounds(t)
+        try:
+            found = io.read_label_planes(path)
+        except (OSError, ValueError) as exc:
+            raise LabelError(f"{what}: corrected mask {name}: {exc}") from None
+        if len(found) != 1:
+            raise LabelError(f"{what}: {name} holds {len(found)} planes; save only the corrected tile (one plane)")
+        raw = next(iter(found.values()))
+        if raw.shape != (y1 - y0, x1 - x0):
+            raise LabelError(
+                f"{what}: {name} is {raw.shape[0]} x {raw.shape[1]} pixels, but the tile is {y1 - y0} x {x1 - x0} "
+                "(the exported zNNNN_tTTT_mask.tif, not the larger image with its context); save the corrected tile "
+                "at its own size"
+            )
+        out[(int(z), int(t))] = _complete_mask(raw, z=int(z), what=what, name=name, n_classes=n_classes,
+                                               prefill=None if prefill is None else prefill.get((z, t)), unit="region")
+    return out
+
+
+def confusion(corrected, prefill, n_classes: int) -> np.ndarray:
+    """int64 (C, C) counts: rows = corrected (true) class, columns = pre-filled class."""
+    a = np.asarray(corrected, np.int64).ravel()
+    b = np.asarray(prefill, np.int64).ravel()
+    return np.bincount(a * n_classes + b, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
 
 
 def read_corrections(files: dict[int, Path], shape: tuple[int, int], *, n_classes: int = 2,
@@ -313,26 +508,34 @@ def read_corrections(files: dict[int, Path], shape: tuple[int, int], *, n_classe
                 f"slice {z}: {name} holds {len(planes)} planes; save only the corrected mask of slice {z} "
                 "(one plane, the zNNNN_mask.tif that was exported)"
             )
-        seen = io.mask_255_values(_values(raw)) if n_classes == 2 and raw.dtype.kind in "iu" else None
-        if seen is not None and 255 in seen:
-            mask = _decode_correction(z, raw, seen, None if prefill is None else prefill.get(z))
-        else:
-            try:
-                mask = io.normalize_labels(raw, n_classes=n_classes, kind="mask")
-            except LabelError as exc:
-                if n_classes == 2 and _is_01_with_255(raw):
-                    raise LabelError(
-                        f"slice {z}: corrected mask {name} mixes pore = 1 with 255 (Fiji's default foreground "
-                        "colour); paint pore with value 1, or save a pure 0/255 mask (255 or 0 = pore everywhere)"
-                    ) from None
-                raise LabelError(f"slice {z}: corrected mask {name}: {exc}") from None
-        if np.any(mask == UNLABELLED):
-            raise LabelError(
-                f"slice {z}: corrected mask {name} leaves pixels unlabelled (255); a corrected slice "
-                "must be complete (0 = solid, 1 = pore everywhere)"
-            )
-        out[z] = mask
+        out[z] = _complete_mask(raw, z=z, what=f"slice {z}", name=name, n_classes=n_classes,
+                                prefill=None if prefill is None else prefill.get(z))
     return out
+
+
+def _complete_mask(raw: np.ndarray, *, z: int, what: str, name: str, n_classes: int,
+                   prefill: np.ndarray | None, unit: str = "slice") -> np.ndarray:
+    """One corrected plane as class ids 0..C-1 (a 0/255 mask in the polarity agreeing with
+    ``prefill``); refused when it leaves a pixel unlabelled. ``what``: "slice 12" or
+    "region z0012_t003", for messages."""
+    seen = io.mask_255_values(_values(raw)) if n_classes == 2 and raw.dtype.kind in "iu" else None
+    if seen is not None and 255 in seen:
+        return _decode_correction(z, raw, seen, prefill)
+    try:
+        mask = io.normalize_labels(raw, n_classes=n_classes, kind="mask")
+    except LabelError as exc:
+        if n_classes == 2 and _is_01_with_255(raw):
+            raise LabelError(
+                f"{what}: corrected mask {name} mixes pore = 1 with 255 (Fiji's default foreground "
+                "colour); paint pore with value 1, or save a pure 0/255 mask (255 or 0 = pore everywhere)"
+            ) from None
+        raise LabelError(f"{what}: corrected mask {name}: {exc}") from None
+    if np.any(mask == UNLABELLED):
+        raise LabelError(
+            f"{what}: corrected mask {name} leaves pixels unlabelled (255); a corrected {unit} "
+            "must be complete (0 = solid, 1 = pore everywhere)"
+        )
+    return mask
 
 
 def _values(arr: np.ndarray) -> np.ndarray:

@@ -16,6 +16,7 @@ import numpy as np
 from scipy import ndimage
 
 from activeseg.errors import ConfigError
+from activeseg.tiles import TileGrid
 from activeseg.validation import check_slices, check_stack
 
 __all__ = [
@@ -40,6 +41,12 @@ __all__ = [
     "available_scorers",
     "get_scorer",
     "score_slices",
+    "TILE_PREFIX",
+    "TILE_DESCRIPTORS",
+    "is_tile_score",
+    "base_scorer",
+    "score_needs",
+    "tile_edge",
 ]
 
 _EPS = 1e-12
@@ -425,9 +432,85 @@ for _s in (
 del _s
 
 
+TILE_PREFIX = "tile:"
+"""Prefix of per-tile score names: ``tile:entropy`` is the mean of the entropy map over
+each tile of the session's grid (:class:`activeseg.tiles.TileGrid`)."""
+
+TILE_DESCRIPTORS = {
+    "porosity": "predicted pore fraction of the tile",
+    "edge": "fraction of the tile's pixels within 2 px of a predicted phase interface",
+}
+"""Per-tile scores that are not a per-pixel scorer's mean: ``tile:porosity``, ``tile:edge``."""
+
+
+def is_tile_score(name: str) -> bool:
+    """True for a per-tile score name (``tile:entropy``, ``tile:edge``)."""
+    return isinstance(name, str) and name.startswith(TILE_PREFIX)
+
+
+def base_scorer(name: str) -> Scorer | None:
+    """The per-pixel scorer behind a score name (``tile:bald`` -> ``bald``), None for a tile descriptor.
+
+    Raises :class:`ConfigError` for an unknown name, or a ``tile:`` name of a scorer that
+    has no per-pixel map (``tile:porosity`` is a descriptor, not the per-slice scorer).
+    """
+    if not is_tile_score(name):
+        return get_scorer(name)
+    base = name[len(TILE_PREFIX):]
+    if base in TILE_DESCRIPTORS:
+        return None
+    scorer = get_scorer(base) if base in SCORERS else None
+    if scorer is None or scorer.pixel is None:
+        pixel = [n for n, s in sorted(SCORERS.items()) if s.pixel is not None]
+        raise ConfigError(
+            f"unknown per-tile score {name!r}; per-tile scores are {TILE_PREFIX}<a per-pixel scorer> "
+            f"({', '.join(TILE_PREFIX + n for n in pixel)}) or {', '.join(TILE_PREFIX + d for d in TILE_DESCRIPTORS)}"
+        )
+    return scorer
+
+
+def score_needs(name: str) -> tuple[str, ...]:
+    """The model passes a (per-slice or per-tile) score name needs (subset of :data:`PASSES`)."""
+    scorer = base_scorer(name)
+    return ("proba",) if scorer is None else scorer.needs
+
+
+def tile_edge(labels: np.ndarray, *, width: int = 2) -> np.ndarray:
+    """Pixels within ``width`` px (city-block) of an interface between two predicted phases.
+
+    Parameters
+    ----------
+    labels : int (n, Y, X) predicted class ids.
+
+    Returns
+    -------
+    bool (n, Y, X).
+    """
+    labels = np.asarray(labels)
+    edge = np.zeros(labels.shape, dtype=bool)
+    dy = labels[:, 1:, :] != labels[:, :-1, :]
+    dx = labels[:, :, 1:] != labels[:, :, :-1]
+    edge[:, 1:, :] |= dy
+    edge[:, :-1, :] |= dy
+    edge[:, :, 1:] |= dx
+    edge[:, :, :-1] |= dx
+    if width > 1 and edge.any():
+        cross = ndimage.generate_binary_structure(2, 1)[None]
+        edge = ndimage.binary_dilation(edge, structure=cross, iterations=width - 1)
+    return edge
+
+
 def _needing(pass_: str, scorers: Sequence[Scorer]) -> str:
     """The quoted names of the scorers that need a pass, for messages: 'bald' or 'bald', 'mine'."""
     return ", ".join(repr(s.name) for s in scorers if pass_ in s.needs)
+
+
+def _pixel_map(scorer: Scorer, passes: dict, maps: dict[str, np.ndarray]) -> np.ndarray:
+    """A scorer's per-pixel map of one block, computed once (kept in ``maps``)."""
+    if scorer.name not in maps:
+        assert scorer.pixel is not None  # a Scorer has exactly one of pixel and per_slice
+        maps[scorer.name] = scorer.pixel(passes)
+    return maps[scorer.name]
 
 
 def _select_slices(n_slices: int, slices, every: int, sample, rng) -> np.ndarray:
@@ -461,6 +544,7 @@ def score_slices(
     block: int = 8,
     max_block_bytes: int = 1 << 30,
     callback: Callable[[int, int], None] | None = None,
+    tiles: TileGrid | None = None,
 ) -> dict[str, np.ndarray]:
     """Per-slice scores of a stack for the named scorers, for any :class:`ProbabilityModel`.
 
@@ -486,39 +570,55 @@ def score_slices(
         (``T`` samples of ``C`` float32 maps) would exceed ``max_block_bytes`` (so large
         slices never multiply memory by ``T``), but at least one.
     callback : ``callback(done, total)`` after each block (in slices).
+    tiles : the session's grid; needed by per-tile names (prefix :data:`TILE_PREFIX`):
+        ``tile:<scorer>`` is the mean of a per-pixel scorer's map over each tile (whatever
+        ``reduction``), ``tile:porosity`` the predicted pore fraction of each tile,
+        ``tile:edge`` the fraction of its pixels within 2 px of a predicted phase interface
+        (:func:`tile_edge`). They come from the same model passes as the per-slice scores.
 
     Returns
     -------
-    dict name -> float32 (Z,), NaN for slices not scored.
+    dict name -> float32 (Z,), NaN for slices not scored; a per-tile name -> float32
+    (Z, n_tiles), rows of NaN for slices not scored.
     """
     if isinstance(names, str):
         names = (names,)
     names = tuple(dict.fromkeys(names))
+    tile_names = [n for n in names if is_tile_score(n)]
+    for n in tile_names:
+        base_scorer(n)  # an unknown per-tile name fails here
+    if tile_names and tiles is None:
+        raise ConfigError(f"per-tile scores {tile_names} need tiles= (the session's TileGrid)")
+    names = tuple(n for n in names if not is_tile_score(n))
+    tile_bases = {n: base_scorer(n) for n in tile_names}
     scorers = [get_scorer(n) for n in names]
+    pixel_scorers = list({s.name: s for s in [*scorers, *(b for b in tile_bases.values() if b is not None)]}.values())
     if reduction not in REDUCTIONS:
         raise ConfigError(f"unknown reduction {reduction!r}; choose one of {', '.join(REDUCTIONS)}")
     if not isinstance(model, ProbabilityModel):
         raise ConfigError(f"model must provide n_classes and predict_proba(image, slices); got {type(model).__name__}")
     shape = check_stack(image)
     n_slices = shape[0]
-    needs = {p for s in scorers for p in s.needs}
+    if tiles is not None and tile_names and (tiles.ny, tiles.nx) != tuple(shape[1:]):
+        raise ConfigError(f"the tile grid is for {tiles.ny} x {tiles.nx} slices, the stack's are {shape[1]} x {shape[2]}")
+    needs = {p for s in pixel_scorers for p in s.needs} | ({"proba"} if any(b is None for b in tile_bases.values()) else set())
     if "reference" in needs and reference is None:
         raise ConfigError(
-            f"scorer {_needing('reference', scorers)} needs reference= (the second model to compare with)"
+            f"scorer {_needing('reference', pixel_scorers)} needs reference= (the second model to compare with)"
         )
     if reference is not None and "reference" in needs and not isinstance(reference, ProbabilityModel):
         raise ConfigError(f"reference must be a ProbabilityModel, got {type(reference).__name__}")
     if "samples" in needs:
         if not isinstance(model, EnsembleModel):
             raise ConfigError(
-                f"scorer {_needing('samples', scorers)} needs stochastic samples, but {type(model).__name__} "
+                f"scorer {_needing('samples', pixel_scorers)} needs stochastic samples, but {type(model).__name__} "
                 "has no sample_proba"
             )
         if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) or n_samples < 1:
             raise ConfigError(f"n_samples must be a positive integer, got {n_samples!r}")
         if rng is None:
             raise ConfigError(
-                f"scorer {_needing('samples', scorers)} draws random samples and needs rng "
+                f"scorer {_needing('samples', pixel_scorers)} draws random samples and needs rng "
                 "(np.random.default_rng(seed))"
             )
     if isinstance(block, bool) or not isinstance(block, (int, np.integer)) or block < 1:
@@ -529,6 +629,9 @@ def score_slices(
     per_slice_bytes = 4 * copies * int(model.n_classes) * int(shape[1]) * int(shape[2])
     block = max(1, min(int(block), int(max_block_bytes) // max(1, per_slice_bytes)))
     out = {n: np.full(n_slices, np.nan, dtype=np.float32) for n in names}
+    for n in tile_names:
+        assert tiles is not None  # checked above
+        out[n] = np.full((n_slices, tiles.n_tiles), np.nan, dtype=np.float32)
     for b0 in range(0, ids.size, block):
         blk = ids[b0 : b0 + block]
         sl = blk.tolist()
@@ -552,14 +655,22 @@ def score_slices(
             else:
                 src = passes["samples"] if "samples" in passes else passes["tta"]
                 pore = src[:, :, 1].mean(axis=0)
+        maps: dict[str, np.ndarray] = {}  # per-pixel maps, computed once for the slice and tile scores
         for s in scorers:
             if s.per_slice is not None:
                 vals = s.per_slice(passes)
             else:
-                assert s.pixel is not None  # a Scorer has exactly one of pixel and per_slice
-                vals = reduce_slices(s.pixel(passes), reduction, q=q, pore_prob=pore)
+                vals = reduce_slices(_pixel_map(s, passes, maps), reduction, q=q, pore_prob=pore)
             out[s.name][blk] = vals
-        del passes
+        for n, b in tile_bases.items():
+            assert tiles is not None  # checked above
+            if b is not None:
+                out[n][blk] = tiles.reduce(_pixel_map(b, passes, maps))
+                continue
+            hard = passes["proba"].argmax(axis=1)
+            what = n[len(TILE_PREFIX):]
+            out[n][blk] = tiles.reduce((hard == 1) if what == "porosity" else tile_edge(hard))
+        del passes, maps
         if callback is not None:
             callback(min(b0 + block, ids.size), int(ids.size))
     return out

@@ -189,3 +189,31 @@ def test_bad_scheduler_fails_before_any_work(session, tmp_path):
     assert not (tmp_path / "x.tif").exists()
     out = fails(["export", session, tmp_path / "x.png"])
     assert ".zarr" in out
+
+
+def test_a_store_output_never_swallows_an_input(volume, tmp_path):
+    from activeseg.errors import OutputError
+    from activeseg.safety import check_output
+
+    store = tmp_path / "scan.zarr"
+    writer = io.create_output(store, (4, 40, 48), np.uint8, voxel_size=None, kind="image")
+    writer.array[:] = 7
+    writer.commit()
+    inner = store / "0"
+    with pytest.raises(OutputError, match="holds the stack"):
+        check_output(store, inputs=[("stack", str(inner))])
+    with pytest.raises(OutputError, match="holds the session"):
+        check_output(tmp_path / "all.zarr", inputs=[], sessions=[tmp_path / "all.zarr" / "s"])
+
+
+def test_random_strategy_picks_the_same_slices_inline_and_on_a_cluster(session, cluster, tmp_path):
+    """Scoring on a cluster draws nothing from the session's generator unless a scorer samples."""
+    import shutil
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(session, a)
+    shutil.copytree(session, b)
+    ok(["query", a, "-n", 3, "--strategy", "random", "--audit"])
+    ok(["query", b, "-n", 3, "--strategy", "random", "--audit", "--scheduler", cluster])
+    ra, rb = (json.loads((p / "activeseg.json").read_text())["rounds"][-1] for p in (a, b))
+    assert ra["queried"] == rb["queried"] and ra["audit"] == rb["audit"]

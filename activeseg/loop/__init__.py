@@ -25,8 +25,12 @@ from activeseg.loop.state import (
     labelled_slices,
     labels_dict,
     open_session,
+    pending_regions,
     pending_slices,
+    prefill_regions,
     relink,
+    session_grid,
+    tile_labelled,
 )
 from activeseg.loop.status import next_step, status
 from activeseg.loop.steps import (
@@ -58,7 +62,9 @@ __all__ = [
     "next_step",
     "open_session",
     "oracle_correct",
+    "pending_regions",
     "pending_slices",
+    "prefill_regions",
     "predict_to_file",
     "pseudo_label",
     "query",
@@ -66,7 +72,9 @@ __all__ = [
     "revert",
     "run",
     "run_rounds",
+    "session_grid",
     "status",
+    "tile_labelled",
     "train",
     "validate_config",
 ]

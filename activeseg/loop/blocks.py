@@ -16,9 +16,11 @@ files' bytes — the network's safetensors and ``model.json``, the forest's pick
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import tempfile
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,7 @@ from activeseg.cluster import Scheduler, has_gpu_workers, open_client, parse_sch
 from activeseg.errors import ConfigError
 from activeseg.io import open_output_block
 from activeseg.safety import release_pages
+from activeseg.tiles import TileGrid
 
 MAX_BLOCK = 16
 """At most this many slices per block (task)."""
@@ -86,11 +89,17 @@ def model_payload(model) -> dict:
 
 _LOADED: dict[str, Any] = {}
 """Models rebuilt in this (worker) process, by payload digest (the last two kept)."""
+_LOADED_LOCK = threading.Lock()
 
 
 def model_from_payload(payload: Mapping[str, Any], *, threads: int | None = None):
     """The model of :func:`model_payload`'s bytes, loaded once per process and kept."""
     digest = str(payload["digest"])
+    with _LOADED_LOCK:  # tasks running side by side in one worker load a model once
+        return _load_payload(payload, digest, threads)
+
+
+def _load_payload(payload: Mapping[str, Any], digest: str, threads: int | None):
     model: Any = _LOADED.get(digest)
     if model is None:
         with tempfile.TemporaryDirectory(prefix="activeseg-model-") as tmp:
@@ -204,8 +213,9 @@ def run_block(task: Mapping[str, Any]) -> dict:
 # --- whole stacks ---------------------------------------------------------------------------------
 
 
-def _threads_for(sched: Scheduler) -> int:
-    """Threads per local worker: this machine's cores shared out."""
+def _task_threads(sched: Scheduler) -> int:
+    """Threads of one task: a local worker runs one task at a time with this machine's cores
+    shared out; a remote worker runs one task per thread it has, each with one thread."""
     cores = os.cpu_count() or 1
     return max(1, cores // max(1, sched.workers)) if sched.kind == "local" else 1
 
@@ -271,8 +281,14 @@ def predict_blocks(
             if progress:
                 progress(done, nz)
     else:
-        with open_client(sched, threads_per_worker=_threads_for(sched)) as client:
-            threads = _worker_threads(client)
+        with open_client(sched, threads_per_worker=1) as client:
+            threads = _task_threads(sched)
+            if _is_network(model):
+                from activeseg.model import NORM_FIXED, NORM_STACK  # torch: a network is being shipped
+
+                if model.norm_mode == NORM_STACK:
+                    # the stack's range once here, not once per task (each task reopens the stack)
+                    model = dataclasses.replace(model, norm=model.stack_norm(image), norm_mode=NORM_FIXED)
             payload = client.scatter(model_payload(model), broadcast=True)
             resources = {"GPU": 1} if _is_network(model) and has_gpu_workers(client) else None
             tasks = [{"image": image, "model": payload, "z0": z0, "z1": z1, "mode": mode, "n_classes": n_classes,
@@ -292,12 +308,6 @@ def predict_blocks(
     return fractions
 
 
-def _worker_threads(client) -> int:
-    """The smallest number of threads a worker of ``client``'s cluster has (at least 1)."""
-    workers = client.scheduler_info().get("workers", {}).values()
-    return max(1, min((int(w.get("nthreads", 1)) for w in workers), default=1))
-
-
 # --- per-slice scores -----------------------------------------------------------------------------
 
 
@@ -308,15 +318,19 @@ def score_block(task: Mapping[str, Any]) -> dict:
     ref = task.get("reference")
     reference = None if ref is None else model_from_payload(ref, threads=task.get("threads"))
     rng = np.random.default_rng(task["seed"])
+    grid = task.get("tiles")
     got = uncertainty.score_slices(model, task["image"], task["names"], slices=task["slices"], reference=reference,
-                                   n_samples=int(task["n_samples"]), rng=rng, reduction=task["reduction"])
+                                   n_samples=int(task["n_samples"]), rng=rng, reduction=task["reduction"],
+                                   tiles=None if grid is None else TileGrid(*grid))
     return {k: np.asarray(v, np.float32) for k, v in got.items()}
 
 
 def score_blocks(model, image, names: Sequence[str], *, slices: np.ndarray, scheduler: Scheduler | str | None,
                  reference=None, n_samples: int = 8, rng: np.random.Generator, reduction: str = "mean",
-                 block: int | None = None, progress: Callable[[int, int], None] | None = None) -> dict[str, np.ndarray]:
-    """Per-slice scores ``name -> float32 (Z,)`` (NaN off ``slices``) on a Dask cluster.
+                 block: int | None = None, progress: Callable[[int, int], None] | None = None,
+                 tiles: TileGrid | None = None) -> dict[str, np.ndarray]:
+    """Per-slice scores ``name -> float32 (Z,)`` (NaN off ``slices``) on a Dask cluster
+    (per-tile scores ``tile:NAME -> float32 (Z, n_tiles)`` with ``tiles``, the session's grid).
 
     Each block of ``slices`` is one task. Scorers without sampling (entropy, margin,
     porosity, RF disagreement) give exactly the inline values; sampling scorers (BALD, TTA)
@@ -328,20 +342,26 @@ def score_blocks(model, image, names: Sequence[str], *, slices: np.ndarray, sche
     n_classes = int(getattr(model, "n_classes", 2))
     size = int(block) if block else block_size(image.shape, n_classes)
     chunks = [slices[i : i + size] for i in range(0, len(slices), size)]
-    seeds = rng.integers(0, 2**63 - 1, size=len(chunks))
+    # the session's generator is drawn from only when a scorer samples (BALD): then once, and
+    # each block's generator derives from that draw; otherwise the generator is left as inline
+    # scoring leaves it, so the strategy and the audit draw the same slices either way
+    sampling = any("samples" in uncertainty.score_needs(n) for n in names)
+    base = int(rng.integers(0, 2**63 - 1)) if sampling else 0
+    seeds = [[base, i] for i in range(len(chunks))]
     out: dict[str, np.ndarray] = {}
-    with open_client(sched, threads_per_worker=_threads_for(sched)) as client:
-        threads = _worker_threads(client)
+    with open_client(sched, threads_per_worker=1) as client:
+        threads = _task_threads(sched)
         payload = client.scatter(model_payload(model), broadcast=True)
         ref = None if reference is None else client.scatter(model_payload(reference), broadcast=True)
         resources = {"GPU": 1} if _is_network(model) and has_gpu_workers(client) else None
         tasks = [{"image": image, "model": payload, "reference": ref, "names": list(names), "slices": c.tolist(),
-                  "n_samples": int(n_samples), "seed": int(s), "reduction": reduction, "threads": threads}
+                  "n_samples": int(n_samples), "seed": s, "reduction": reduction, "threads": threads,
+                  "tiles": None if tiles is None else (tiles.ny, tiles.nx, tiles.tile)}
                  for c, s in zip(chunks, seeds)]
         done = 0
         for i, got in run_tasks(client, score_block, tasks, resources=resources, key="activeseg-scores"):
             for name, vals in got.items():
-                arr = out.setdefault(name, np.full(nz, np.nan, dtype=np.float32))
+                arr = out.setdefault(name, np.full((nz, *vals.shape[1:]), np.nan, dtype=np.float32))
                 arr[chunks[i]] = vals[chunks[i]] if vals.shape[0] == nz else vals
             done += len(chunks[i])
             if progress:

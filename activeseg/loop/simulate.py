@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from activeseg.errors import SessionError
-from activeseg.loop.state import Progress, no_progress, pending_slices
+from activeseg.loop.state import Progress, no_progress, waiting
 from activeseg.loop.steps import bootstrap, oracle_correct, pseudo_label, query, train
 from activeseg.session import Session
 
@@ -58,7 +58,7 @@ def run_rounds(
             continue
         if len(rounds) <= i:
             query(session, size, strategy=strategy, params=params, export=False, progress=progress)
-        if pending_slices(session.manifest["rounds"][-1]):
+        if waiting(session.manifest["rounds"][-1]):
             if human == "none":
                 pseudo_label(session, progress=progress)
             else:

@@ -34,7 +34,9 @@ from activeseg.bootstrap import fit_rf, load_rf, save_rf
 from activeseg.config import SessionConfig, rf_kwargs
 from activeseg.errors import ModelError, SessionError
 from activeseg.holdout import session_rule, without_held_out
+from activeseg.oracle import confusion
 from activeseg.session import Session, file_fingerprint, is_store_entry, sha256_file, stat_key
+from activeseg.tiles import DEFAULT_TILE, TileGrid, region_name
 
 log = logging.getLogger("activeseg")
 
@@ -173,8 +175,13 @@ def label_files(m: dict) -> list[str]:
     return [f for r in m["rounds"] for f in r.get("label_files", [])]
 
 
-LABEL_KINDS = ("full", "partial", "pseudo")
-"""Kinds of label files: corrected/true whole slices, scribbles, confident pseudo-labels."""
+LABEL_KINDS = ("full", "partial", "pseudo", "region")
+"""Kinds of label files: corrected/true whole slices, scribbles, confident pseudo-labels,
+corrected regions (tiles of slices; per slice a whole-slice mask, 255 outside its tiles)."""
+
+HUMAN_KINDS = ("full", "partial", "region")
+"""The labels a person (or the ground-truth oracle) gave: what the RF fit, training's
+held-out blocks and the gate take (pseudo-labels are not human labels)."""
 
 
 def reverted_pairs(m: dict) -> set[tuple[int, int]]:
@@ -186,7 +193,7 @@ def labels_dict(session: Session, *, kinds: Sequence[str] = LABEL_KINDS, manifes
     """Committed labels of the given kinds as ``{z: uint8 (Y, X)}`` (255 = unlabelled).
 
     A whole-slice label replaces what was there; partial labels (scribbles,
-    pseudo-labels) only fill their drawn pixels. Labels withdrawn by :func:`revert`
+    pseudo-labels, corrected regions) only fill their drawn pixels. Labels withdrawn by :func:`revert`
     are left out. ``manifest``: read the label files of this (not yet committed)
     manifest instead of the committed one.
     """
@@ -246,6 +253,98 @@ def write_labels(session: Session, m: dict, rnd: dict, corrections, *, kind: str
     for c in corrections:
         costs[str(int(c.z))] = int(c.cost)
     return rel
+
+
+def session_grid(m: dict) -> TileGrid:
+    """The session's tile grid: ``[session] tile`` (128 in a session made before the key) over its slices."""
+    shape = m["stack"]["shape"]
+    return TileGrid(int(shape[1]), int(shape[2]), int((m.get("config") or {}).get("tile", DEFAULT_TILE)))
+
+
+def write_region_labels(session: Session, m: dict, rnd: dict, regions: dict[tuple[int, int], np.ndarray],
+                        prefill: dict[tuple[int, int], np.ndarray], *, source: str) -> str:
+    """Record corrected regions as one label file of kind "region".
+
+    ``regions``: ``(z, t) -> uint8 (h, w)`` the corrected tile; ``prefill``: the tiles as
+    pre-filled. Per slice one whole-slice mask holds its tiles and 255 elsewhere; the
+    file also keeps the ``regions`` (k, 2) it holds. The pixels changed per region go to
+    ``rnd["region_cost"]`` (keyed ``zNNNN_tTTT``).
+    """
+    grid = session_grid(m)
+    by_z: dict[int, np.ndarray] = {}
+    changed: dict[int, int] = {}
+    costs = rnd.setdefault("region_cost", {})
+    for (z, t), tile in sorted(regions.items()):
+        y0, y1, x0, x1 = grid.bounds(t)
+        full = by_z.setdefault(int(z), np.full((grid.ny, grid.nx), 255, np.uint8))
+        full[y0:y1, x0:x1] = tile
+        n = int(np.count_nonzero(np.asarray(tile) != np.asarray(prefill[(z, t)])))
+        changed[int(z)] = changed.get(int(z), 0) + n
+        costs[region_name(z, t)] = n
+    k = len(rnd.get("label_files", []))
+    rel = f"labels/r{rnd['index']:03d}_i{k:02d}.npz"
+    zs = sorted(by_z)
+    session.save_npz(
+        rel,
+        slices=np.array(zs, dtype=np.int64),
+        masks=np.stack([by_z[z] for z in zs]).astype(np.uint8),
+        source=np.array([source] * len(zs)),
+        cost=np.array([changed[z] for z in zs], dtype=np.int64),
+        kind=np.array("region"),
+        regions=np.array(sorted(regions), dtype=np.int64).reshape(-1, 2),
+    )
+    rnd.setdefault("label_files", []).append(rel)
+    return rel
+
+
+def tile_labelled(session: Session, m: dict, grid: TileGrid | None = None) -> np.ndarray:
+    """bool ``(Z, n_tiles)``: every pixel of the tile is labelled, by any kind of label
+    (a whole labelled slice labels all its tiles)."""
+    grid = session_grid(m) if grid is None else grid
+    nz = int(m["stack"]["shape"][0])
+    out = np.zeros((nz, grid.n_tiles), dtype=bool)
+    for z, mask in labels_dict(session, manifest=m).items():
+        out[z] = grid.reduce(mask == 255, how="max") == 0
+    out[labelled_slices(m)] = True
+    return out
+
+
+def add_cost(rnd: dict, units, *, n_classes: int, grid: TileGrid) -> None:
+    """Add corrected units to the round's cost (docs/architecture.md §5).
+
+    ``units``: ``(z, t, prefill, corrected, audit)`` per imported unit, ``t`` None for
+    a whole slice; ``prefill`` and ``corrected`` the unit's masks (the slice, or the
+    tile). ``rnd["cost"]`` sums ``reviewed_px`` (the unit's pixels, context excluded),
+    ``changed_px`` (pixels whose class differs from the pre-fill) and ``units``; audit
+    units are also summed in ``cost["audit"]`` (with the C x C ``confusion``, rows =
+    corrected class, columns = pre-filled class) and listed in ``cost["audit_units"]``
+    (``{"z", "t", "confusion"}``; a whole slice also with ``"tiles"``, the confusion of
+    each tile of the grid, so an estimate can bootstrap over tiles).
+    """
+    cost = rnd.setdefault("cost", {"reviewed_px": 0, "changed_px": 0, "units": 0})
+    for z, t, prefill, corrected, audit in units:
+        prefill, corrected = np.asarray(prefill), np.asarray(corrected)
+        px, changed = int(prefill.size), int(np.count_nonzero(prefill != corrected))
+        cost["reviewed_px"] += px
+        cost["changed_px"] += changed
+        cost["units"] += 1
+        if not audit:
+            continue
+        conf = confusion(corrected, prefill, n_classes)
+        a = cost.setdefault("audit", {"reviewed_px": 0, "changed_px": 0, "units": 0,
+                                      "confusion": np.zeros((n_classes, n_classes), np.int64).tolist()})
+        a["reviewed_px"] += px
+        a["changed_px"] += changed
+        a["units"] += 1
+        a["confusion"] = (np.asarray(a["confusion"], np.int64) + conf).tolist()
+        entry: dict = {"z": int(z), "t": None if t is None else int(t), "confusion": conf.tolist()}
+        if t is None:
+            tiles = []
+            for k in range(grid.n_tiles):
+                y0, y1, x0, x1 = grid.bounds(k)
+                tiles.append(confusion(corrected[y0:y1, x0:x1], prefill[y0:y1, x0:x1], n_classes).tolist())
+            entry["tiles"] = tiles
+        cost.setdefault("audit_units", []).append(entry)
 
 
 RF_FIT_RULE = 2
@@ -419,6 +518,24 @@ def pending_slices(rnd: dict) -> list[int]:
     return [z for z in rnd.get("queried", []) if z not in done]
 
 
+def pending_regions(rnd: dict) -> list[tuple[int, int]]:
+    """The regions ``(z, t)`` of a round still waiting for corrections (none in a slice round)."""
+    done = {(int(z), int(t)) for key in ("imported_regions", "skipped_regions")
+            for z, t in rnd.get(key, [])}
+    done |= {(int(z), int(t)) for z, t in rnd.get("carried_out", {}).get("regions", [])}
+    return [(int(z), int(t)) for z, t in rnd.get("regions", []) if (int(z), int(t)) not in done]
+
+
+def is_tile_round(rnd: dict | None) -> bool:
+    """True for a round of regions (``"unit": "tiles"``); a round without ``unit`` is one of slices."""
+    return bool(rnd) and (rnd or {}).get("unit", "slices") == "tiles"
+
+
+def waiting(rnd: dict) -> bool:
+    """True while a round has slices or regions pending."""
+    return bool(pending_slices(rnd) or pending_regions(rnd))
+
+
 def reverted_in(m: dict, rnd: dict) -> set[int]:
     gone = reverted_pairs(m)
     return {z for (r, z) in gone if r == rnd["index"]}
@@ -432,6 +549,20 @@ def shell_quote(path) -> str:
 def prefill_masks(session: Session, idx: int) -> dict[int, np.ndarray]:
     data = session.load_npz(f"rounds/r{idx:03d}/prefill.npz")
     return {int(z): mk for z, mk in zip(data["slices"], data["masks"])}
+
+
+def prefill_regions(session: Session, idx: int) -> dict[tuple[int, int], np.ndarray]:
+    """The pre-filled tiles ``(z, t) -> uint8 (h, w)`` of a round of regions (``rounds/rNNN/prefill.npz``
+    holds ``regions`` (k, 2) and ``tiles``, each tile padded to the full tile size with 255)."""
+    data = session.load_npz(f"rounds/r{idx:03d}/prefill.npz")
+    if "regions" not in data:
+        return {}
+    grid = session_grid(session.manifest)
+    out = {}
+    for (z, t), tile in zip(data["regions"], data["tiles"]):
+        y0, y1, x0, x1 = grid.bounds(int(t))
+        out[(int(z), int(t))] = np.asarray(tile)[: y1 - y0, : x1 - x0]
+    return out
 
 
 def now() -> str:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from activeseg.loop import stopping
 from activeseg.loop.gate import Verdict
 from activeseg.loop.state import (
     current_entry,
+    is_tile_round,
     labelled_slices,
     last_round,
+    pending_regions,
     pending_slices,
     reverted_in,
     reverted_pairs,
@@ -30,12 +33,17 @@ def next_step(session: Session) -> str:
     if pending_slices(last):
         folder = shell_quote(session.path(f"rounds/r{last['index']:03d}"))
         return f"correct the masks in {folder}, then: activeseg import {root}"
+    if pending_regions(last):
+        folder = shell_quote(session.path(f"rounds/r{last['index']:03d}"))
+        return f"correct the region masks (zNNNN_tTTT_mask.tif) in {folder}, then: activeseg import {root}"
     if last["index"] > 0 and last.get("status") not in ("trained", "skipped"):
         return f"activeseg train {root}"
     if len(labelled_slices(m)) >= int(m["stack"]["shape"][0]):  # nothing left to ask
         return f"activeseg export {root} OUT.tif   (every slice is labelled)"
     if last["index"] == 0 and not m.get("model"):
         return f"activeseg query {root} -n 5 --strategy distributed   (or train a first network: activeseg train {root})"
+    if is_tile_round(last):  # go on with regions
+        return f"activeseg query {root} -n 16 --strategy tile_entropy"
     return f"activeseg query {root} -n 5 --strategy spaced_entropy"
 
 
@@ -72,6 +80,10 @@ def status(session: Session) -> dict:
         }
         if r.get("audit") is not None and str(r["audit"]) in costs:
             row["audit_error"] = costs[str(r["audit"])] / px
+        audit = (r.get("cost") or {}).get("audit")
+        if audit and audit.get("reviewed_px"):  # a round of regions: its audit tiles together
+            row["audit_error"] = audit["changed_px"] / audit["reviewed_px"]
+        row.update(round_cost(r, px))
         sf = r.get("scores_file")
         if sf and session.path(sf).exists():
             por = session.load_npz(sf).get("porosity")
@@ -97,6 +109,7 @@ def status(session: Session) -> dict:
         "n_classes": int((m.get("config") or {}).get("n_classes", 2)),
         "sections": bool((m.get("config") or {}).get("sections", False)),  # absent in older sessions: a z-stack
         "rounds": rounds,
+        "cost_total": {k: int(sum(r[k] for r in rounds)) for k in ("reviewed_px", "changed_px")},
         "labelled_slices": labelled_slices(m),
         "n_labelled": len(labelled_slices(m)),
         "n_slices": nz,
@@ -106,7 +119,28 @@ def status(session: Session) -> dict:
         "tombstones": m.get("tombstones", []),
         "uncertainty": uncertainty,
         "next_step": next_step(session),
+        "stopping": stopping.estimate(m, int((m.get("config") or {}).get("n_classes", 2)),
+                                      stop_gain=float((m.get("config") or {}).get("stop_gain", 0.005))),
     }
+
+
+def round_cost(r: dict, px: int) -> dict:
+    """A round's cost fields for ``status``: ``unit`` ("slices" or "tiles"), ``regions``
+    (``[[z, t], ...]``), ``reviewed_px`` and ``changed_px`` (docs/architecture.md §5).
+
+    A round recorded before ``cost`` existed (whole slices only) is derived from its
+    ``correction_cost`` and the slice size ``px``: each corrected slice reviewed whole.
+    Round 0 (bootstrap) reviews nothing.
+    """
+    out = {"unit": "tiles" if is_tile_round(r) else "slices", "regions": [list(x) for x in r.get("regions", [])]}
+    cost = r.get("cost")
+    if cost is not None:
+        return {**out, "reviewed_px": int(cost.get("reviewed_px", 0)), "changed_px": int(cost.get("changed_px", 0))}
+    if r["index"] == 0:
+        return {**out, "reviewed_px": 0, "changed_px": 0}
+    costs = r.get("correction_cost", {})
+    zs = [z for z in r.get("full_slices", []) if str(z) in costs]
+    return {**out, "reviewed_px": len(zs) * int(px), "changed_px": int(sum(int(costs[str(z)]) for z in zs))}
 
 
 def current_summary(m: dict) -> dict:

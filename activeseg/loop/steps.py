@@ -35,13 +35,16 @@ from activeseg.loop.blocks import score_blocks
 from activeseg.loop.evaluate import evaluate_model
 from activeseg.loop.gate import judge
 from activeseg.loop.state import (
+    HUMAN_KINDS,
     LABEL_KINDS,
     Progress,
+    add_cost,
     best_network,
     committed_value,
     current_model,
     discard_uncommitted,
     fit_session_rf,
+    is_tile_round,
     labelled_slices,
     labels_dict,
     labels_version,
@@ -51,28 +54,39 @@ from activeseg.loop.state import (
     now,
     open_image,
     open_truth,
+    pending_regions,
     pending_slices,
     prefill_masks,
+    prefill_regions,
     reverted_in,
     reverted_pairs,
     session_config,
+    session_grid,
     session_rng,
     shell_quote,
     store_rng,
+    tile_labelled,
+    waiting,
     write_labels,
+    write_region_labels,
 )
 from activeseg.loop.status import next_step
 from activeseg.oracle import (
     Correction,
     export_for_correction,
+    export_regions_for_correction,
     find_mask_files,
+    find_region_files,
     mask_name,
     pseudo_labels,
     read_corrections,
+    read_region_corrections,
+    region_file,
     truth_correction,
 )
 from activeseg.scribbles import simulate_scribbles as draw_scribbles
 from activeseg.session import Session, file_fingerprint
+from activeseg.tiles import TileGrid, parse_region, region_name
 
 
 def init_session(
@@ -443,11 +457,18 @@ _NETWORK_PASSES = frozenset({"samples", "tta", "reference"})
 the networks down), a scorer needing one of them uses the best network so far."""
 
 
+def _needs_of(name: str) -> tuple[str, ...]:
+    """The model passes a score name needs (per slice or ``tile:``); none for names that are not scores (embeddings)."""
+    try:
+        return uncertainty.score_needs(name)
+    except ConfigError:
+        return ()
+
+
 def _score_version(session: Session, kind: str, version: str, needs: Sequence[str]) -> tuple[str, tuple | None]:
     """The score cache's version, and ``(version, network)`` of the best network when the
     RF is current, a network exists and ``needs`` holds a network-only score (cached with it)."""
-    if kind != "rf" or not any(set(uncertainty.get_scorer(n).needs) & _NETWORK_PASSES
-                               for n in needs if n in uncertainty.SCORERS):
+    if kind != "rf" or not any(set(_needs_of(n)) & _NETWORK_PASSES for n in needs):
         return version, None
     net_version, net = best_network(session)
     if net is None:
@@ -460,6 +481,8 @@ def _compute_scores(session: Session, image, names: Sequence[str], kind: str, ve
                     scheduler=None) -> dict:
     """Scores (and embeddings) for the current model, cached per model version
     (``save=False``: the caller writes ``scores/VERSION.npz`` with what it commits).
+    Per-tile scores (``tile:entropy``: float32 (Z, n_tiles) over the session's grid) come
+    from the same pass and are cached under their full names.
     ``network``: ``(version, model)`` of the best network, for the network-only scores
     while the RF is current (see :func:`_score_version`). ``manifest``: the manifest the
     caller commits (a Random Forest fitted for ``rf_disagreement`` is stored with it).
@@ -471,7 +494,8 @@ def _compute_scores(session: Session, image, names: Sequence[str], kind: str, ve
     want = [n for n in names if n not in cached and n != "embeddings"]
     nz = int(image.shape[0])
     zs = _score_slices_for(session, nz)
-    net_only = [n for n in want if network is not None and set(uncertainty.get_scorer(n).needs) & _NETWORK_PASSES]
+    net_only = [n for n in want if network is not None and set(_needs_of(n)) & _NETWORK_PASSES]
+    grid = session_grid(session.manifest) if any(uncertainty.is_tile_score(n) for n in want) else None
     groups = [([n for n in want if n not in net_only], model)]
     if network is not None and net_only:
         groups.append((net_only, network[1]))
@@ -479,19 +503,19 @@ def _compute_scores(session: Session, image, names: Sequence[str], kind: str, ve
         if not group:
             continue
         reference = None
-        if "rf_disagreement" in group:
+        if any("reference" in _needs_of(n) for n in group):  # rf_disagreement (or tile:rf_disagreement)
             if kind == "rf" and network is None:
                 raise ConfigError("rf_disagreement needs a trained network; train one first (activeseg train)")
             reference = model if kind == "rf" else fit_session_rf(session, image, progress=progress, manifest=manifest)
         if parse_scheduler(scheduler).inline:
             got = uncertainty.score_slices(
                 scorer_model, image, group, slices=zs, reference=reference, n_samples=cfg.bald_samples, rng=rng,
-                reduction=cfg.score_reduction, callback=lambda d, t: progress("scoring", d, t),
+                reduction=cfg.score_reduction, callback=lambda d, t: progress("scoring", d, t), tiles=grid,
             )
         else:
             got = score_blocks(scorer_model, image, group, slices=zs, scheduler=scheduler, reference=reference,
                                n_samples=cfg.bald_samples, rng=rng, reduction=cfg.score_reduction,
-                               progress=lambda d, t: progress("scoring", d, t))
+                               progress=lambda d, t: progress("scoring", d, t), tiles=grid)
         cached.update({k: np.asarray(v, np.float32) for k, v in got.items()})
     if "embeddings" in names and "embeddings" not in cached:
         emb = np.full((nz, 0), np.nan, np.float32)
@@ -521,12 +545,17 @@ def query(
     progress: Progress = no_progress,
     scheduler=None,
 ) -> dict:
-    """Open a new round: the strategy picks up to ``n`` slices to correct.
+    """Open a new round: the strategy picks up to ``n`` slices (or ``n`` regions) to correct.
 
     Computes exactly the scores the strategy declares from the current model (cached
     per model version), runs it, records the round, and (``export``) writes the files
     a person corrects. ``audit`` adds one uniformly random unlabelled slice whose
-    correction cost estimates the current error honestly. ``scheduler``: where the
+    correction cost estimates the current error honestly; for a strategy of regions
+    (``unit="tiles"``) it adds ``[session] audit_tiles`` random unlabelled tiles, each
+    from a different slice. A strategy of regions picks tiles of the session's grid
+    (:mod:`activeseg.tiles`): the round records ``"unit": "tiles"``, ``"tile"`` and the
+    ``"regions"`` ``[[z, t], ...]``, and the files to correct are the tiles
+    (:func:`activeseg.oracle.export_regions_for_correction`). ``scheduler``: where the
     scores are computed (``"inline"``, ``"local:N"``, ``"tcp://..."``; see
     :mod:`activeseg.cluster`).
     """
@@ -535,17 +564,33 @@ def query(
     prepared = registry.prepare_query(strategy, params or {})
     fn, strategy, full_params = prepared.fn, prepared.name, prepared.params
     needs = prepared.requires
+    tiles_unit = prepared.unit == "tiles"
     with session.writing("query"):
         m = session.manifest
         last = last_round(m)
         if last is None:
             raise SessionError(f"session {session.root} is not bootstrapped; run `activeseg bootstrap {session.root} ...` first")
         carried = pending_slices(last) if last["index"] > 0 else []
-        if last["index"] > 0 and last.get("status") != "trained" and set(last.get("imported", [])) - reverted_in(m, last):
+        carried_regions = pending_regions(last) if last["index"] > 0 else []
+        root = shell_quote(session.root)
+        if last["index"] > 0 and last.get("status") != "trained" and _imported_unreverted(m, last):
+            waits = ([f"slices {carried}"] if carried else []) + (
+                [f"regions {', '.join(region_name(*r) for r in carried_regions)}"] if carried_regions else [])
             raise SessionError(
                 f"round {last['index']}'s corrections are not in a model yet; "
-                f"run `activeseg train {shell_quote(session.root)}` first"
-                + (f" (slices {carried} still pending are carried over into the next round)" if carried else "")
+                f"run `activeseg train {root}` first"
+                + (f" ({' and '.join(waits)} still pending are carried over into the next round)" if waits else "")
+            )
+        if carried and tiles_unit:
+            raise SessionError(
+                f"round {last['index']} still waits for slices {carried}, and {strategy} picks regions: finish that round "
+                f"first (activeseg import {root}, or --skip {','.join(map(str, carried))}), or query with a strategy of slices"
+            )
+        if carried_regions and not tiles_unit:
+            raise SessionError(
+                f"round {last['index']} still waits for regions {', '.join(region_name(*r) for r in carried_regions)}, "
+                f"and {strategy} picks whole slices: finish that round first (activeseg import {root}, or "
+                "--skip-regions), or query with a strategy of regions"
             )
         cfg = session_config(session)
         rng = session_rng(m)
@@ -563,67 +608,127 @@ def query(
             for r in m["rounds"]:  # slices skipped by the user are not asked again
                 labelled[r.get("skipped", [])] = True
             labelled[carried] = True  # asked already: they move into this round as they are
-            ctx = registry.QueryContext(
-                n_slices=nz,
-                labelled=labelled,
-                rng=rng,
-                scores={k: v for k, v in scores.items() if k != "embeddings"},
-                embeddings=scores.get("embeddings"),
-                round_index=len(m["rounds"]),
-            )
-            picked = [int(z) for z in registry.run_strategy(fn, ctx, int(n), full_params)]
-            audit_z = None
-            if audit:
-                pool = np.flatnonzero(~labelled)
-                pool = pool[~np.isin(pool, picked)]
-                if pool.size:
-                    audit_z = int(rng.choice(pool))
-            queried = picked + ([audit_z] if audit_z is not None else []) + carried
-            if not queried:
-                raise SessionError(
-                    f"the strategy picked no slices: all {nz} slices are labelled or skipped "
-                    f"({int(labelled.sum())} of {nz}); export the segmentation "
-                    f"(activeseg export {shell_quote(session.root)} OUT.tif)"
-                )
             idx = len(m["rounds"])
-            rnd = {
-                "index": idx,
-                "strategy": strategy,
-                "params": full_params,
-                "queried": queried,
-                "audit": audit_z,
-                "imported": [],
-                "skipped": [],
-                "status": "queried",
-                "model_version": version,
-                "model_kind": kind,
-                "scores_file": scores_rel,
-            }
-            if len(picked) < n:
-                log.info("strategy %s picked %d of %d slices (spacing or pool size)", strategy, len(picked), n)
+            rnd: dict[str, Any] = {"index": idx, "strategy": strategy, "params": full_params}
+            if tiles_unit:
+                grid = session_grid(m)
+                taken = tile_labelled(session, m, grid)
+                for r in m["rounds"]:  # regions skipped by the user are not asked again
+                    for z, t in r.get("skipped_regions", []):
+                        taken[int(z), int(t)] = True
+                for z, t in carried_regions:
+                    taken[z, t] = True
+                per_slice, per_tile = registry.split_scores(scores)
+                ctx = registry.QueryContext(
+                    n_slices=nz,
+                    labelled=labelled,
+                    rng=rng,
+                    scores=per_slice,
+                    embeddings=scores.get("embeddings"),
+                    round_index=idx,
+                    tile_scores=per_tile,
+                    tile_labelled=taken,
+                    tile_grid=(grid.n_rows, grid.n_cols, grid.tile),
+                    tile_pixels=grid.pixels(),
+                )
+                out_ids = np.asarray(registry.run_strategy(fn, ctx, int(n), full_params), dtype=np.int64).reshape(-1, 2)
+                picked_regions = [(int(z), int(t)) for z, t in out_ids]
+                audit_regions = _audit_tiles(rng, taken | labelled[:, None], picked_regions, cfg.audit_tiles) if audit else []
+                regions = sorted(set(picked_regions) | set(audit_regions) | set(carried_regions))
+                if not regions:
+                    raise SessionError(
+                        f"the strategy picked no regions: every tile is labelled or skipped; export the segmentation "
+                        f"(activeseg export {root} OUT.tif)"
+                    )
+                if len(picked_regions) < n:
+                    log.info("strategy %s picked %d of %d regions (spacing or pool size)", strategy, len(picked_regions), n)
+                rnd.update({"unit": "tiles", "tile": grid.tile, "regions": [[z, t] for z, t in regions], "queried": [],
+                            "audit": None, "audit_regions": [[z, t] for z, t in sorted(audit_regions)],
+                            "imported": [], "skipped": [], "imported_regions": [], "skipped_regions": []})
+                queried: list[int] = []
+            else:
+                ctx = registry.QueryContext(
+                    n_slices=nz,
+                    labelled=labelled,
+                    rng=rng,
+                    scores=registry.split_scores(scores)[0],
+                    embeddings=scores.get("embeddings"),
+                    round_index=idx,
+                )
+                picked = [int(z) for z in registry.run_strategy(fn, ctx, int(n), full_params)]
+                audit_z = None
+                if audit:
+                    pool = np.flatnonzero(~labelled)
+                    pool = pool[~np.isin(pool, picked)]
+                    if pool.size:
+                        audit_z = int(rng.choice(pool))
+                queried = picked + ([audit_z] if audit_z is not None else []) + carried
+                if not queried:
+                    raise SessionError(
+                        f"the strategy picked no slices: all {nz} slices are labelled or skipped "
+                        f"({int(labelled.sum())} of {nz}); export the segmentation "
+                        f"(activeseg export {root} OUT.tif)"
+                    )
+                if len(picked) < n:
+                    log.info("strategy %s picked %d of %d slices (spacing or pool size)", strategy, len(picked), n)
+                rnd.update({"queried": queried, "audit": audit_z, "imported": [], "skipped": []})
+            rnd.update({"status": "queried", "model_version": version, "model_kind": kind, "scores_file": scores_rel})
             # a killed or failed earlier try of this round left files that no manifest names: start clean
             out = session.path(f"rounds/r{idx:03d}")
             if out.exists():
                 shutil.rmtree(out)
-            # pre-filled masks: the current model's prediction of the queried slices
-            probs = model.predict_proba(image, queried)
-            prefill = {z: np.argmax(p, axis=0).astype(np.uint8) for z, p in zip(queried, probs)}
-            edited = _edited_masks(session, last, carried)
-            if carried:  # a mask someone started correcting keeps its starting point, so its cost stays honest
-                old_prefill = prefill_masks(session, last["index"])
-                prefill.update({z: old_prefill[z] for z in edited})
-                rnd["carried"] = {"from_round": last["index"], "slices": carried, "edited": sorted(edited)}
-                last["carried_out"] = {"to_round": idx, "slices": carried}
+            # pre-filled masks: the current model's prediction of the queried slices (of the regions' slices)
+            zs = queried if not tiles_unit else sorted({z for z, _ in regions})
+            probs = model.predict_proba(image, zs)
+            prefill = {z: np.argmax(p, axis=0).astype(np.uint8) for z, p in zip(zs, probs)}
+            if tiles_unit:
+                region_prefill = {(z, t): _tile_of(prefill[z], grid, t) for z, t in regions}
+                edited_regions = _edited_region_masks(session, last, carried_regions)
+                if carried_regions:  # a tile someone started correcting keeps its starting point
+                    old = prefill_regions(session, last["index"])
+                    region_prefill.update({zt: old[zt] for zt in edited_regions})
+                    rnd["carried"] = {"from_round": last["index"], "slices": [],
+                                      "regions": [[z, t] for z, t in carried_regions],
+                                      "edited_regions": [[z, t] for z, t in sorted(edited_regions)]}
+                    last["carried_out"] = {"to_round": idx, "slices": [], "regions": [[z, t] for z, t in carried_regions]}
+            else:
+                edited = _edited_masks(session, last, carried)
+                if carried:  # a mask someone started correcting keeps its starting point, so its cost stays honest
+                    old_prefill = prefill_masks(session, last["index"])
+                    prefill.update({z: old_prefill[z] for z in edited})
+                    rnd["carried"] = {"from_round": last["index"], "slices": carried, "edited": sorted(edited)}
+                    last["carried_out"] = {"to_round": idx, "slices": carried}
+            if carried or carried_regions:
                 last["status"] = "trained" if last.get("status") == "trained" else "skipped"
                 m["rounds"][-1] = last
             try:
-                session.save_npz(f"rounds/r{idx:03d}/prefill.npz", slices=np.array(queried),
-                                 masks=np.stack([prefill[z] for z in queried]))
-                if export:
-                    overlays = _overlay_maps(session, image, queried, probs, kind, m, progress)
+                if tiles_unit:
+                    padded = np.full((len(regions), grid.tile, grid.tile), 255, np.uint8)
+                    for i, zt in enumerate(regions):
+                        h, w = region_prefill[zt].shape
+                        padded[i, :h, :w] = region_prefill[zt]
+                    session.save_npz(f"rounds/r{idx:03d}/prefill.npz", slices=np.zeros(0, np.int64),
+                                     masks=np.zeros((0, grid.ny, grid.nx), np.uint8),
+                                     regions=np.array(regions, np.int64).reshape(-1, 2), tiles=padded)
+                else:
+                    session.save_npz(f"rounds/r{idx:03d}/prefill.npz", slices=np.array(queried),
+                                     masks=np.stack([prefill[z] for z in queried]))
+                if export and tiles_unit:
+                    maps = _overlay_maps(session, image, zs, probs, kind, m, progress)
+                    export_regions_for_correction(out, image, regions, region_prefill, grid, radius=cfg.export_radius,
+                                                  margin=cfg.export_margin, voxel_size=cfg.geometry.voxel_size,
+                                                  n_classes=cfg.n_classes,
+                                                  overlays={(z, t): {k: _tile_of(v, grid, t) for k, v in maps[z].items()}
+                                                            for z, t in regions})
+                    for zt, src in edited_regions.items():  # the person's work so far, in the new folder
+                        shutil.copyfile(src, out / region_file(*zt))
+                    rnd["exported"] = {region_name(*zt): (None if zt in edited_regions
+                                                          else os.stat(out / region_file(*zt)).st_mtime_ns)
+                                       for zt in regions}
+                elif export:
                     export_for_correction(out, image, queried, prefill, radius=cfg.export_radius,
                                           voxel_size=cfg.geometry.voxel_size, n_classes=cfg.n_classes,
-                                          overlays=overlays)
+                                          overlays=_overlay_maps(session, image, queried, probs, kind, m, progress))
                     for z, src in edited.items():  # the person's work so far, in the new folder
                         shutil.copyfile(src, out / mask_name(z))
                     rnd["exported"] = {str(z): (None if z in edited else os.stat(out / mask_name(z)).st_mtime_ns)
@@ -639,6 +744,31 @@ def query(
                     discard_uncommitted(session, [f"rounds/r{idx:03d}", None if scores_before is not None else scores_rel])
                 raise
     return rnd
+
+
+def _imported_unreverted(m: dict, rnd: dict) -> bool:
+    """True when a round holds imported slices or regions that no tombstone withdrew."""
+    gone = reverted_in(m, rnd)
+    return bool(set(rnd.get("imported", [])) - gone or {int(z) for z, _ in rnd.get("imported_regions", [])} - gone)
+
+
+def _tile_of(plane: np.ndarray, grid: TileGrid, t: int) -> np.ndarray:
+    """Tile ``t`` of a (Y, X) plane."""
+    y0, y1, x0, x1 = grid.bounds(t)
+    return np.asarray(plane)[y0:y1, x0:x1]
+
+
+def _audit_tiles(rng: np.random.Generator, taken: np.ndarray, picked: Sequence[tuple[int, int]], k: int) -> list[tuple[int, int]]:
+    """``k`` uniformly random free tiles for the audit, each from a different slice (fewer
+    when fewer slices have a free tile); ``taken``: bool (Z, n_tiles) labelled or asked."""
+    free = ~np.asarray(taken, bool).copy()
+    for z, t in picked:
+        free[z, t] = False
+    rows = np.flatnonzero(free.any(axis=1))
+    if rows.size == 0:
+        return []
+    chosen = np.sort(rng.choice(rows, size=min(int(k), rows.size), replace=False))
+    return [(int(z), int(rng.choice(np.flatnonzero(free[z])))) for z in chosen]
 
 
 def _overlay_maps(session: Session, image, queried: Sequence[int], probs: np.ndarray, kind: str, m: dict,
@@ -678,12 +808,147 @@ def _edited_masks(session: Session, rnd: dict, slices: Sequence[int]) -> dict[in
     return out
 
 
+def _edited_region_masks(session: Session, rnd: dict, regions: Sequence[tuple[int, int]]) -> dict[tuple[int, int], Path]:
+    """Region mask files of ``rnd`` that were edited since export (a person started correcting them)."""
+    if not regions or not rnd.get("exported"):
+        return {}
+    folder = session.path(f"rounds/r{rnd['index']:03d}")
+    out = {}
+    for z, t in regions:
+        p = folder / region_file(z, t)
+        if p.exists() and os.stat(p).st_mtime_ns != rnd["exported"].get(region_name(z, t)):
+            out[(int(z), int(t))] = p
+    return out
+
+
+def _set_status(rnd: dict) -> None:
+    """A round with nothing pending is labelled (or skipped when nothing was imported)."""
+    done = rnd.get("imported") or rnd.get("imported_regions")
+    rnd["status"] = "queried" if waiting(rnd) else ("labelled" if done else "skipped")
+
+
+def _record_slices(session: Session, m: dict, rnd: dict, masks: dict[int, np.ndarray], prefill: dict[int, np.ndarray],
+                   *, source: str, cfg: SessionConfig) -> list[Correction]:
+    """Commit-ready record of corrected whole slices (import, the oracle, napari): label
+    file, imported slices, and the round's cost (an audit slice also in its audit)."""
+    corr = [Correction(z, mk, int(np.count_nonzero(mk != prefill[z])), source) for z, mk in sorted(masks.items())]
+    if corr:
+        write_labels(session, m, rnd, corr, kind="full")
+        add_cost(rnd, [(c.z, None, prefill[c.z], c.mask, c.z == rnd.get("audit")) for c in corr],
+                 n_classes=cfg.n_classes, grid=session_grid(m))
+    rnd["imported"] = sorted(set(rnd.get("imported", [])) | set(masks))
+    return corr
+
+
+def _record_regions(session: Session, m: dict, rnd: dict, masks: dict[tuple[int, int], np.ndarray],
+                    prefill: dict[tuple[int, int], np.ndarray], *, source: str, cfg: SessionConfig) -> dict[str, int]:
+    """Commit-ready record of corrected regions: a label file of kind "region", the
+    imported regions, and the round's cost (audit regions also in its audit). Returns
+    the pixels changed per region (``zNNNN_tTTT -> n``)."""
+    if not masks:
+        return {}
+    grid = session_grid(m)
+    write_region_labels(session, m, rnd, masks, prefill, source=source)
+    audit = {(int(z), int(t)) for z, t in rnd.get("audit_regions", [])}
+    add_cost(rnd, [(z, t, prefill[(z, t)], mk, (z, t) in audit) for (z, t), mk in sorted(masks.items())],
+             n_classes=cfg.n_classes, grid=grid)
+    done = {(int(z), int(t)) for z, t in rnd.get("imported_regions", [])} | set(masks)
+    rnd["imported_regions"] = [[z, t] for z, t in sorted(done)]
+    return {region_name(z, t): int(np.count_nonzero(mk != prefill[(z, t)])) for (z, t), mk in sorted(masks.items())}
+
+
+def _as_regions(items, what: str) -> list[tuple[int, int]]:
+    """``(z, t)`` pairs from pairs or region names (``z0012_t003``)."""
+    out = []
+    for it in items:
+        zt = parse_region(it) if isinstance(it, str) else tuple(it)
+        if zt is None or len(zt) != 2:
+            raise ConfigError(f"{what}: {it!r} is not a region; give it as zNNNN_tTTT (e.g. z0012_t003) or a (z, t) pair")
+        out.append((int(zt[0]), int(zt[1])))
+    return sorted(set(out))
+
+
+def _import_regions(session: Session, m: dict, rnd: dict, directory: Path | None, regions, skip_regions) -> dict:
+    """The region half of :func:`import_corrections` (inside its lock; the caller commits)."""
+    idx = rnd["index"]
+    pending = pending_regions(rnd)
+    if not pending:
+        raise SessionError(f"round {idx} has nothing left to import; next: {next_step(session)}")
+    asked = {(int(z), int(t)) for z, t in rnd.get("regions", [])}
+    names = ", ".join(region_name(*r) for r in sorted(asked))
+    skip_r = _as_regions(skip_regions or (), "skip_regions")
+    wanted = None if regions is None else _as_regions(regions, "regions")
+    both = sorted(set(skip_r) & set(wanted or ()))
+    if both:
+        raise ConfigError(f"region(s) {', '.join(region_name(*r) for r in both)} are given to both --regions and "
+                          "--skip-regions; import or skip each region, not both")
+    for zt in skip_r:
+        if zt not in asked:
+            raise LabelError(f"cannot skip region {region_name(*zt)}: it was not queried in round {idx} (queried: {names})")
+        if zt not in pending:
+            raise LabelError(f"cannot skip region {region_name(*zt)}: it was already imported or skipped in round {idx}")
+    export_dir = session.path(f"rounds/r{idx:03d}")
+    src = Path(directory) if directory is not None else export_dir
+    files = find_region_files(src)
+    if wanted is not None:
+        for zt in wanted:
+            if zt not in asked:
+                raise LabelError(f"region {region_name(*zt)} was not queried in round {idx} (queried: {names})")
+            if zt not in pending:
+                raise LabelError(f"region {region_name(*zt)} was already imported in round {idx}; a region is imported once")
+            if zt not in files:
+                raise LabelError(f"no mask file for region {region_name(*zt)} in {src} (expected {region_file(*zt)})")
+        chosen = {zt: files[zt] for zt in wanted}
+    else:
+        for zt, p in files.items():
+            if zt not in asked:
+                raise LabelError(f"{p.name} is for region {region_name(*zt)}, which was not queried in round {idx} "
+                                 f"(queried: {names}); remove it from {src}")
+        chosen = {zt: p for zt, p in files.items() if zt in pending and zt not in skip_r}
+        if directory is None:
+            exported = rnd.get("exported", {})
+            untouched = [zt for zt, p in chosen.items() if os.stat(p).st_mtime_ns == exported.get(region_name(*zt))]
+            chosen = {zt: p for zt, p in chosen.items() if zt not in untouched}
+            if untouched and not chosen and not skip_r:
+                listed = ",".join(region_name(*zt) for zt in untouched)
+                raise LabelError(
+                    f"no region mask was edited since export (untouched: {listed}); edit the masks in {src}, or, if a "
+                    f"pre-filled mask is already right, import it with --regions {listed}"
+                )
+            if untouched:
+                log.info("not imported (unchanged since export): %s", ", ".join(region_name(*zt) for zt in untouched))
+    if not chosen and not skip_r:
+        raise LabelError(f"no corrected masks for the pending regions "
+                         f"{', '.join(region_name(*r) for r in pending)} in {src}")
+    cfg = session_config(session)
+    grid = session_grid(m)
+    prefill = prefill_regions(session, idx)
+    try:
+        masks = read_region_corrections(chosen, grid, n_classes=cfg.n_classes, prefill=prefill)
+    except LabelError as exc:
+        if len(chosen) < 2:
+            raise
+        raise LabelError(f"{exc} — nothing was imported: fix that file, or import the others and leave it for "
+                         "later with --regions (or drop it for good with --skip-regions)") from None
+    changed = _record_regions(session, m, rnd, masks, prefill, source="corrected", cfg=cfg)
+    done = {(int(z), int(t)) for z, t in rnd.get("skipped_regions", [])} | set(skip_r)
+    rnd["skipped_regions"] = [[z, t] for z, t in sorted(done)]
+    if directory is not None and masks:  # the person's corrections: an input, never an output's target
+        rnd["import_dirs"] = sorted(set(rnd.get("import_dirs", [])) | {str(Path(directory).resolve())})
+    _set_status(rnd)
+    return {"round": idx, "imported": [], "skipped": [], "pending": [],
+            "imported_regions": [[z, t] for z, t in sorted(masks)], "skipped_regions": [[z, t] for z, t in skip_r],
+            "pending_regions": [[z, t] for z, t in pending_regions(rnd)], "cost": {}, "region_cost": changed}
+
+
 def import_corrections(
     session: Session,
     directory: Path | None = None,
     *,
     slices: Sequence[int] | None = None,
     skip: Sequence[int] = (),
+    regions: Sequence | None = None,
+    skip_regions: Sequence | None = None,
 ) -> dict:
     """Import corrected masks of the open round (a subset now and the rest later is fine).
 
@@ -691,12 +956,31 @@ def import_corrections(
     those edited since export (or named in ``slices``) are imported. With a
     ``directory``, every mask file found there for a pending slice is imported.
     Everything is validated before anything is committed.
+
+    A round of regions (``"unit": "tiles"``) takes ``regions`` and ``skip_regions``
+    instead of ``slices`` and ``skip``: ``(z, t)`` pairs or names ``zNNNN_tTTT`` (None:
+    every region file present that is pending, edited since export when read from the
+    export folder). A region's mask must be its tile's size and complete
+    (:func:`activeseg.oracle.read_region_corrections`); it is recorded as labels of kind
+    "region" (the pixels outside the tile stay unlabelled). The round's ``cost`` counts
+    the pixels reviewed and changed (docs/architecture.md §5).
     """
     with session.writing("import"):
         m = session.manifest
         rnd = last_round(m)
         if rnd is None or rnd["index"] == 0:
             raise SessionError("nothing to import: no round has been queried yet (activeseg query SESSION)")
+        if is_tile_round(rnd):
+            if slices is not None or skip:
+                raise ConfigError(f"round {rnd['index']} is a round of regions: name them with --regions zNNNN_tTTT "
+                                  "(skip with --skip-regions), not --slices / --skip")
+            res = _import_regions(session, m, rnd, directory, regions, skip_regions)
+            m["rounds"][-1] = rnd
+            session.commit(m)
+            return res
+        if regions is not None or skip_regions:
+            raise ConfigError(f"round {rnd['index']} is a round of whole slices: name them with --slices "
+                              "(skip with --skip); --regions and --skip-regions are for rounds of regions")
         pending = pending_slices(rnd)
         if not pending:
             raise SessionError(f"round {rnd['index']} has nothing left to import; next: {next_step(session)}")
@@ -754,14 +1038,11 @@ def import_corrections(
                 raise
             raise LabelError(f"{exc} — nothing was imported: fix that file, or import the others and leave it for "
                              "later with --slices (or drop it for good with --skip)") from None
-        corr = [Correction(z, mk, int(np.count_nonzero(mk != prefill[z])), "corrected") for z, mk in sorted(masks.items())]
-        if corr:
-            write_labels(session, m, rnd, corr, kind="full")
-        rnd["imported"] = sorted(set(rnd["imported"]) | set(masks))
+        corr = _record_slices(session, m, rnd, masks, prefill, source="corrected", cfg=cfg)
         rnd["skipped"] = sorted(set(rnd["skipped"]) | set(skip))
         if directory is not None and masks:  # the person's corrections: an input, never an output's target
             rnd["import_dirs"] = sorted(set(rnd.get("import_dirs", [])) | {str(Path(directory).resolve())})
-        rnd["status"] = "queried" if pending_slices(rnd) else ("labelled" if rnd["imported"] else "skipped")
+        _set_status(rnd)
         m["rounds"][-1] = rnd
         session.commit(m)
     return {"round": rnd["index"], "imported": sorted(masks), "skipped": skip, "pending": pending_slices(rnd),
@@ -791,13 +1072,18 @@ def revert(session: Session, *, slices: Sequence[int] | None = None, round_index
                 raise ConfigError(f"session {session.root} has no round {round_index} (rounds: 0..{len(rounds) - 1})")
             labelled = sorted({int(z) for rel in r.get("label_files", []) for z in session.load_npz(rel)["slices"]})
             todo = [z for z in labelled if (r["index"], z) not in gone]
-            if not todo and not pending_slices(r):
+            if not todo and not waiting(r):
                 raise SessionError(f"round {round_index} has no labels left to revert")
             if todo:
                 hits[r["index"]] = todo
             if pending_slices(r):  # an open round is closed: its slices are free to be queried again
                 r["reverted_pending"] = pending_slices(r)
                 r["status"] = "skipped" if not r.get("imported") else r.get("status")
+            if pending_regions(r):  # likewise its regions (skipped, so the round waits for nothing)
+                r["reverted_pending_regions"] = [[z, t] for z, t in pending_regions(r)]
+                r["skipped_regions"] = [[z, t] for z, t in sorted({(int(z), int(t)) for z, t in r.get("skipped_regions", [])}
+                                                                  | set(pending_regions(r)))]
+                r["status"] = "skipped" if not r.get("imported_regions") else r.get("status")
         else:
             assert slices is not None  # exactly one of slices and round_index (checked above)
             zs = sorted({int(z) for z in slices})
@@ -838,48 +1124,84 @@ def _npz_keys(path: Path) -> set[str] | None:
 def _waiting_round(m: dict, what: str) -> dict:
     """The open round whose queried slices wait for ``what``, or a SessionError."""
     rnd = last_round(m)
-    if rnd is None or rnd["index"] == 0 or not pending_slices(rnd):
-        raise SessionError(f"no queried slices are waiting for {what}; run a query first")
+    if rnd is None or rnd["index"] == 0 or not waiting(rnd):
+        raise SessionError(f"no queried slices or regions are waiting for {what}; run a query first")
     return rnd
 
 
 def oracle_correct(session: Session, *, effort: int | None = None) -> dict:
-    """Simulation: ground truth corrects every pending slice of the open round."""
+    """Simulation: ground truth corrects every pending slice and region of the open round.
+
+    ``effort``: the pixel budget per unit (slice or region) of an imperfect corrector
+    (:func:`activeseg.oracle.truth_correction`: the largest wrong regions first), None
+    for a perfect one. Audit units (the audit slice, the audit regions) are always
+    corrected perfectly, whatever ``effort``: their cost estimates the error unbiased.
+    The round's ``cost`` is recorded as for :func:`import_corrections`.
+    """
     with session.writing("oracle"):
         m = session.manifest
         rnd = _waiting_round(m, "corrections")
         truth = open_truth(session)
         if truth is None:
             raise SessionError("the ground-truth oracle needs a session with --truth")
-        prefill = prefill_masks(session, rnd["index"])
+        cfg = session_config(session)
+        cost: dict = {}
+        region_cost: dict[str, int] = {}
         with truth:
-            corr = [truth_correction(z, np.asarray(truth[z]), prefill[z], effort=effort) for z in pending_slices(rnd)]
-        write_labels(session, m, rnd, corr, kind="full")
-        rnd["imported"] = sorted(set(rnd["imported"]) | {c.z for c in corr})
-        rnd["status"] = "labelled"
+            if pending_slices(rnd):
+                prefill = prefill_masks(session, rnd["index"])
+                masks = {z: truth_correction(z, np.asarray(truth[z]), prefill[z],
+                                             effort=None if z == rnd.get("audit") else effort).mask
+                         for z in pending_slices(rnd)}
+                corr = _record_slices(session, m, rnd, masks, prefill, source="oracle", cfg=cfg)
+                cost = {c.z: c.cost for c in corr}
+            if pending_regions(rnd):
+                grid = session_grid(m)
+                prefill_r = prefill_regions(session, rnd["index"])
+                audit = {(int(z), int(t)) for z, t in rnd.get("audit_regions", [])}
+                masks_r = {}
+                for z, t in pending_regions(rnd):
+                    y0, y1, x0, x1 = grid.bounds(t)
+                    true_tile = np.asarray(truth[z])[y0:y1, x0:x1]
+                    masks_r[(z, t)] = truth_correction(z, true_tile, prefill_r[(z, t)],
+                                                       effort=None if (z, t) in audit else effort).mask
+                region_cost = _record_regions(session, m, rnd, masks_r, prefill_r, source="oracle", cfg=cfg)
+        _set_status(rnd)
         m["rounds"][-1] = rnd
         session.commit(m)
-    return {"round": rnd["index"], "imported": [c.z for c in corr], "cost": {c.z: c.cost for c in corr}}
+    return {"round": rnd["index"], "imported": sorted(cost), "cost": cost, "region_cost": region_cost}
 
 
 def pseudo_label(session: Session, *, threshold: float | None = None, progress: Progress = no_progress) -> dict:
     """No human: the current model's confident predictions label the pending slices.
 
-    Recorded with source "rf" (before any network) or "pseudo" and kind "partial": the
-    unconfident pixels stay unlabelled, and the slices do not count as corrected.
+    Recorded with source "rf" (before any network) or "pseudo" and kind "pseudo": the
+    unconfident pixels stay unlabelled, and the slices do not count as corrected. In a
+    round of regions only the pending tiles are pseudo-labelled, and they count as skipped.
     """
     with session.writing("pseudo-label"):
         m = session.manifest
         rnd = _waiting_round(m, "labels")
         cfg = session_config(session)
         thr = cfg.pseudo_threshold if threshold is None else threshold
+        regions = pending_regions(rnd)
         with open_image(session) as image:
             kind, _, model = current_model(session, image, progress=progress)
-            zs = pending_slices(rnd)
+            zs = pending_slices(rnd) or sorted({z for z, _ in regions})
             probs = model.predict_proba(image, zs)
         corr = [pseudo_labels(z, p, threshold=thr, source="rf" if kind == "rf" else "pseudo") for z, p in zip(zs, probs)]
+        if regions:  # only the tiles asked for
+            grid = session_grid(m)
+            inside = {z: np.zeros((grid.ny, grid.nx), bool) for z in zs}
+            for z, t in regions:
+                y0, y1, x0, x1 = grid.bounds(t)
+                inside[z][y0:y1, x0:x1] = True
+            corr = [dataclasses.replace(c, mask=np.where(inside[c.z], c.mask, 255).astype(np.uint8)) for c in corr]
+            done = {(int(z), int(t)) for z, t in rnd.get("skipped_regions", [])} | set(regions)
+            rnd["skipped_regions"] = [[z, t] for z, t in sorted(done)]
         write_labels(session, m, rnd, corr, kind="pseudo")
-        rnd["skipped"] = sorted(set(rnd["skipped"]) | set(zs))  # labelled, but not as corrected slices
+        if not regions:
+            rnd["skipped"] = sorted(set(rnd["skipped"]) | set(zs))  # labelled, but not as corrected slices
         rnd["pseudo"] = zs
         rnd["status"] = "labelled"
         m["rounds"][-1] = rnd
@@ -958,7 +1280,7 @@ def train(
                 f"session {session.root} has no labels; run `activeseg bootstrap {shell_quote(session.root)}` first"
             )
         cfg = session_config(session)
-        labels = labels_dict(session, kinds=LABEL_KINDS if cfg.train_on_scribbles else ("full", "pseudo"))
+        labels = labels_dict(session, kinds=LABEL_KINDS if cfg.train_on_scribbles else ("full", "pseudo", "region"))
         if not labels:
             raise SessionError(
                 "no fully labelled slices to train on (this session trains on corrected slices only: "
@@ -969,14 +1291,17 @@ def train(
                 f"round {rnd['index']} was skipped entirely (no slice imported), so there is nothing new to "
                 f"train on; query other slices: activeseg query {shell_quote(session.root)}"
             )
-        if rnd["index"] > 0 and not rnd.get("imported") and not rnd.get("pseudo"):
+        pending_r = ", ".join(region_name(z, t) for z, t in pending_regions(rnd))
+        if rnd["index"] > 0 and not rnd.get("imported") and not rnd.get("imported_regions") and not rnd.get("pseudo"):
             raise SessionError(
-                f"round {rnd['index']} has no imported corrections yet (pending: {pending_slices(rnd)}); "
+                f"round {rnd['index']} has no imported corrections yet (pending: {pending_r or pending_slices(rnd)}); "
                 f"import them first (activeseg import {shell_quote(session.root)})"
             )
         if pending_slices(rnd):
             log.warning("round %d still waits for slices %s; training on what is imported so far",
                         rnd["index"], pending_slices(rnd))
+        if pending_r:
+            log.warning("round %d still waits for regions %s; training on what is imported so far", rnd["index"], pending_r)
         tkw = dict(cfg.train)
         tkw.setdefault("val_seed", int(cfg.seed))  # the same held-out pixels in every round
         if steps is not None:
@@ -994,7 +1319,7 @@ def train(
             else:
                 net_version, best_net = best_network(session)
             init = best_net if warm_start else None
-            human = labels_dict(session, kinds=("full", "partial"))  # scribbles too, even when not trained on
+            human = labels_dict(session, kinds=HUMAN_KINDS)  # scribbles and regions too, even when not trained on
             pseudo, pseudo_info = _pseudo_for_training(cfg, m, set(labels) | set(human), image, incumbent, inc_kind,
                                                        inc_version, cfg.pseudo_threshold)
             model, history = train_model(

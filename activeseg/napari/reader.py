@@ -108,7 +108,7 @@ def labels_volume(session: Session, shape: Sequence[int]) -> da.Array:
     labels are zeros that take no memory until shown.
     """
     nz, ny, nx = (int(s) for s in shape)
-    labelled = labels_dict(session, kinds=("full", "partial"))
+    labelled = labels_dict(session, kinds=("full", "partial", "region"))
     blocks = []
     for z in range(nz):
         mask = labelled.get(z)
