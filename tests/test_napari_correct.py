@@ -257,3 +257,183 @@ def test_correct_refuses_a_slice_that_does_not_wait(session, qapp):
     res = runner.invoke(app, ["correct", str(session), "--slice", str(z)])
     assert res.exit_code == 1 and "error:" in res.output and "not waiting" in res.output
     assert "Traceback" not in res.output
+
+
+# --- rounds of regions (tiles of slices) ------------------------------------------------------
+
+TILE, MARGIN = 32, 8  # 64 x 64 slices: 2 x 2 tiles; a region's image is its tile plus 8 px of context
+
+
+@pytest.fixture(scope="module")
+def tile_template(tmp_path_factory, tiny_config):
+    """A session with round 1 of three regions queried by the random tile baseline: copied by each test."""
+    from activeseg import registry
+    from activeseg.strategies.regions import tile_random
+
+    registry.register_strategy(tile_random, "napari_tiles", replace=True)  # the installed entry point may be older
+    d = tmp_path_factory.mktemp("correct_tiles")
+    ok(["synth", d / "vol", "--shape", 12, 64, 64, "--seed", 3])
+    tiny_config(d / "tiny.toml", session={"tile": TILE, "export_margin": MARGIN})
+    s = d / "s"
+    ok(["init", s, "--image", d / "vol" / "image.tif", "--config", d / "tiny.toml"])
+    ok(["bootstrap", s, "--slices", "2,9"])
+    rnd = loop.query(Session.open(s), 3, strategy="napari_tiles")
+    assert rnd["unit"] == "tiles" and len(rnd["regions"]) == 3
+    return s
+
+
+@pytest.fixture
+def tile_session(tile_template, tmp_path):
+    s = tmp_path / "s"
+    shutil.copytree(tile_template, s)
+    return s
+
+
+def _regions(s, key="regions"):
+    return [tuple(r) for r in json.loads(_manifest(s))["rounds"][1][key]]
+
+
+def _window(t):
+    """The tile (y0, y1, x0, x1) of tile t and the image cut around it (tile + margin, clipped to 64 x 64)."""
+    row, col = divmod(t, 64 // TILE)
+    y0, x0 = row * TILE, col * TILE
+    return (y0, y0 + TILE, x0, x0 + TILE), (max(0, y0 - MARGIN), min(64, y0 + TILE + MARGIN),
+                                            max(0, x0 - MARGIN), min(64, x0 + TILE + MARGIN))
+
+
+def test_a_region_shows_its_tile_in_context_and_saves_a_region_label(make_napari_viewer, tile_session):
+    s = tile_session
+    regions = _regions(s)
+    ctl, viewer, _ = _open(make_napari_viewer, s)
+    assert ctl.tiles and ctl.units == regions and ctl.unit == regions[0]
+    z, t = regions[0]
+    (y0, y1, x0, x1), (cy0, cy1, cx0, cx1) = _window(t)
+    with loop.state.open_image(Session.open(s)) as image:
+        planes = np.asarray(image[[max(z - 1, 0), z, min(z + 1, 11)]], np.float32)
+    # the image: the tile with its context, z-1..z+1; the mask: the tile only, placed at its offset
+    assert np.array_equal(ctl.image_layer.data, planes[:, cy0:cy1, cx0:cx1])
+    assert ctl.mask_layer.data.shape == (TILE, TILE)
+    assert tuple(ctl.mask_layer.translate) == (y0 - cy0, x0 - cx0)
+    prefill = loop.state.prefill_regions(Session.open(s), 1)[(z, t)]
+    assert np.array_equal(ctl.mask_layer.data, prefill + 1)
+    frame = viewer.layers["tile"]
+    np.testing.assert_allclose(frame.data[0].min(axis=0), [y0 - cy0 - 0.5, x0 - cx0 - 0.5])
+    np.testing.assert_allclose(frame.data[0].max(axis=0), [y1 - cy0 - 0.5, x1 - cx0 - 0.5])
+    assert f"region 1 of 3 (z={z}, tile {t})" in ctl._widgets["where"].text()
+    assert f"tile {t}" in ctl.text_overlay.text
+    changed = _flip(ctl, slice(2, 12), slice(20, 30))
+    assert ctl.dirty and ctl.pixels_changed() == changed == 100
+    assert ctl.save()
+    rnd = json.loads(_manifest(s))["rounds"][1]
+    assert rnd["imported_regions"] == [[z, t]] and rnd["region_cost"] == {f"z{z:04d}_t{t:03d}": changed}
+    assert rnd["cost"]["reviewed_px"] == TILE * TILE and rnd["cost"]["changed_px"] == changed
+    labels = np.load(s / rnd["label_files"][-1], allow_pickle=False)
+    assert str(labels["kind"]) == "region" and labels["slices"].tolist() == [z] and labels["cost"].tolist() == [changed]
+    expected = prefill.copy()
+    expected[2:12, 20:30] = 1 - expected[2:12, 20:30]
+    full = labels["masks"][0]
+    assert np.array_equal(full[y0:y1, x0:x1], expected)
+    outside = np.ones(full.shape, bool)
+    outside[y0:y1, x0:x1] = False
+    assert (full[outside] == 255).all()  # the rest of the slice stays unlabelled
+    assert np.array_equal(tifffile.imread(s / "rounds" / "r001" / f"z{z:04d}_t{t:03d}_mask.tif"), expected)
+    assert ctl.unit == regions[1] and not ctl.dirty and ctl.saved_cost() == changed
+    assert ctl.status_of((z, t)) == "imported" and ctl.pixels_changed((z, t)) == changed
+    # skip the next one: not asked again, nothing recorded for it
+    assert ctl.skip()
+    rnd = json.loads(_manifest(s))["rounds"][1]
+    assert rnd["skipped_regions"] == [list(regions[1])] and len(rnd["label_files"]) == 1
+    assert ctl.unit == regions[2] and ctl.status_of(regions[1]) == "skipped"
+    # an erased pixel is refused: a corrected region is complete
+    ctl.mask_layer.data[0, 0] = 0
+    before = _manifest(s)
+    assert not ctl.save()
+    assert "unlabelled" in ctl.messages[-1] and _manifest(s) == before
+
+
+def test_regions_start_at_the_asked_slice_keep_edits_and_follow_changes_underneath(make_napari_viewer, tile_session):
+    s = tile_session
+    regions = _regions(s)
+    ctl, viewer, asked = _open(make_napari_viewer, s, z=regions[1][0], answers=["cancel"])
+    assert ctl.unit == next(r for r in regions if r[0] == regions[1][0])  # the first region of that slice
+    first = ctl.unit
+    changed = _flip(ctl, slice(0, 5), slice(0, 4))
+    ctl.next()
+    (y0, _, x0, _), (cy0, _, cx0, _) = _window(ctl.unit[1])
+    assert ctl.unsaved() == [first] and tuple(ctl.mask_layer.translate) == (y0 - cy0, x0 - cx0)
+    ctl.show(first)
+    assert ctl.pixels_changed() == changed
+    assert not ctl.close_requested() and "region(s)" in asked[-1] and f"tile {first[1]}" in asked[-1]
+    # another process imports a region meanwhile: the viewer reloads and saves its own
+    other = Session.open(s)
+    done = next(r for r in regions if r != first)
+    loop.import_corrections(other, regions=[done])  # the pre-filled tile as exported
+    assert ctl.save()
+    assert any("changed on disk" in m for m in ctl.messages)
+    assert sorted(_regions(s, "imported_regions")) == sorted([first, done]) and ctl.status_of(done) == "imported"
+    free = sorted({(z, t) for z in range(12) for t in range(4)} - set(regions))[0]
+    with pytest.raises(Exception, match="no region"):
+        correct.open_correction(s, viewer, z=next(z for z in range(12) if z not in {r[0] for r in regions}))
+    with pytest.raises(Exception, match="no region"):
+        correct.open_correction(s, viewer, z=free[0], t=free[1])
+
+
+def test_a_region_mask_edited_in_fiji_is_what_the_viewer_shows(make_napari_viewer, tile_session):
+    s = tile_session
+    z, t = _regions(s)[0]
+    path = s / "rounds" / "r001" / f"z{z:04d}_t{t:03d}_mask.tif"
+    edited = tifffile.imread(path).copy()
+    edited[:4, :4] = 1 - edited[:4, :4]
+    io.write_stack(path, edited[None], kind="labels")
+    ctl, _, _ = _open(make_napari_viewer, s)
+    assert np.array_equal(ctl.mask_layer.data, edited + 1) and ctl.pixels_changed() == 16
+    # a new query carries the pending regions over; the one started keeps the person's edits
+    ctl._released = True  # no question when the window goes
+    loop.query(Session.open(s), 1, strategy="napari_tiles")
+    ctl2, _, _ = _open(make_napari_viewer, s, z=z, t=t)
+    assert ctl2.round["index"] == 2 and (z, t) in ctl2.units and ctl2.unit == (z, t)
+    assert np.array_equal(ctl2.mask_layer.data, edited + 1) and ctl2.pixels_changed() == 16
+
+
+def test_screenshot_shows_the_tile_mask_over_its_context(make_napari_viewer, tile_session):
+    s = tile_session
+    ctl, viewer, _ = _open(make_napari_viewer, s)
+    prefill = ctl.mask_layer.data - 1
+    assert 0.05 < prefill.mean() < 0.95  # both classes in the tile
+    viewer.layers["tile"].visible = False
+    ctl.text_overlay.visible = False  # the text (bottom left) covers part of the image
+    shot = viewer.screenshot(canvas_only=True, flash=False)[..., :3].astype(int)
+    drawn = shot.sum(axis=-1) > 0  # the canvas around the image is black
+    rows, cols = np.flatnonzero(drawn.mean(axis=1) > 0.5), np.flatnonzero(drawn.mean(axis=0) > 0.5)
+    image = shot[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    r, b = image[..., 0], image[..., 2]
+    coloured = np.abs(r - b) > 40  # blue (solid) or orange (pore) over grey
+    (y0, y1, x0, x1), (cy0, cy1, cx0, cx1) = _window(ctl.unit[1])
+    h, w = cy1 - cy0, cx1 - cx0
+    assert coloured.mean() == pytest.approx(TILE * TILE / (h * w), abs=0.06)  # the tile only, not its context
+    # where: the coloured rows and columns are the tile's, inside the image of tile + context
+    ys, xs = np.flatnonzero(coloured.mean(axis=1) > 0.2), np.flatnonzero(coloured.mean(axis=0) > 0.2)
+    got = np.array([ys[0], ys[-1] + 1]) / image.shape[0], np.array([xs[0], xs[-1] + 1]) / image.shape[1]
+    np.testing.assert_allclose(got[0], [(y0 - cy0) / h, (y1 - cy0) / h], atol=0.04)
+    np.testing.assert_allclose(got[1], [(x0 - cx0) / w, (x1 - cx0) / w], atol=0.04)
+    np.testing.assert_allclose((b - r > 40).sum() / coloured.sum(), np.mean(prefill == 0), atol=0.1)  # blue: solid
+
+    def yellow(img):
+        return (img[..., 0] > 200) & (img[..., 1] > 200) & (img[..., 2] < 80)
+
+    assert not yellow(shot).any()
+    viewer.layers["tile"].visible = True
+    framed = viewer.screenshot(canvas_only=True, flash=False)[..., :3].astype(int)
+    assert yellow(framed).sum() > 4 * 0.5 * TILE / h * image.shape[0]  # the frame: four sides of the tile
+
+
+def test_correct_refuses_a_slice_without_a_waiting_region(tile_session, qapp):
+    regions = _regions(tile_session)
+    z = next(z for z in range(12) if z not in {r[0] for r in regions})
+    res = runner.invoke(app, ["correct", str(tile_session), "--slice", str(z)])
+    assert res.exit_code == 1 and "error:" in res.output and "no region of slice" in res.output, res.output
+    assert "Traceback" not in res.output
+    z, t = regions[0]
+    free = next(u for u in range(4) if (z, u) not in regions)
+    res = runner.invoke(app, ["correct", str(tile_session), "--slice", str(z), "--tile", str(free)])
+    assert res.exit_code == 1 and f"no region of slice {z} and tile {free}" in res.output
