@@ -10,6 +10,8 @@ import contextlib
 import functools
 import json
 import logging
+import os
+import sys
 import time
 from pathlib import Path
 
@@ -31,7 +33,7 @@ from rich.text import Text
 
 from activeseg import __version__, io, loop, metrics, plots, registry, study
 from activeseg import synth as synth_mod
-from activeseg.cluster import parse_scheduler
+from activeseg.cluster import parse_scheduler, use_scheduler
 from activeseg.errors import ActiveSegError, ConfigError, OutputError
 from activeseg.loop import check_output_values
 from activeseg.safety import check_output, human_bytes, os_error_message
@@ -201,7 +203,7 @@ def info(
         console.print(f"warning: {result['labels']['warning']}", highlight=False)
 
 
-_STRUCTURES = ("blobs", "spheres", "fibres")
+_STRUCTURES = ("blobs", "spheres", "fibres", "membrane")
 _DIFFICULTIES = ("easy", "medium", "hard")
 
 
@@ -217,11 +219,13 @@ def _choice(value: str, choices: tuple[str, ...], name: str) -> str:
 def synth(
     out_dir: Path = typer.Argument(..., help="Directory to write image.tif, truth.tif, depth.tif, synth.json."),
     shape: tuple[int, int, int] = typer.Option((64, 128, 128), "--shape", help="Volume size Z Y X in voxels."),
-    porosity: float = typer.Option(0.8, "--porosity", help="Pore fraction of the truth (exact within 0.01)."),
+    porosity: float = typer.Option(
+        0.8, "--porosity", help="Pore fraction of the truth (exact within 0.01); membrane: the support's."),
     porosity_gradient: float = typer.Option(
         0.0, "--porosity-gradient",
         help="blobs: last slice's porosity minus the first's (a graded material; the mean stays --porosity)."),
-    structure: str = typer.Option("blobs", "--structure", help="blobs | spheres | fibres."),
+    structure: str = typer.Option(
+        "blobs", "--structure", help="blobs | spheres | fibres | membrane (a dense skin over a porous support)."),
     difficulty: str = typer.Option(
         "hard", "--difficulty", help="easy | medium | hard (hard: back walls as bright as cut faces)."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
@@ -229,6 +233,21 @@ def synth(
         2, "--phases", help="2 (solid, pore) or 3 (two solids of different brightness and pore: truth 0/1/2, 1 = pore)."),
     phase_fraction: float = typer.Option(
         0.4, "--phase-fraction", help="--phases 3: fraction of the solid that is the second (darker) solid phase."),
+    skin_fraction: float = typer.Option(
+        0.25, "--skin-fraction", help="membrane: the skin's share of the volume along --layer-axis (from row / slice 0)."),
+    skin_porosity: float = typer.Option(0.25, "--skin-porosity", help="membrane: porosity of the dense skin."),
+    skin_scale: float = typer.Option(
+        0.4, "--skin-scale", help="membrane: the skin's pore size relative to the support's (0 < F <= 1)."),
+    transition_fraction: float = typer.Option(
+        0.1, "--transition-fraction", help="membrane: share of the graded layer between skin and support."),
+    layer_axis: str = typer.Option(
+        "y", "--layer-axis",
+        help="membrane: y (the skin is a band of image rows in every slice) | z (the skin is the first slices milled)."),
+    drift: str = typer.Option(
+        "none", "--drift",
+        help="Imaging change along z: none | contrast (back walls brighten against cut faces, gain falls) | "
+             "curtaining (stripes grow) | both. The truth is unchanged."),
+    drift_strength: float = typer.Option(1.0, "--drift-strength", help="Scale of the --drift change, 0..3."),
     preview: Path | None = typer.Option(None, "--preview", help="Also write a PNG preview (slice, truth, y-z reslice)."),
 ) -> None:
     """Synthesize a FIB-SEM volume with pore-back artifacts and its ground truth.
@@ -238,9 +257,18 @@ def synth(
     Graded (porosity 0.6 at the top, 0.9 at the bottom): activeseg synth data/graded --porosity 0.75 --porosity-gradient 0.3
 
     Three phases (an electrode: pore plus two solids): activeseg synth data/sofc --porosity 0.4 --phases 3
+
+    Asymmetric membrane (a skin of porosity 0.25 over the top quarter of every slice, support 0.8):
+    activeseg synth data/membrane --structure membrane --porosity 0.8 --skin-fraction 0.25 --skin-porosity 0.25
+    --preview data/membrane/look.png
+
+    Imaging change along z (back walls brighten against cut faces with depth, stripes grow):
+    activeseg synth data/drift --drift both --drift-strength 1
     """
     _choice(structure, _STRUCTURES, "--structure")
     _choice(difficulty, _DIFFICULTIES, "--difficulty")
+    _choice(layer_axis, synth_mod.LAYER_AXES, "--layer-axis")
+    _choice(drift, synth_mod.DRIFTS, "--drift")
 
     taken = [n for n in ("image.tif", "truth.tif", "depth.tif", "synth.json") if (out_dir / n).exists()]
     if taken:
@@ -253,7 +281,9 @@ def synth(
     with console.status(f"synthesizing {structure} volume {shape[0]}x{shape[1]}x{shape[2]} ({difficulty})..."):
         vol = synth_mod.synthesize(
             shape, structure=structure, porosity=porosity, porosity_gradient=porosity_gradient, difficulty=difficulty,
-            rng=np.random.default_rng(seed), phases=phases, phase_fraction=phase_fraction,
+            rng=np.random.default_rng(seed), phases=phases, phase_fraction=phase_fraction, skin_fraction=skin_fraction,
+            skin_porosity=skin_porosity, skin_scale=skin_scale, transition_fraction=transition_fraction,
+            layer_axis=layer_axis, drift=drift, drift_strength=drift_strength,
         )
         paths = synth_mod.save_synth(out_dir, vol)
     otsu = metrics.otsu_baseline(vol.image, vol.truth, depth=vol.depth)
@@ -267,6 +297,22 @@ def synth(
     if porosity_gradient:
         pz = np.mean(vol.truth == 1, axis=(1, 2))
         table.add_row("porosity first / last slice", f"{pz[0]:.3f} / {pz[-1]:.3f}")
+    title = f"{structure}, {difficulty}, porosity {porosity}"
+    mem = vol.params.get("membrane")
+    if mem:
+        unit = "rows" if mem["layer_axis"] == "y" else "slices"
+        table.add_row(f"membrane layers ({unit})",
+                      f"skin {mem['skin'][0]}-{mem['skin'][1] - 1} porosity {mem['porosity_skin']:.3f}, "
+                      f"support {mem['support'][0]}-{mem['support'][1] - 1} porosity {mem['porosity_support']:.3f}")
+        title = (f"membrane, {difficulty}: skin {unit} {mem['skin'][0]}-{mem['skin'][1] - 1} (porosity "
+                 f"{mem['porosity_skin']:.2f}) over support (porosity {mem['porosity_support']:.2f})")
+    fac = vol.params.get("drift_factors")
+    if fac:
+        table.add_row(f"drift ({drift}, strength {drift_strength:g})",
+                      f"first / last slice: back wall x{fac['wall'][0]:.2f} / x{fac['wall'][-1]:.2f}, gain "
+                      f"x{fac['gain'][0]:.2f} / x{fac['gain'][-1]:.2f}, curtain x{fac['curtain'][0]:.2f} / "
+                      f"x{fac['curtain'][-1]:.2f}")
+        title += f"; drift {drift} x{drift_strength:g}"
     grey = float(np.mean((vol.truth == 1) & (vol.depth > 0) & (vol.depth <= 5)))
     table.add_row("grey pores (wall <= 5 slices)", f"{grey:.3f} of all pixels")
     table.add_row(
@@ -280,7 +326,7 @@ def synth(
         table.add_row(name, str(p))
     if preview is not None:
 
-        plots.preview_png(preview, vol.image, truth=vol.truth, title=f"{structure}, {difficulty}, porosity {porosity}")
+        plots.preview_png(preview, vol.image, truth=vol.truth, title=title)
         table.add_row("preview", str(preview))
     console.print(table)
 
@@ -297,7 +343,7 @@ def strategies_cmd(
     infos = registry.describe_strategies()
     if as_json:
         print(json.dumps([
-            {"name": i.name, "source": i.source, "version": i.version, "requires": list(i.requires),
+            {"name": i.name, "source": i.source, "version": i.version, "unit": i.unit, "requires": list(i.requires),
              "params": dict(i.params), "description": i.description, "error": i.error}
             for i in infos
         ], indent=2, default=str))
@@ -305,6 +351,7 @@ def strategies_cmd(
     table = Table(title="query strategies", title_justify="left", expand=True)
     table.add_column("name", no_wrap=True, style="bold")
     table.add_column("source", no_wrap=True)
+    table.add_column("unit", no_wrap=True)
     table.add_column("needs", overflow="fold", ratio=1)
     table.add_column("parameters (defaults)", overflow="fold", ratio=2)
     table.add_column("description", overflow="fold", ratio=4)
@@ -314,7 +361,7 @@ def strategies_cmd(
             needs += " *"
         params = ", ".join(f"{k}={v!r}" for k, v in i.params.items()) or "-"
         desc = Text(i.description) if i.ok else Text(f"failed to load: {i.error}", style="red")
-        table.add_row(i.name, i.source, needs, params, desc)
+        table.add_row(i.name, i.source, i.unit, needs, params, desc)
     console.print(table)
     console.print("* depends on the parameters; use one with: activeseg query SESSION --strategy NAME --param key=value")
 
@@ -522,9 +569,12 @@ def query_cmd(
     registry.prepare_query(strategy, params)  # a bad name or value fails before --relink changes anything
     sched = parse_scheduler(scheduler)
     sess = _open(session, relink)
-    with _progress() as progress:
+    with use_scheduler(sched), _progress() as progress:
         rnd = loop.query(sess, n, strategy=strategy, params=params, audit=audit, progress=progress, scheduler=sched)
     folder = sess.path(f"rounds/r{rnd['index']:03d}")
+    if rnd.get("unit") == "tiles":  # a round of regions: tiles of the session's grid
+        _say_regions(sess, rnd, folder)
+        return
     audit_note = f" (audit slice: {rnd['audit']})" if rnd.get("audit") is not None else ""
     carried = rnd.get("carried", {}).get("slices", [])
     picked = [z for z in rnd["queried"] if z not in carried]
@@ -537,6 +587,37 @@ def query_cmd(
     _say_next(sess)
 
 
+def _region_names(pairs) -> str:
+    return ", ".join(f"z{int(z):04d}_t{int(t):03d}" for z, t in pairs) or "none"
+
+
+def _say_regions(sess, rnd: dict, folder: Path) -> None:
+    """What `query` says about a round of regions."""
+    carried = {tuple(r) for r in rnd.get("carried", {}).get("regions", [])}
+    audit = {tuple(r) for r in rnd.get("audit_regions", [])}
+    picked = [r for r in map(tuple, rnd["regions"]) if r not in carried and r not in audit]
+    tile = int(rnd["tile"])
+    console.print(f"round {rnd['index']}: {rnd['strategy']} picked {len(picked)} regions ({tile} x {tile} px tiles, "
+                  f"zNNNN_tTTT = slice, tile) using the {rnd['model_kind']} model: {_region_names(picked)}"
+                  + (f" (audit tiles: {_region_names(sorted(audit))})" if audit else ""), highlight=False)
+    if carried:
+        console.print(f"carried over from round {rnd['carried']['from_round']}, still to correct: "
+                      f"{_region_names(sorted(carried))}", highlight=False)
+    console.print(f"files to correct: {folder / 'zNNNN_tTTT_mask.tif'} (the tile only; see INSTRUCTIONS.txt there)",
+                  highlight=False)
+    _say_next(sess)
+
+
+def _parse_regions(text: str | None, what: str) -> list[str] | None:
+    """Region names ``z0012_t003`` separated by commas (None when not given)."""
+    if text is None:
+        return None
+    names = [w.strip() for w in text.split(",") if w.strip()]
+    if not names:
+        raise ConfigError(f"{what} needs region names like z0012_t003 (slice 12, tile 3), comma separated")
+    return names
+
+
 @app.command("import")
 @_handled
 def import_cmd(
@@ -544,14 +625,31 @@ def import_cmd(
     directory: Path | None = typer.Argument(None, help="Folder with corrected zNNNN masks (default: the round's export folder)."),
     slices: str | None = typer.Option(None, "--slices", help="Import only these slices (also imports masks left unchanged)."),
     skip: str | None = typer.Option(None, "--skip", help="Skip these queried slices (e.g. damaged ones)."),
+    regions: str | None = typer.Option(
+        None, "--regions", help="A round of regions: import only these (zNNNN_tTTT, comma separated; also unchanged ones)."),
+    skip_regions: str | None = typer.Option(None, "--skip-regions", help="A round of regions: skip these (zNNNN_tTTT)."),
     relink: Path | None = _RELINK,
 ) -> None:
     """Import corrected masks of the open round (a few now and the rest later is fine).
 
+    A round of regions imports the zNNNN_tTTT_mask.tif files (each the tile only).
+
     Example: activeseg import runs/s1 --skip 300
     """
     sess = _open(session, relink)
-    res = loop.import_corrections(sess, directory, slices=_parse_ints(slices, "--slices"), skip=_parse_ints(skip, "--skip") or [])
+    res = loop.import_corrections(sess, directory, slices=_parse_ints(slices, "--slices"), skip=_parse_ints(skip, "--skip") or [],
+                                  regions=_parse_regions(regions, "--regions"),
+                                  skip_regions=_parse_regions(skip_regions, "--skip-regions"))
+    if "imported_regions" in res:
+        changed = res["region_cost"]
+        console.print(f"  {len(res['imported_regions'])} regions imported, {sum(changed.values())} pixels corrected"
+                      + (f" ({', '.join(f'{k}: {v}' for k, v in changed.items())})" if changed else ""), highlight=False)
+        if res["skipped_regions"]:
+            console.print(f"  skipped: {_region_names(res['skipped_regions'])}", highlight=False)
+        if res["pending_regions"]:
+            console.print(f"  still pending: {_region_names(res['pending_regions'])}", highlight=False)
+        _say_next(sess)
+        return
     for z, c in res["cost"].items():
         console.print(f"  slice {z}: imported, {c} pixels corrected", highlight=False)
     if res["skipped"]:
@@ -568,11 +666,15 @@ _NAPARI_MISSING = 'napari is not installed: pip install "activeseg[napari]"'
 @_handled
 def correct_cmd(
     session: Path = _SESSION_ARG,
-    slice_: int | None = typer.Option(None, "--slice", help="Start with this queried slice (default: the first one waiting)."),
+    slice_: int | None = typer.Option(None, "--slice", help="Start with this queried slice (default: the first one waiting); "
+                                      "in a round of regions, its first region waiting."),
+    tile: int | None = typer.Option(None, "--tile", help="In a round of regions: start with a region of this tile "
+                                    "(with --slice: that region)."),
 ) -> None:
-    """Correct the queried slices in napari: the slice with its z neighbours, the pre-filled
-    mask to paint, the uncertainty as an overlay; Ctrl-S saves and imports (the same import
-    as `activeseg import`), N / Shift-N move on, K skips. The file round trip keeps working.
+    """Correct the queried slices (or regions) in napari: the slice with its z neighbours, the
+    pre-filled mask to paint, the uncertainty as an overlay; a region shows its tile framed
+    in its context, only the tile is painted. Ctrl-S saves and imports (the same import as
+    `activeseg import`), N / Shift-N move on, K skips. The file round trip keeps working.
 
     Example: activeseg correct runs/s1 --slice 120
     """
@@ -582,9 +684,15 @@ def correct_cmd(
     except ImportError as exc:
         if (exc.name or "").startswith("activeseg"):
             raise
+        if (exc.name or "qtpy").split(".")[0] in ("qtpy", "PyQt5", "PyQt6", "PySide2", "PySide6"):
+            # napari is there, a Qt binding is not (qtpy's error names no module)
+            raise ConfigError(f"napari cannot start: {exc}; install a Qt binding: pip install pyqt5") from None
         err_console.print(_NAPARI_MISSING)
         raise typer.Exit(1) from None
-    run_correction(sess, z=slice_)
+    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        raise ConfigError("activeseg correct opens a window and there is no display here (DISPLAY is not set): run it "
+                          "on a desktop, over ssh -X, or correct the files in the round folder and run activeseg import")
+    run_correction(sess, z=slice_, t=tile)
 
 
 @app.command("revert")
@@ -636,7 +744,7 @@ def train_cmd(
     """
     sched = parse_scheduler(scheduler)
     sess = _open(session, relink)
-    with _progress() as progress:
+    with use_scheduler(sched), _progress() as progress:
         res = loop.train(sess, steps=steps, device=device, gate=not no_gate, progress=progress, scheduler=sched)
     h = res["history"]
     pseudo = h.get("pseudo")
@@ -689,6 +797,12 @@ def _fitting_table(rows: list[dict], *, title: str | None = None, left: tuple[st
     return table
 
 
+def _pixels(n: int) -> str:
+    """A pixel count for a table: 850 px, 12.3k px, 4.19M px."""
+    n = int(n)
+    return f"{n} px" if n < 10_000 else (f"{n / 1e3:.1f}k px" if n < 10_000_000 else f"{n / 1e6:.2f}M px")
+
+
 def _sparkline(values, marks, width: int = 64) -> tuple[str, str]:
     blocks = " ▁▂▃▄▅▆▇█"
     v = np.asarray([np.nan if x is None else x for x in values], float)
@@ -729,12 +843,17 @@ def status_cmd(
         mt = r.get("metrics") or {}
         por = r.get("predicted_porosity")
         slices = ",".join(map(str, r["full_slices"] or r["queried"]))
+        if r.get("unit") == "tiles":  # a round of regions: how many, on which slices
+            slices = f"{len(r['regions'])} regions ({len({z for z, _ in r['regions']})} slices)"
         slices += f" (+{r['scribble_pixels']} px scribbles)" if r["scribble_pixels"] else ""
         if r.get("reverted"):
             slices += f" (reverted: {','.join(map(str, r['reverted']))})"
         rows.append({
             "round": str(r["index"]), "strategy": str(r["strategy"]), "status": str(r["status"]), "slices": slices,
             "cost/slice": "-" if r["correction_cost_frac"] is None else f"{100 * r['correction_cost_frac']:.1f} %",
+            "reviewed": "-" if not r.get("reviewed_px") else _pixels(r["reviewed_px"]),
+            "changed": "-" if not r.get("reviewed_px") else (
+                f"{_pixels(r['changed_px'])} ({100 * r['changed_px'] / r['reviewed_px']:.1f} %)"),
             "audit err": "-" if r.get("audit_error") is None else f"{100 * r['audit_error']:.1f} %",
             "porosity (change)": (
                 "-" if por is None else f"{por:.3f}" + (f" ({r['porosity_change']:+.3f})" if "porosity_change" in r else "")
@@ -746,7 +865,12 @@ def status_cmd(
             "accuracy": "-" if "accuracy" not in mt else f"{mt['accuracy']:.4f}",
         })
     console.print(_fitting_table(rows, left=("strategy", "status", "slices"),
-                                 drop_order=("audit err", "accuracy", "strategy", "class IoU", "unlabelled")))
+                                 drop_order=("audit err", "accuracy", "cost/slice", "strategy", "class IoU", "unlabelled")))
+    total = st.get("cost_total") or {}
+    if total.get("reviewed_px"):
+        console.print(f"correction cost so far: {_pixels(total['reviewed_px'])} reviewed, {_pixels(total['changed_px'])} "
+                      "changed ('reviewed': the pixels of the corrected slices and regions, context excluded)",
+                      style="dim", highlight=False)
     if any(r.get("metrics") for r in st["rounds"]):
         console.print("vs truth, current model: 'solid IoU' over the whole stack, labelled slices included; 'unlabelled' "
                       "over the slices no fit saw", style="dim", highlight=False)
@@ -766,8 +890,11 @@ def status_cmd(
         line, under = _sparkline(st["uncertainty"]["values"], st["labelled_slices"])
         console.print(f"{st['uncertainty']['name']} along z (top of stack on the left; ▲ = labelled):", highlight=False)
         console.print(f"  {line}\n  {under}", highlight=False)
-    console.print("when to stop: correction cost per slice and the porosity change flatten out, and the audit error is small.",
-                  style="dim")
+    if st.get("stopping"):  # the stopping rule from the audits (query --audit)
+        console.print(st["stopping"]["sentence"], highlight=False)
+    else:
+        console.print("when to stop: query with --audit for an estimate of the current error and a stop/continue advice; "
+                      "meanwhile, the correction cost per slice and the porosity change flatten out.", style="dim")
     _say("next:", st["next_step"])
 
 
@@ -802,7 +929,7 @@ def export_cmd(
     sched = parse_scheduler(scheduler)
     sess = _open(session, relink)
     existed = out.exists()
-    with _progress() as progress:
+    with use_scheduler(sched), _progress() as progress:
         res = loop.export_segmentation(sess, out, probabilities=probabilities, values=vals, progress=progress,
                                        scheduler=sched)
     console.print(f"{'replaced' if existed else 'wrote'} {res['out']} (model {res['model']}); porosity per slice: "
@@ -838,7 +965,7 @@ def predict_cmd(
     vals = _value_list(values)  # checked against the network's classes when it is loaded
     sched = parse_scheduler(scheduler)
     existed = out.exists()
-    with _progress() as progress:
+    with use_scheduler(sched), _progress() as progress:
         res = loop.predict_to_file(model, stack, out, values=vals, probabilities=probabilities, axes=axes,
                                      progress=progress, scheduler=sched)
     console.print(f"{'replaced' if existed else 'wrote'} {res['out']} with {res['model']}")
@@ -911,6 +1038,18 @@ def _print_study(out: dict, study_dir: Path) -> None:
         for k, v in out["label_efficiency"].items():
             t.add_row(k, *("not reached" if v[f] is None else str(v[f]) for f in ("0.95", "0.99")))
         console.print(t)
+    if "reviewed_area" in out:
+        t = Table(title="reviewed area (slice-equivalents, audits included) to reach 95 % / 99 % of the all-slices "
+                        f"solid IoU ({out['ceiling_iou_solid']:.3f})", title_justify="left")
+        for c in ("strategy", "95 %", "99 %", "reviewed in all"):
+            t.add_column(c)
+        for k, v in out["reviewed_area"].items():
+            t.add_row(k, *("not reached" if v["slices"][f] is None else f"{v['slices'][f]:.2f}" for f in ("0.95", "0.99")),
+                      "-" if v["max_slices"] is None else f"{v['max_slices']:.2f}")
+        console.print(t)
+    if out.get("stopping"):
+        for line in out["stopping_text"].strip().splitlines()[-3:]:
+            console.print(line, highlight=False)
     console.print(f"report: {out['report']}  (plots in {study_dir / 'plots'}, results in {study_dir / 'results.csv'})",
                   highlight=False)
 
@@ -922,7 +1061,9 @@ def study_cmd(
     image: Path | None = typer.Option(None, "--image", help="Stack with ground truth; default: synthesize a hard volume."),
     truth: Path | None = typer.Option(None, "--truth", help="Ground truth of --image (found beside a synth image.tif)."),
     depth: Path | None = typer.Option(None, "--depth", help="Back-wall depth map (grey-pore metrics)."),
-    preset: str | None = typer.Option(None, "--preset", help="paper | efficiency | demo; or give --strategies/--budgets."),
+    preset: str | None = typer.Option(
+        None, "--preset", help="paper | efficiency | regions (whole slices vs tiles by reviewed area, with audits and "
+                               "the stopping rule) | demo; or give --strategies/--budgets."),
     strategies: str = typer.Option("initial,distributed", "--strategies", help="Comma-separated strategies for a custom grid."),
     budgets: str = typer.Option("5,20", "--budgets", help="Comma-separated budgets (fully labelled slices)."),
     seeds: str | None = typer.Option(None, "--seeds", help="Comma-separated seeds (default 0; 0,1,2 for --preset efficiency)."),
@@ -930,6 +1071,8 @@ def study_cmd(
     k0: int = typer.Option(2, "--k0", help="Iterative: slices in the first round."),
     k: int = typer.Option(2, "--k", help="Iterative: slices per later round."),
     no_human: bool = _flag("RF pseudo-labels instead of the ground-truth oracle.", "--no-human"),
+    audit: bool = _flag("Custom grid: every query adds its audit (a random slice, or random tiles), so the study "
+                        "can replay the stopping rule.", "--audit"),
     shape: tuple[int, int, int] = typer.Option((600, 256, 256), "--shape", help="Size of the synthetic volume when no --image."),
     steps: int | None = typer.Option(None, "--steps", help="Training steps per round (default: the train config's)."),
     config: Path | None = typer.Option(None, "--config", help="TOML session config for every run."),
@@ -955,13 +1098,17 @@ def study_cmd(
     if steps is not None:
         cfg.setdefault("train", {})["steps"] = int(steps)
     if preset is not None:
-        runs = study.preset(preset, seeds_l, steps_per_round=cfg.get("train", {}).get("steps"))
+        slice_shape: tuple[int, ...] = tuple(shape[1:])
+        if preset == "regions" and image is not None:  # the tile rounds are sized from the stack's slices
+            with io.open_stack(image) as stack:
+                slice_shape = tuple(stack.shape[1:])
+        runs = study.preset(preset, seeds_l, steps_per_round=cfg.get("train", {}).get("steps"), slice_shape=slice_shape)
     else:
         scheds = ("one-shot", "iterative") if schedule == "both" else (schedule,)
         budget_list = _parse_ints(budgets, "--budgets")
         assert budget_list is not None  # budgets is text (default "5,20"), never None
         runs = study.plan_grid([s.strip() for s in strategies.split(",") if s.strip()], budget_list,
-                               seeds_l, scheds, k0=k0, k=k, human="none" if no_human else "truth")
+                               seeds_l, scheds, k0=k0, k=k, human="none" if no_human else "truth", audit=audit)
 
     for r in runs:
         if r.strategy != study.CEILING:

@@ -32,7 +32,16 @@ import numpy as np
 from activeseg import metrics
 from activeseg.errors import ConfigError
 from activeseg.figures import pyplot, savefig
-from activeseg.tables import better_hint, check_rows, metric_label, seed_curves, seed_stats, to_float, to_int
+from activeseg.tables import (
+    better_hint,
+    check_rows,
+    cost_curves,
+    metric_label,
+    seed_curves,
+    seed_stats,
+    to_float,
+    to_int,
+)
 
 __all__ = [
     "pyplot",
@@ -45,6 +54,7 @@ __all__ = [
     "plot_slice_metric",
     "plot_porosity_profile",
     "plot_correction_cost",
+    "plot_cost_curves",
     "plot_prediction_panel",
 ]
 
@@ -131,6 +141,9 @@ STRATEGY_COLORS: dict[str, str] = {
     "coreset": "#17becf",  # tab:cyan
     "disagreement": "#393b79",  # tab20b dark blue
     "porosity_random": "#7b4173",  # tab20b dark magenta
+    "tile_entropy": "#006d2c",  # dark green: the tile form of entropy
+    "tile_boundary": "#a50f15",  # dark red
+    "tile_random": "#404040",  # dark grey: the random-tile baseline
 }
 """Fixed colours (tab10 first) of the built-in strategies; black is kept for truth/ceilings."""
 
@@ -632,6 +645,82 @@ def plot_correction_cost(
         fig.suptitle(title or "correction cost: pixels a human had to change (mean over seeds; lower is cheaper)",
                      fontsize=10)
         _legend_outside(fig, [ax1], loc="outside right center")
+        return _save(fig, path, dpi)
+    finally:
+        plt.close(fig)
+
+
+COST_AXES = {
+    "reviewed_slices": "reviewed area (slice-equivalents: pixels the person verified / pixels of one slice)",
+    "reviewed_cum": "pixels reviewed (cumulative)",
+    "changed_cum": "pixels changed from the pre-fill (cumulative)",
+}
+"""x-axes of :func:`plot_cost_curves` (row keys written by the study)."""
+
+
+def plot_cost_curves(
+    rows: Sequence[Mapping],
+    path: str | Path,
+    *,
+    x: str = "reviewed_slices",
+    metric: str = "iou_solid",
+    ceiling: float | None = None,
+    fractions: Sequence[float] = (),
+    colors: Mapping[str, Any] | None = None,
+    title: str | None = None,
+    figsize: tuple[float, float] = (8.0, 4.5),
+    dpi: float = 110,
+) -> Path:
+    """Metric against a cost (reviewed area, pixels changed), one line per strategy.
+
+    Each line is the mean over seeds per round (x and y both means: seeds of one strategy
+    review different amounts), drawn over each seed's own curve (thin). With ``ceiling``
+    the all-slices figure is a dashed line and ``fractions`` of it dotted ones, as in
+    :func:`plot_learning_curves`.
+
+    Parameters
+    ----------
+    rows : dicts with ``strategy``, ``seed``, ``round``, ``x`` and ``metric``.
+    x : a row key, e.g. ``"reviewed_slices"``, ``"reviewed_cum"`` or ``"changed_cum"``
+        (:data:`COST_AXES` names their axis labels).
+
+    Returns
+    -------
+    Path of the written PNG.
+    """
+    curves = cost_curves(rows, metric, x)
+    styles = line_styles(list(curves), colors)
+    from matplotlib.ticker import EngFormatter  # heavy optional, as in pyplot()
+
+    plt, fig = _figure(figsize, dpi)
+    try:
+        ax = fig.add_subplot()
+        for g, c in curves.items():
+            for xs, ys in c["per_seed"].values():
+                ok = np.isfinite(xs) & np.isfinite(ys)
+                if len(c["per_seed"]) > 1 and ok.any():
+                    ax.plot(xs[ok], ys[ok], lw=0.6, alpha=0.35, color=styles[g]["color"])
+            ok = np.isfinite(c["x"]) & np.isfinite(c["mean"])
+            n = len(c["per_seed"])
+            ax.plot(c["x"][ok], c["mean"][ok], marker="o", ms=3.5, lw=1.6,
+                    label=f"{g} [{n} seed{'s' if n != 1 else ''}]", **styles[g])
+        if not curves:
+            _no_data(ax, f"no finite values of '{metric}' against '{x}'")
+        cv = None if ceiling is None else to_float(ceiling, "ceiling")
+        if cv is not None and math.isfinite(cv):
+            ax.axhline(cv, color="black", ls="--", lw=1.1, label=f"all slices (ceiling) = {cv:.3f}")
+            for i, f in enumerate(fractions):
+                ax.axhline(f * cv, color="0.45", ls=(":", "-.", (0, (1, 1)))[i % 3], lw=0.9,
+                           label=f"{f:.0%} of ceiling = {f * cv:.3f}")
+        ax.set_xlabel(COST_AXES.get(x, x))
+        ax.set_ylabel(metric_label(metric))
+        if x != "reviewed_slices":
+            ax.xaxis.set_major_formatter(EngFormatter(sep=""))
+        ax.set_xlim(left=0)
+        ax.grid(alpha=0.3)
+        ax.set_title(title or f"{metric_label(metric).split(' (')[0]} vs {COST_AXES.get(x, x).split(' (')[0]} "
+                     "(mean over seeds per round; thin: each seed)", fontsize=10)
+        _legend_outside(fig, [ax])
         return _save(fig, path, dpi)
     finally:
         plt.close(fig)

@@ -17,11 +17,23 @@ plots linked from ``report.md``::
       attempts.json         the attempts of each run (more than one: a lost worker)
       paper_table.md        Table 1 layout (paper preset)
       label_efficiency.md   slices needed for 95 % / 99 % of the all-slices ceiling
+      reviewed_area.md      reviewed area (slice-equivalents) needed for 95 % / 99 % of it
+      stopping.md           where the stopping rule said stop vs the true learning curve
       plots/*.png, report.md
+
+Cost (docs/architecture.md §8): each row carries the pixels reviewed and changed in its
+round and cumulated over the run (``reviewed_px``, ``changed_px``, ``reviewed_cum``,
+``changed_cum``, ``reviewed_slices`` = ``reviewed_cum`` / pixels of one slice), so
+learning curves are drawn against reviewed and changed pixels as well as slices. Runs
+with ``audit`` also carry the stopping rule as it stood after each round
+(:func:`activeseg.loop.stopping.history`): ``est_iou``, ``est_lo``, ``est_hi``,
+``expected_gain``, ``stop``, beside ``prefill_iou``, the true figure of the model the
+estimate is about (the one that pre-filled the round).
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -35,8 +47,10 @@ from typing import Any
 
 import numpy as np
 
-from activeseg import cluster, io, loop, plots, report, synth, tables
+from activeseg import cluster, io, loop, plots, registry, report, synth, tables
 from activeseg.errors import ConfigError, SessionError
+from activeseg.loop import stopping
+from activeseg.loop.state import waiting
 from activeseg.metrics import paper_indices
 from activeseg.safety import atomic_write_bytes, atomic_write_json, atomic_write_text
 
@@ -44,6 +58,8 @@ __all__ = [
     "RunSpec",
     "paper_preset",
     "efficiency_preset",
+    "regions_preset",
+    "run_effort",
     "demo_preset",
     "plan_grid",
     "run_study",
@@ -59,6 +75,19 @@ SCHEDULES = ("one-shot", "iterative")
 CEILING = "all-slices"
 PAPER_CONFIG = {"train_on_scribbles": False}
 """The paper trains its network on the chosen slices only, not on the bootstrap scribbles."""
+HUMANS = ("truth", "perfect", "none")
+REGION_EFFORT = 0.10
+"""The default person of a region run (``human="truth"``, no ``effort``): per tile, the
+effort-limited oracle fixes the largest wrong regions up to 10 % of the tile's pixels.
+
+Why 10 %: a decent model (solid IoU 0.85-0.9 at 80 % porosity) gets 2-4 % of the pixels
+wrong, so on an average tile this person fixes everything that is wrong; the tiles a
+region strategy picks are the bad ones (grey pores, thin walls: 10-30 % wrong early on),
+and there a person working for a bounded time per tile fixes the big, visible mistakes
+and leaves the scattered small ones, which then stay in the labels as they were
+pre-filled. 25 % would be a perfect corrector on nearly every tile, 5 % would leave
+whole-wall mistakes unfixed in the first rounds. Audit units are always corrected
+perfectly (the oracle ignores the effort there). Whole slices keep the perfect oracle."""
 
 
 @dataclass(frozen=True)
@@ -75,12 +104,21 @@ class RunSpec:
     seed : session seed; runs with the same seed share the simulated scribbles.
     label : name of the run's curve and column (default: the strategy for curves, "20
         initial" / "initial (iterative)" for per-slice columns; see :attr:`trial`).
-    human : "truth" (ground-truth oracle) or "none" (the RF's confident predictions
-        label the queried slices: no human at all).
+    human : "truth" (the ground-truth oracle as the default person of the run's unit:
+        perfect on whole slices, effort-limited on tiles, see :data:`REGION_EFFORT`),
+        "perfect" (the perfect oracle on any unit) or "none" (the RF's confident
+        predictions label the queried slices: no human at all).
     train_steps : training steps of each of this run's rounds (None: the study's train
         config).
     config : session settings of this run on top of the study's config (e.g. the paper's
         runs train on their chosen slices only: ``{"train_on_scribbles": False}``).
+    audit : every query adds the audit (``query --audit``: one random slice, or
+        ``[session] audit_tiles`` random tiles in a region round), corrected perfectly,
+        so the stopping rule can be replayed against the truth. ``budget`` and the round
+        sizes count the strategy's own picks, not the audit.
+    effort : the corrector's pixel budget per unit (None: the default of ``human``).
+
+    For a tile strategy (``unit="tiles"``) ``budget``, ``k0`` and ``k`` count tiles.
     """
 
     name: str
@@ -95,14 +133,18 @@ class RunSpec:
     human: str = "truth"
     train_steps: int | None = None
     config: dict = field(default_factory=dict)
+    audit: bool = False
+    effort: int | None = None
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if self.budget < 1 and self.strategy != CEILING:
             raise ConfigError(f"run {self.name}: budget must be >= 1")
-        if self.human not in ("truth", "none"):
-            raise ConfigError(f"run {self.name}: human must be 'truth' or 'none', got {self.human!r}")
+        if self.human not in HUMANS:
+            raise ConfigError(f"run {self.name}: human must be one of {', '.join(HUMANS)}, got {self.human!r}")
+        if self.effort is not None and int(self.effort) < 1:
+            raise ConfigError(f"run {self.name}: effort must be >= 1 pixel per unit (or None), got {self.effort}")
 
     @property
     def trial(self) -> str:
@@ -136,9 +178,13 @@ def plan_grid(
     k0: int = 2,
     k: int = 2,
     human: str = "truth",
+    audit: bool = False,
 ) -> list[RunSpec]:
     """The full grid of runs (an iterative run per budget is one session whose rounds
-    pass through the smaller budgets, so only the largest budget is planned for it)."""
+    pass through the smaller budgets, so only the largest budget is planned for it).
+
+    ``audit``: every query adds its audit (see :class:`RunSpec`), for the stopping rule.
+    """
     runs = []
     for schedule in schedules:
         for strategy in strategies:
@@ -146,7 +192,7 @@ def plan_grid(
                 bs = [max(budgets)] if schedule == "iterative" else sorted(set(budgets))
                 for b in bs:
                     runs.append(RunSpec(_name(strategy, b, schedule, seed), strategy, int(b), schedule, int(seed), k0, k,
-                                        human=human))
+                                        human=human, audit=bool(audit)))
     return runs
 
 
@@ -186,6 +232,57 @@ def efficiency_preset(seeds: Sequence[int] = (0, 1, 2), *, steps_per_round: int 
     return runs
 
 
+REGION_SLICE_STRATEGIES = ("distributed", "spaced_entropy")
+REGION_TILE_STRATEGIES = ("tile_entropy", "tile_boundary", "tile_random")
+
+
+def regions_preset(
+    seeds: Sequence[int] = (0,),
+    *,
+    slice_shape: Sequence[int] = (256, 256),
+    tile: int = 64,
+    slice_k: int = 2,
+    slice_rounds: int = 6,
+    tile_rounds: int = 12,
+    tile_k: int | None = None,
+    steps_per_round: int | None = None,
+    audit: bool = True,
+) -> list[RunSpec]:
+    """Whole slices against regions by reviewed area, with audits for the stopping rule.
+
+    ``distributed`` and ``spaced_entropy`` add ``slice_k`` whole slices per round for
+    ``slice_rounds`` rounds; ``tile_entropy``, ``tile_boundary`` and ``tile_random`` add
+    ``tile_k`` tiles of ``tile`` pixels per round for ``tile_rounds`` rounds. By default
+    ``tile_k`` makes a tile round review about a quarter of a slice round's pixels
+    (``round(slice_k * tiles per slice / 4)``; 4 tiles of 64² for 2 slices of 192²), so
+    the region curves reach further along the cost axis in finer steps. Every run audits
+    (``audit``), tile runs correct with the effort-limited oracle
+    (:data:`REGION_EFFORT`), whole slices with the perfect one. Every run has
+    ``{"tile": tile}`` in its config (the grid of the tile runs and of the slice audits'
+    per-tile confusions). The ceiling trains once for as many steps as the longest run
+    trains over all its rounds.
+    """
+    if int(tile) < 16:
+        raise ConfigError(f"tile must be >= 16 pixels, got {tile}")
+    ny, nx = (int(v) for v in slice_shape[-2:])
+    per_slice = -(-ny // int(tile)) * -(-nx // int(tile))
+    if tile_k is None:
+        tile_k = max(1, int(round(slice_k * per_slice / 4)))
+    cfg = {"tile": int(tile)}
+    runs = []
+    for strategies, k, n_rounds in ((REGION_SLICE_STRATEGIES, slice_k, slice_rounds),
+                                    (REGION_TILE_STRATEGIES, tile_k, tile_rounds)):
+        for r in plan_grid(strategies, [k * n_rounds], seeds, ("iterative",), k0=k, k=k, audit=audit):
+            runs.append(RunSpec(**{**asdict(r), "config": dict(cfg)}))
+    if steps_per_round is None:
+        from activeseg.train import TrainConfig  # torch: only for the default step count
+
+        steps_per_round = TrainConfig().steps
+    runs.append(RunSpec(CEILING, CEILING, 0, "one-shot", int(seeds[0]), config=dict(cfg),
+                        train_steps=int(steps_per_round) * max(slice_rounds, tile_rounds)))
+    return runs
+
+
 def demo_preset(*, rounds: int = 3, k: int = 2) -> list[RunSpec]:
     """The demo: distributed vs spaced entropy, ``rounds`` rounds of ``k`` slices."""
     return [
@@ -194,15 +291,23 @@ def demo_preset(*, rounds: int = 3, k: int = 2) -> list[RunSpec]:
     ]
 
 
-def preset(name: str, seeds: Sequence[int] = (0,), *, steps_per_round: int | None = None) -> list[RunSpec]:
-    """The runs of a named preset: "paper", "efficiency" or "demo" (each carries its own settings)."""
+PRESETS = ("paper", "efficiency", "regions", "demo")
+
+
+def preset(name: str, seeds: Sequence[int] = (0,), *, steps_per_round: int | None = None,
+           slice_shape: Sequence[int] | None = None) -> list[RunSpec]:
+    """The runs of a named preset: "paper", "efficiency", "regions" or "demo" (each carries
+    its own settings; ``slice_shape`` (Y, X) sizes the tile rounds of "regions")."""
     if name == "paper":
         return paper_preset(seeds)
     if name == "efficiency":
         return efficiency_preset(seeds, steps_per_round=steps_per_round)
+    if name == "regions":
+        return regions_preset(seeds, steps_per_round=steps_per_round,
+                              slice_shape=tuple(slice_shape) if slice_shape else (256, 256))
     if name == "demo":
         return demo_preset()
-    raise ConfigError(f"--preset must be paper, efficiency or demo; got {name!r}")
+    raise ConfigError(f"--preset must be one of {', '.join(PRESETS)}; got {name!r}")
 
 
 DEMO_MODEL = {"encoder": "resnet18", "encoder_depth": 3, "decoder_channels": [32, 16, 8]}
@@ -297,9 +402,55 @@ def execute_run(study_dir: Path, spec: RunSpec, inputs: dict, config: dict, *, t
             loop.train(session, steps=spec.train_steps)
         return {"name": spec.name, "status": "done"}
     plan = [(spec.strategy, spec.params, size) for size in spec.rounds]
-    loop.run_rounds(session, plan, human=spec.human, bootstrap_count=int(inputs.get("bootstrap_slices", 3)),
-                    steps=spec.train_steps)
+    tile = int((session.manifest.get("config") or {}).get("tile", 128))
+    _play(session, plan, human="none" if spec.human == "none" else "truth",
+          bootstrap_count=int(inputs.get("bootstrap_slices", 3)), steps=spec.train_steps,
+          effort=run_effort(spec, tile), audit=spec.audit)
     return {"name": spec.name, "status": "done"}
+
+
+def _play(session, plan: list, *, human: str, bootstrap_count: int, steps: int | None, effort: int | None,
+          audit: bool) -> None:
+    """The run's rounds on the simulation driver (:func:`activeseg.loop.run_rounds`).
+
+    With ``audit``, every query adds its audit; when the driver does not take ``audit``
+    itself, the same resumable loop (a trained round is skipped, a queried one corrected
+    and trained) is played here with ``query(..., audit=True)``.
+    """
+    run_rounds: Any = loop.run_rounds
+    if not audit or "audit" in inspect.signature(run_rounds).parameters:
+        run_rounds(session, plan, human=human, bootstrap_count=bootstrap_count, steps=steps, effort=effort,
+                   **({"audit": True} if audit else {}))
+        return
+    m = session.manifest
+    if not m["rounds"]:
+        zs = loop.bootstrap_slices(int(m["stack"]["shape"][0]), bootstrap_count)
+        loop.bootstrap(session, slices=zs, simulate_scribbles=True)
+    for i, (strategy, params, size) in enumerate(plan):
+        rounds = [r for r in session.manifest["rounds"] if r["index"] > 0]
+        if len(rounds) > i and rounds[i].get("status") == "trained":
+            continue
+        if len(rounds) <= i:
+            loop.query(session, size, strategy=strategy, params=params, audit=True, export=False)
+        if waiting(session.manifest["rounds"][-1]):
+            if human == "none":
+                loop.pseudo_label(session)
+            else:
+                loop.oracle_correct(session, effort=effort)
+        loop.train(session, steps=steps)
+
+
+def run_effort(spec: RunSpec, tile: int) -> int | None:
+    """The corrector's pixel budget per unit of a run: its ``effort`` when given; else, with
+    ``human="truth"`` and a tile strategy, :data:`REGION_EFFORT` of a ``tile`` x ``tile``
+    tile (410 pixels of a 64² tile); else None (the perfect oracle)."""
+    if spec.effort is not None:
+        return int(spec.effort)
+    if spec.human != "truth" or spec.strategy == CEILING:
+        return None
+    if registry.strategy_unit(spec.strategy) != "tiles":
+        return None
+    return max(1, int(round(REGION_EFFORT * int(tile) ** 2)))
 
 
 ATTEMPTS = "attempts.jsonl"
@@ -532,13 +683,27 @@ def collect(study_dir: Path) -> tuple[list[dict], dict]:
         complete = _run_done(study_dir / "runs" / run.name, run)
         labelled: list[int] = []
         px = int(np.prod(m["stack"]["shape"][1:]))
+        cfg = m.get("config") or {}
+        hist = stopping.history(m, int(cfg.get("n_classes", 2)), stop_gain=float(cfg.get("stop_gain", 0.005))) \
+            if run.audit else {}
+        reviewed_cum = changed_cum = 0
+        prefill_iou: float | None = None  # the true figure of the model current when the round was queried
         for r in m["rounds"]:
             if r["index"] > 0 or run.strategy == CEILING:  # corrected (or, with no human, pseudo-labelled) slices
                 labelled += r.get("full_slices", []) + r.get("pseudo", [])
+            reviewed, changed = _round_cost(r, px) if r["index"] > 0 else (0, 0)
+            reviewed_cum += reviewed
+            changed_cum += changed
+            was_current = prefill_iou
+            if r.get("metrics"):
+                prefill_iou = r["metrics"].get("iou_solid")
             if r.get("status") != "trained" or not r.get("metrics"):
                 continue
+            est = hist.get(int(r["index"]))
+            own = est["rounds"][-1] if est and est["rounds"][-1]["round"] == r["index"] else None
             costs = r.get("correction_cost", {})
-            cost = sum(costs.get(str(z), 0) for z in r.get("full_slices", [])) if r["index"] > 0 else None
+            cost = (changed if r.get("cost") else sum(costs.get(str(z), 0) for z in r.get("full_slices", []))) \
+                if r["index"] > 0 else None
             mt = r["metrics"]
             rows.append({
                 # curves group by "strategy" (a run's label, when given, names its own curve)
@@ -551,7 +716,8 @@ def collect(study_dir: Path) -> tuple[list[dict], dict]:
                 **{k: v for k, v in mt.items() if k.startswith("iou_c")},  # per-class IoU of C >= 3 classes
                 "correction_cost": cost,
                 "correction_cost_frac": (
-                    (cost / (px * max(1, len(r.get("full_slices", []))))) if cost is not None else None
+                    (cost / (reviewed if r.get("cost") and reviewed else px * max(1, len(r.get("full_slices", [])))))
+                    if cost is not None else None
                 ),
                 "train_seconds": (r.get("train") or {}).get("seconds"),
                 # the gate: which model the round left current, the candidate's own figure, and a fall
@@ -559,6 +725,17 @@ def collect(study_dir: Path) -> tuple[list[dict], dict]:
                 "candidate_iou_solid": (r.get("candidate_metrics") or {}).get("iou_solid"),
                 "iou_solid_unlabelled": (r.get("metrics_unlabelled") or {}).get("iou_solid"),
                 "fell": bool(r.get("metrics_fell")),
+                "unit": r.get("unit", "slices"),
+                "reviewed_px": reviewed, "changed_px": changed,
+                "reviewed_cum": reviewed_cum if run.strategy != CEILING else len(set(labelled)) * px,
+                "changed_cum": changed_cum,
+                "reviewed_slices": (reviewed_cum if run.strategy != CEILING else len(set(labelled)) * px) / px,
+                # the stopping rule as it stood once this round was corrected (runs with audits)
+                "est_iou": own["iou"] if own else None, "est_lo": own["lo"] if own else None,
+                "est_hi": own["hi"] if own else None, "est_units": own["n_units"] if own else None,
+                "prefill_iou": was_current if own else None,
+                "expected_gain": est["expected_gain"] if est else None,
+                "stop": (est["decision"] == "stop") if est else None,
                 "labelled": sorted(set(labelled)),
             })
             if r.get("metrics_file"):
@@ -567,6 +744,17 @@ def collect(study_dir: Path) -> tuple[list[dict], dict]:
                                      "strategy": run.strategy, "budget": run.budget,
                                      "seed": run.seed, "complete": complete, "run_dir": str(study_dir / "runs" / run.name)}
     return rows, per_run
+
+
+def _round_cost(r: dict, px: int) -> tuple[int, int]:
+    """(reviewed, changed) pixels of a round: its ``cost``, or for a round recorded before
+    costs, its corrected whole slices (``px`` each) and their changed pixels."""
+    cost = r.get("cost")
+    if cost:
+        return int(cost.get("reviewed_px", 0) or 0), int(cost.get("changed_px", 0) or 0)
+    costs = r.get("correction_cost") or {}
+    zs = [z for z in r.get("full_slices", []) if str(z) in costs]
+    return len(zs) * px, int(sum(costs[str(z)] for z in zs))
 
 
 def _context_reach(spec: dict) -> int:
@@ -629,6 +817,7 @@ def summarise(study_dir: Path, *, title: str = "activeseg study", preset: str | 
          "solid IoU, unlabelled": r["iou_solid_unlabelled"],
          "BCE": r["bce"], "porosity error": r["porosity_error"], "grey-pore error": r["grey_pore_error"],
          "current model": r["model"],
+         "reviewed (slices)": round(r["reviewed_slices"], 2),
          **({"class IoU": tables.class_iou_text(r)} if tables.class_ious(r) else {})}
         for r in sorted(finals.values(), key=lambda r: (r["n_labelled"], r["strategy"], r["seed"]))
     ]
@@ -677,16 +866,47 @@ def summarise(study_dir: Path, *, title: str = "activeseg study", preset: str | 
             seed_note = ", seed " + str(seeds[0]) if len(seeds) > 1 else ""
             sections.append((f"Predictions at Index-{idx[-1]} (Figure 2 style{seed_note})",
                              panel, "orange: pore called solid; blue: solid called pore"))
-    if any(r["schedule"] == "iterative" for r in curve_rows) or len({r["n_labelled"] for r in curve_rows}) > 1:
-        plots.plot_learning_curves(curve_rows, plot_dir / "learning_curves.png", metric="iou_solid", ceiling=ceiling,
+    # whole-slice runs have a curve by slices; region runs (tiles) only by cost
+    tile_runs = {r["run"] for r in curve_rows if r.get("unit") == "tiles"}
+    slice_rows = [r for r in curve_rows if r["run"] not in tile_runs]
+    if slice_rows and (any(r["schedule"] == "iterative" for r in slice_rows) or len({r["n_labelled"] for r in slice_rows}) > 1):
+        plots.plot_learning_curves(slice_rows, plot_dir / "learning_curves.png", metric="iou_solid", ceiling=ceiling,
                                    fractions=(0.95, 0.99) if ceiling else (), colors=colors)
         sections.append(("Learning curves (solid-phase IoU)", plot_dir / "learning_curves.png", ""))
-        plots.plot_correction_cost([r for r in curve_rows if r["correction_cost"] is not None], plot_dir / "correction_cost.png",
+        plots.plot_correction_cost([r for r in slice_rows if r["correction_cost"] is not None], plot_dir / "correction_cost.png",
                                    colors=colors)
         sections.append(("Correction cost per round", plot_dir / "correction_cost.png",
                          "pixels changed from the pre-filled masks"))
+    if any(r["schedule"] == "iterative" for r in curve_rows) or tile_runs:
+        for x, fname, what in (("reviewed_slices", "learning_curves_reviewed.png", "reviewed area"),
+                               ("changed_cum", "learning_curves_changed.png", "pixels changed")):
+            plots.plot_cost_curves(curve_rows, plot_dir / fname, x=x, ceiling=ceiling,
+                                   fractions=(0.95, 0.99) if ceiling else (), colors=colors)
+            sections.append((f"Learning curves by {what}", plot_dir / fname,
+                             "reviewed: the pixels the person verifies (tile or slice, context excluded, audits included), "
+                             "in slice-equivalents" if x == "reviewed_slices" else "pixels changed from the pre-fill"))
     if ceiling is not None:
-        eff = tables.label_efficiency(curve_rows, ceiling)
+        slice_px = int(np.prod(spec_shape(spec)[1:]))
+        area = tables.cost_efficiency(curve_rows, ceiling, x="reviewed_cum")
+        md = tables.cost_efficiency_markdown(area, slice_px=slice_px, ceiling=ceiling)
+        atomic_write_bytes(study_dir / "reviewed_area.md", (md + "\n").encode())
+        out["reviewed_area"] = {g: {"px": {str(f): e[f] for f in (0.95, 0.99)},
+                                    "slices": {str(f): None if e[f] is None else e[f] / slice_px for f in (0.95, 0.99)},
+                                    "round": {str(f): e["round"][f] for f in (0.95, 0.99)},
+                                    "seed_median_px": {str(f): e["seed_median"][f] for f in (0.95, 0.99)},
+                                    "max_px": e["max_x"], "max_slices": None if e["max_x"] is None else e["max_x"] / slice_px,
+                                    "best": e["best"]} for g, e in area.items()}
+        sections.append(("Reviewed area to reach 95 % / 99 % of the all-slices ceiling", md))
+    if any(r.get("stop") is not None for r in curve_rows):
+        stop = tables.stopping_summary(curve_rows, ceiling)
+        md = tables.stopping_markdown(stop)
+        atomic_write_bytes(study_dir / "stopping.md", md.encode())
+        out["stopping"] = stop
+        out["stopping_text"] = md
+        sections.append(("The stopping rule against the true learning curve (stop round vs the first round within 1 % "
+                         "of the ceiling; interval coverage of the true IoU of the model it estimates)", md))
+    if ceiling is not None and slice_rows:
+        eff = tables.label_efficiency(slice_rows, ceiling)
         md = tables.label_efficiency_markdown(eff, ceiling=ceiling)
         atomic_write_bytes(study_dir / "label_efficiency.md", (md + "\n").encode())
         out["label_efficiency"] = {k: {str(f): v.get(f) for f in (0.95, 0.99)} for k, v in eff.items()}
@@ -710,6 +930,12 @@ def summarise(study_dir: Path, *, title: str = "activeseg study", preset: str | 
     report.write_report_md(study_dir / "report.md", title=title, sections=sections, intro=intro)
     out["report"] = str(study_dir / "report.md")
     return out
+
+
+def spec_shape(spec: dict) -> tuple[int, ...]:
+    """Shape (Z, Y, X) of a study's stack (from its inputs, read lazily)."""
+    with io.open_stack(spec["inputs"]["image"]) as image:
+        return tuple(int(v) for v in image.shape)
 
 
 def _prediction_panel(trials: dict, spec: dict, z: int, path: Path, colors: dict) -> Path | None:

@@ -42,6 +42,11 @@ __all__ = [
     "index_proximity",
     "label_efficiency",
     "label_efficiency_markdown",
+    "cost_curves",
+    "cost_efficiency",
+    "cost_efficiency_markdown",
+    "stopping_summary",
+    "stopping_markdown",
     # row helpers shared with activeseg.plots
     "METRIC_LABELS",
     "LOWER_IS_BETTER",
@@ -581,3 +586,255 @@ def label_efficiency_markdown(
         lines.append(f"Ceiling (model trained on all slices): {name} = {float(ceiling):.{digits}f}.\n")
     lines.append(markdown_table(table, digits=digits))
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------
+# cost: learning curves by reviewed / changed pixels, reviewed area to the ceiling
+# ---------------------------------------------------------------------------------------
+
+
+def cost_curves(rows: Sequence[Mapping], metric: str = "iou_solid", x: str = "reviewed_cum") -> dict[str, dict]:
+    """Learning curves against a cost (``x``: cumulative reviewed or changed pixels), per group.
+
+    Seeds of one strategy review different amounts (tiles differ in what they change, a
+    clipped edge tile is smaller), so the curves are aligned by round, not by x: per round,
+    the mean over seeds of the metric and of the cost.
+
+    Parameters
+    ----------
+    rows : dicts with ``strategy``, ``seed``, ``round``, ``x`` and ``metric`` (None/NaN skipped).
+
+    Returns
+    -------
+    dict group -> ``{"round": int array, "x": mean cost per round, "mean", "std", "min",
+    "max", "n": seeds per round, "per_seed": {seed: (x array, metric array)}}`` (float64,
+    rounds sorted).
+    """
+    rows = check_rows(rows, ("strategy", "seed", "round", x, metric))
+    acc: dict[str, dict[int, dict[int, tuple[float, float]]]] = {}
+    for g, r in zip(_group_names(rows), rows):
+        xv, yv = to_float(r[x], x), to_float(r[metric], metric)
+        if not (math.isfinite(xv) and math.isfinite(yv)):
+            continue
+        acc.setdefault(g, {}).setdefault(to_int(r["round"], "round"), {})[to_int(r["seed"], "seed")] = (xv, yv)
+    out: dict[str, dict] = {}
+    for g, by_round in acc.items():
+        rounds = sorted(by_round)
+        seeds = sorted({s for d in by_round.values() for s in d})
+        xs = np.full((len(seeds), len(rounds)), np.nan)
+        ys = np.full_like(xs, np.nan)
+        for j, rd in enumerate(rounds):
+            for s, (xv, yv) in by_round[rd].items():
+                xs[seeds.index(s), j], ys[seeds.index(s), j] = xv, yv
+        st = seed_stats(ys)
+        out[g] = {"round": np.asarray(rounds, np.int64), "x": seed_stats(xs)["mean"], **{k: st[k] for k in
+                  ("mean", "std", "min", "max", "n")},
+                  "per_seed": {s: (xs[i], ys[i]) for i, s in enumerate(seeds)}}
+    return out
+
+
+def cost_efficiency(
+    rows: Sequence[Mapping],
+    ceiling: float,
+    *,
+    x: str = "reviewed_cum",
+    metric: str = "iou_solid",
+    fractions: Sequence[float] = (0.95, 0.99),
+) -> dict[str, dict]:
+    """The cost (``x``: cumulative reviewed pixels by default) each strategy spends to reach
+    ``fraction * ceiling``: the reviewed-area version of :func:`label_efficiency`.
+
+    The mean curve is :func:`cost_curves` (per round, mean over seeds of the metric and of
+    the cost); the answer is the mean cost of the first round whose mean metric reaches
+    the target, or None. Each seed alone gives its own first cost; their median counts
+    "never" as infinite (None when half the seeds never get there).
+
+    Returns
+    -------
+    dict group -> ``{f: float | None, "round": {f: int | None}, "target": {f: float},
+    "seed_median": {f: float | None}, "per_seed": {f: {seed: float | None}},
+    "max_x": the largest mean cost reached, "best": best mean metric}``.
+    """
+    c = to_float(ceiling, "ceiling")
+    if not math.isfinite(c) or c <= 0:
+        raise ConfigError(f"ceiling must be a positive finite {metric} (of a model trained on all slices), got {ceiling!r}")
+    fr = [float(f) for f in fractions]
+    out: dict[str, dict] = {}
+    for g, cur in cost_curves(rows, metric, x).items():
+        entry: dict[Any, Any] = {"target": {}, "round": {}, "seed_median": {}, "per_seed": {}}
+        for f in fr:
+            t = f * c
+            entry["target"][f] = t
+            hit = np.isfinite(cur["mean"]) & (cur["mean"] >= t - 1e-12)
+            j = int(np.argmax(hit)) if hit.any() else None
+            entry[f] = None if j is None else float(cur["x"][j])
+            entry["round"][f] = None if j is None else int(cur["round"][j])
+            per = {}
+            for s, (xs, ys) in cur["per_seed"].items():
+                ok = np.isfinite(ys) & (ys >= t - 1e-12)
+                per[s] = float(xs[int(np.argmax(ok))]) if ok.any() else None
+            entry["per_seed"][f] = per
+            med = float(np.median([math.inf if v is None else v for v in per.values()])) if per else math.inf
+            entry["seed_median"][f] = med if math.isfinite(med) else None
+        entry["max_x"] = float(np.nanmax(cur["x"])) if np.isfinite(cur["x"]).any() else None
+        entry["best"] = float(np.nanmax(cur["mean"])) if np.isfinite(cur["mean"]).any() else None
+        entry["seeds"] = len(cur["per_seed"])
+        out[g] = entry
+    return out
+
+
+def _slices_text(px: float | None, slice_px: int, *, never: str = "not reached") -> str:
+    return never if px is None else f"{px / slice_px:.2f} ({int(round(px)):,} px)".replace(",", " ")
+
+
+def cost_efficiency_markdown(
+    efficiency: Mapping[str, Mapping],
+    *,
+    slice_px: int,
+    reference: str = "distributed",
+    ceiling: float | None = None,
+    digits: int = 3,
+) -> str:
+    """Render :func:`cost_efficiency` of reviewed pixels as Markdown.
+
+    The reviewed area is given in slice-equivalents (pixels / the pixels of one slice,
+    ``slice_px``) with the pixels in brackets, to 95 % and 99 % of the ceiling, the seed
+    medians, the best mean figure, and at each fraction the ratio to ``reference``
+    (evenly distributed whole slices) where both reach it.
+    """
+    if not efficiency:
+        raise ConfigError("efficiency is empty: nothing to render")
+    ref = efficiency.get(reference)
+    table = []
+    for g, e in efficiency.items():
+        fr = [k for k in e if isinstance(k, float)]
+        row: dict[str, Any] = {"strategy": g}
+        for f in fr:
+            tgt = e["target"][f]
+            row[f"reviewed to {f:.0%} (IoU >= {tgt:.{digits}f}), slices"] = _slices_text(
+                e[f], slice_px, never=f"not reached (max {(e['max_x'] or 0) / slice_px:.2f})")
+            med = e["seed_median"][f]
+            row[f"seed median, {f:.0%}"] = "not reached" if med is None else f"{med / slice_px:.2f}"
+            if ref is not None and g != reference:
+                row[f"vs {reference}, {f:.0%}"] = (
+                    f"{e[f] / ref[f]:.2f}" if e[f] is not None and ref.get(f) else "-")
+        row["best mean IoU"] = e["best"]
+        row["seeds"] = e["seeds"]
+        table.append(row)
+    cols = list(dict.fromkeys(k for r in table for k in r))
+    lines = []
+    if ceiling is not None:
+        lines.append(f"Ceiling (model trained on all slices): solid IoU = {float(ceiling):.{digits}f}. Reviewed area in "
+                     f"slice-equivalents (pixels / {slice_px} pixels of one slice), audits included.\n")
+    lines.append(markdown_table([{c: r.get(c, "-") for c in cols} for r in table], digits=digits, columns=cols))
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------
+# the stopping rule against the true learning curve
+# ---------------------------------------------------------------------------------------
+
+
+def stopping_summary(rows: Sequence[Mapping], ceiling: float | None, *, within: float = 0.01) -> dict:
+    """Where the stopping rule said stop against the truth, per run, and a fixed-N baseline.
+
+    Parameters
+    ----------
+    rows : the study's rows: ``run``, ``strategy``, ``seed``, ``round``, ``iou_solid`` (the
+        model trained in the round), ``stop`` (the rule's decision once the round was
+        corrected: True, False, or None without audit data), ``est_lo``/``est_hi`` (its
+        interval) and ``prefill_iou`` (the true figure of the model the estimate is about:
+        the one that pre-filled the round).
+    ceiling : the all-slices figure (None: no target rounds, coverage only).
+    within : the target is the first round whose figure is within this fraction of the
+        ceiling (``iou_solid >= (1 - within) * ceiling``).
+
+    Returns
+    -------
+    ``{"runs": [per run {"run", "strategy", "seed", "rounds", "audited", "stop_round",
+    "target_round", "error" (stop - target), "covered", "coverage"}], "fixed_n": N,
+    "rule": {...}, "fixed": {...}, "coverage": pooled fraction}``. ``fixed_n`` is the best
+    single "stop after N rounds" in hindsight (the median target round over the runs), a
+    baseline that needs the truth; "rule"/"fixed" count runs within ±1 round, more than 2
+    rounds early, and the mean absolute error in rounds over runs with both rounds known.
+    """
+    rows = check_rows(rows, ("run", "round", "iou_solid"))
+    runs: dict[str, list[Mapping]] = {}
+    for r in rows:
+        runs.setdefault(str(r["run"]), []).append(r)
+    per_run: list[dict[str, Any]] = []
+    for name, rs in runs.items():
+        rs = sorted(rs, key=lambda r: to_int(r["round"], "round"))
+        audited = [r for r in rs if r.get("stop") is not None and r.get("est_lo") is not None]
+        if not audited:
+            continue
+        stop = next((to_int(r["round"], "round") for r in audited if r.get("stop") in (True, "True", "true")), None)
+        target = None
+        if ceiling is not None:
+            target = next((to_int(r["round"], "round") for r in rs
+                           if math.isfinite(to_float(r["iou_solid"])) and to_float(r["iou_solid"]) >= (1 - within) * ceiling),
+                          None)
+        known = [r for r in audited if r.get("prefill_iou") is not None and math.isfinite(to_float(r["prefill_iou"]))]
+        covered = sum(to_float(r["est_lo"]) - 1e-12 <= to_float(r["prefill_iou"]) <= to_float(r["est_hi"]) + 1e-12
+                      for r in known)
+        per_run.append({"run": name, "strategy": str(rs[0].get("strategy")), "seed": rs[0].get("seed"),
+                        "rounds": to_int(rs[-1]["round"], "round"), "audited": len(audited), "stop_round": stop,
+                        "target_round": target, "error": None if stop is None or target is None else stop - target,
+                        "covered": int(covered), "checked": len(known),
+                        "coverage": covered / len(known) if known else None})
+    targets = [p["target_round"] for p in per_run if p["target_round"] is not None]
+    fixed_n = int(np.median(targets)) if targets else None
+
+    def score(errors: list[int]) -> dict:
+        return {"runs": len(errors), "within_1": sum(abs(e) <= 1 for e in errors),
+                "early_over_2": sum(e < -2 for e in errors),
+                "mean_abs": float(np.mean(np.abs(errors))) if errors else None}
+
+    for p in per_run:
+        p["fixed_error"] = None if fixed_n is None or p["target_round"] is None else fixed_n - p["target_round"]
+    checked = sum(p["checked"] for p in per_run)
+    return {
+        "runs": per_run,
+        "within": within,
+        "fixed_n": fixed_n,
+        "rule": {**score([p["error"] for p in per_run if p["error"] is not None]),
+                 "never_stopped": sum(p["stop_round"] is None for p in per_run),
+                 "target_not_reached": sum(p["target_round"] is None for p in per_run)},
+        "fixed": score([p["fixed_error"] for p in per_run if p["fixed_error"] is not None]),
+        "coverage": (sum(p["covered"] for p in per_run) / checked) if checked else None,
+    }
+
+
+def stopping_markdown(summary: Mapping) -> str:
+    """Render :func:`stopping_summary` as Markdown: one row per run and a summary line."""
+    if not summary.get("runs"):
+        return "No run has audited rounds (runs with `audit`): the stopping rule cannot be evaluated.\n"
+    table = []
+    for p in summary["runs"]:
+        table.append({
+            "run": p["run"], "strategy": p["strategy"], "seed": p["seed"], "rounds": p["rounds"],
+            "audited": p["audited"],
+            "rule stops at": "never" if p["stop_round"] is None else p["stop_round"],
+            f"first within {summary['within']:.0%} of ceiling": "never" if p["target_round"] is None else p["target_round"],
+            "rule - target": "-" if p["error"] is None else f"{p['error']:+d}",
+            f"fixed N={summary['fixed_n'] if summary['fixed_n'] is not None else '-'} - target":
+                "-" if p["fixed_error"] is None else f"{p['fixed_error']:+d}",
+            "interval covers truth": "-" if p["coverage"] is None else f"{p['covered']}/{p['checked']}",
+        })
+    rule, fixed = summary["rule"], summary["fixed"]
+
+    def line(name: str, s: Mapping) -> str:
+        if not s["runs"]:
+            return f"{name}: no run with both rounds known"
+        return (f"{name}: within ±1 round in {s['within_1']} of {s['runs']} runs, more than 2 rounds early in "
+                f"{s['early_over_2']}, mean |error| {s['mean_abs']:.2f} rounds")
+
+    cov = summary.get("coverage")
+    lines = [markdown_table(table), "",
+             line("Stopping rule", rule) + (f"; never said stop in {rule['never_stopped']}" if rule["never_stopped"] else "")
+             + (f"; target not reached in {rule['target_not_reached']}" if rule["target_not_reached"] else "") + ".",
+             (line(f"Fixed 'stop after {summary['fixed_n']} rounds' (the best single N in hindsight)", fixed) + "."
+              if summary["fixed_n"] is not None else "Fixed 'stop after N rounds': no run reached the target."),
+             "90 % interval contains the true IoU of the model it estimates in "
+             + ("-" if cov is None else f"{100 * cov:.0f} %") + " of audited rounds."]
+    return "\n".join(lines) + "\n"
