@@ -119,11 +119,12 @@ def _load_payload(payload: Mapping[str, Any], digest: str, threads: int | None):
     return model
 
 
-def _set_threads(threads: int | None) -> None:
-    """Torch threads of this worker process (each task uses its worker's share of the cores)."""
-    if not threads:
+def _set_threads(threads: int | None, payload: Mapping[str, Any]) -> None:
+    """Torch threads of this worker process for a network's task (each task uses its worker's
+    share of the cores); a forest's task never loads torch (it sets its own ``n_jobs``)."""
+    if not threads or payload.get("kind") != "network":
         return
-    import torch  # heavy: only on a worker that runs a task
+    import torch  # heavy: only on a worker that runs a network
 
     if torch.get_num_threads() != int(threads):
         torch.set_num_threads(int(threads))
@@ -195,7 +196,7 @@ def run_block(task: Mapping[str, Any]) -> dict:
     ``worker_target``, written here; None: the data are returned) and ``threads``.
     Returns ``{"z0", "z1", "fractions", "data"}`` (``data`` None when written here).
     """
-    _set_threads(task.get("threads"))
+    _set_threads(task.get("threads"), task["model"])
     model = model_from_payload(task["model"], threads=task.get("threads"))
     z0, z1 = int(task["z0"]), int(task["z1"])
     probs = block_probabilities(model, task["image"], z0, z1)
@@ -313,7 +314,7 @@ def predict_blocks(
 
 def score_block(task: Mapping[str, Any]) -> dict:
     """Per-slice scores of one block of slices on a worker (see :func:`score_blocks`)."""
-    _set_threads(task.get("threads"))
+    _set_threads(task.get("threads"), task["model"])
     model = model_from_payload(task["model"], threads=task.get("threads"))
     ref = task.get("reference")
     reference = None if ref is None else model_from_payload(ref, threads=task.get("threads"))
