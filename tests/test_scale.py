@@ -217,3 +217,24 @@ def test_random_strategy_picks_the_same_slices_inline_and_on_a_cluster(session, 
     ok(["query", b, "-n", 3, "--strategy", "random", "--audit", "--scheduler", cluster])
     ra, rb = (json.loads((p / "activeseg.json").read_text())["rounds"][-1] for p in (a, b))
     assert ra["queried"] == rb["queried"] and ra["audit"] == rb["audit"]
+
+
+@pytest.mark.gpu
+def test_gpu_bf16_labels_agree_with_the_cpu(volume):
+    """A trained network's labels on a CUDA device (bf16 autocast) agree with fp32 on the CPU
+    on at least 99.9 % of the voxels (skipped without CUDA)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    from activeseg.infer import InferenceOptions, predict_stack
+    from activeseg.train import TrainConfig, train_model
+
+    with io.open_stack(volume["image"]) as img:
+        cfg = TrainConfig(steps=60, patch_size=32, batch_size=4, eval_every=30, device="cuda")
+        net, _ = train_model(img, volume["labels"], config=cfg, rng=np.random.default_rng(0),
+                             model_config=_network().config)
+        gpu = predict_stack(net, img, options=InferenceOptions(device="cuda"))
+        cpu = predict_stack(net, img, options=InferenceOptions(device="cpu"))
+    agree = np.mean(np.argmax(gpu, axis=1) == np.argmax(cpu, axis=1))
+    assert agree >= 0.999, agree
