@@ -69,9 +69,9 @@ def truth_correction(z: int, truth_slice, prefill, *, effort: int | None = None,
     prefill : uint8 (Y, X) the pre-filled mask shown to the corrector.
     effort : pixel budget of an imperfect corrector, or None for a perfect one. The
         wrong connected regions (8-connected, per wrong value) are fixed largest first;
-        a region is fixed whole or not at all, and fixing stops at the first region that
-        no longer fits the remaining budget, like a person working down from the most
-        visible mistakes.
+        a region is fixed whole or not at all, and one that no longer fits the remaining
+        budget is left as it is while smaller ones that fit are still fixed, like a person
+        working down from the most visible mistakes who has no time for one too large.
     min_region : regions smaller than this are never noticed (imperfect mode only).
 
     Returns
@@ -94,8 +94,10 @@ def truth_correction(z: int, truth_slice, prefill, *, effort: int | None = None,
     regions.sort(key=lambda r: -r[0])
     spent = 0
     for size, value, lab, idx in regions:
-        if size < min_region or spent + size > effort:
+        if size < min_region:  # sorted: every region after it is smaller still
             break
+        if spent + size > effort:
+            continue
         out[lab == idx] = value
         spent += size
     return Correction(z, out, spent, "oracle")

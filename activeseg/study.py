@@ -83,8 +83,8 @@ effort-limited oracle fixes the largest wrong regions up to 10 % of the tile's p
 Why 10 %: a decent model (solid IoU 0.85-0.9 at 80 % porosity) gets 2-4 % of the pixels
 wrong, so on an average tile this person fixes everything that is wrong; the tiles a
 region strategy picks are the bad ones (grey pores, thin walls: 10-30 % wrong early on),
-and there a person working for a bounded time per tile fixes the big, visible mistakes
-and leaves the scattered small ones, which then stay in the labels as they were
+and there a person working for a bounded time per tile fixes the largest mistakes that fit
+the budget, skips one too large for it, and leaves what is left wrong as it was
 pre-filled. 25 % would be a perfect corrector on nearly every tile, 5 % would leave
 whole-wall mistakes unfixed in the first rounds. Audit units are always corrected
 perfectly (the oracle ignores the effort there). Whole slices keep the perfect oracle."""

@@ -33,12 +33,17 @@ def test_perfect_oracle_returns_truth_and_counts_changed_pixels():
 def test_imperfect_oracle_fixes_largest_regions_first_within_budget():
     truth, prefill = _truth_and_prefill()
     c = truth_correction(0, truth, prefill, effort=125)
-    # largest first: A (100), then the 20 px false solid; B (9) no longer fits
-    assert c.cost == 120
+    # largest first: A (100), then the 20 px false solid; B (9) no longer fits and is left,
+    # the single pixel still fits and is fixed
+    assert c.cost == 121
     assert np.all(c.mask[5:15, 5:15] == 0)
     assert np.all(c.mask[35:39, 30:35] == 1)
     assert np.all(c.mask[25:28, 25:28] == 1)  # B left wrong
-    assert c.mask[30, 2] == 1
+    assert c.mask[30, 2] == truth[30, 2]
+    # a first region larger than the whole budget does not stop the smaller ones
+    c = truth_correction(0, truth, prefill, effort=50)
+    assert np.all(c.mask[5:15, 5:15] == prefill[5:15, 5:15])  # A (100) too large: left
+    assert c.cost == 20 + 9 + 1
     # and never random flips: everything it changed is now correct
     changed = c.mask != prefill
     assert np.all(c.mask[changed] == truth[changed])

@@ -8,7 +8,7 @@ import tifffile
 from cli_run import fails, ok
 
 from activeseg import io, registry, uncertainty
-from activeseg.loop import labels_dict, open_session, oracle_correct, query
+from activeseg.loop import labels_dict, open_session, oracle_correct, pending_regions, pending_slices, query, revert
 from activeseg.tiles import TileGrid, parse_region, region_name
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -204,3 +204,25 @@ def test_an_old_session_without_cost_still_shows_costs(data, session):
     assert row["unit"] == "slices" and row["reviewed_px"] == 3 * 64 * 64
     assert row["changed_px"] == sum(rnd["correction_cost"].values())
     assert "reviewed" in ok(["status", session])
+
+
+def test_revert_of_an_open_round_frees_its_regions_and_slices(session):
+    """``revert --round`` closes the waiting units: they are not pending, not carried into the
+    next round, and free to be queried again (not treated as skipped by the person)."""
+    sess = open_session(session)
+    rnd = query(sess, 3, strategy="tile_random", export=False)
+    waiting = sorted(tuple(r) for r in rnd["regions"])
+    revert(sess, round_index=rnd["index"])
+    closed = sess.manifest["rounds"][-1]
+    assert pending_regions(closed) == [] and not closed.get("skipped_regions")
+    again = query(sess, 10_000, strategy="tile_random", export=False)
+    picked = {tuple(r) for r in again["regions"]}
+    assert set(waiting) <= picked  # every reverted region may be asked again
+    assert not again.get("carried")
+    # slices alike: a reverted open round of slices is not carried over
+    revert(sess, round_index=again["index"])
+    srnd = query(sess, 2, strategy="distributed", export=False)
+    revert(sess, round_index=srnd["index"])
+    assert pending_slices(sess.manifest["rounds"][-1]) == []
+    nxt = query(sess, 2, strategy="distributed", export=False)
+    assert not nxt.get("carried")

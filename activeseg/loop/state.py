@@ -514,7 +514,9 @@ def last_round(m: dict) -> dict | None:
 
 
 def pending_slices(rnd: dict) -> list[int]:
+    """The slices of a round still waiting for corrections (``revert --round`` closes them)."""
     done = set(rnd.get("imported", [])) | set(rnd.get("skipped", [])) | set(rnd.get("carried_out", {}).get("slices", []))
+    done |= {int(z) for z in rnd.get("reverted_pending", [])}
     return [z for z in rnd.get("queried", []) if z not in done]
 
 
@@ -522,7 +524,8 @@ def pending_regions(rnd: dict) -> list[tuple[int, int]]:
     """The regions ``(z, t)`` of a round still waiting for corrections (none in a slice round)."""
     done = {(int(z), int(t)) for key in ("imported_regions", "skipped_regions")
             for z, t in rnd.get(key, [])}
-    done |= {(int(z), int(t)) for z, t in rnd.get("carried_out", {}).get("regions", [])}
+    done |= {(int(z), int(t)) for key in ("regions",) for z, t in rnd.get("carried_out", {}).get(key, [])}
+    done |= {(int(z), int(t)) for z, t in rnd.get("reverted_pending_regions", [])}
     return [(int(z), int(t)) for z, t in rnd.get("regions", []) if (int(z), int(t)) not in done]
 
 

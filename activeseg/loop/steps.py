@@ -1079,10 +1079,8 @@ def revert(session: Session, *, slices: Sequence[int] | None = None, round_index
             if pending_slices(r):  # an open round is closed: its slices are free to be queried again
                 r["reverted_pending"] = pending_slices(r)
                 r["status"] = "skipped" if not r.get("imported") else r.get("status")
-            if pending_regions(r):  # likewise its regions (skipped, so the round waits for nothing)
+            if pending_regions(r):  # likewise its regions: closed (not pending), free to be queried again
                 r["reverted_pending_regions"] = [[z, t] for z, t in pending_regions(r)]
-                r["skipped_regions"] = [[z, t] for z, t in sorted({(int(z), int(t)) for z, t in r.get("skipped_regions", [])}
-                                                                  | set(pending_regions(r)))]
                 r["status"] = "skipped" if not r.get("imported_regions") else r.get("status")
         else:
             assert slices is not None  # exactly one of slices and round_index (checked above)
@@ -1219,7 +1217,11 @@ def _pseudo_for_training(cfg: SessionConfig, m: dict, labelled: set[int], image,
     training set at ``[train] pseudo_weight`` (the recipe of the study the project starts
     from: RF segmentations are the network's training set). Nothing is stored as labels.
     """
-    n_full = len(labelled_slices(m))
+    # labelled area in slice-equivalents: whole slices, plus the reviewed regions' pixels (so a
+    # session labelling regions stops using pseudo-labels after as much area as one of slices)
+    slice_px = float(image.shape[1]) * float(image.shape[2])
+    region_px = sum(int((r.get("cost") or {}).get("reviewed_px", 0)) for r in m["rounds"] if is_tile_round(r))
+    n_full = len(labelled_slices(m)) + region_px / slice_px
     on = cfg.pseudo_train == "on" or (cfg.pseudo_train == "auto" and n_full < cfg.pseudo_below)
     if not on:
         return {}, None

@@ -10,15 +10,18 @@ tile of the session's grid). From them (docs/architecture.md §8):
 
 - **The estimate** of round r: the headline IoU of the model that pre-filled round r
   (the solid IoU for C = 2, the mean IoU of the non-pore phases for C >= 3) from the
-  summed confusion of the round's audit units, with a 90 % interval by bootstrap over the
-  units (2000 resamples, a fixed seed: the same manifest gives the same interval). The
-  tiles of a whole-slice audit are its units. With a single unit the spread is unknown
-  and the interval is [0, 1].
-- **The expected gain** of another round, from the last three audited rounds (the
-  latest minus the third latest, per round between them):
+  summed confusion of the round's audit units, with a 90 % interval: the estimate ± the
+  Student t quantile with n - 1 degrees of freedom times the bootstrap standard error over
+  the n units (2000 resamples, a fixed seed: the same manifest gives the same interval;
+  the t quantile and the n / (n - 1) correction widen the interval where a percentile
+  bootstrap over a handful of units is too narrow). The tiles of a whole-slice audit are
+  its units. With a single unit the spread is unknown and the interval is [0, 1].
+- **The expected gain** of another round, from the last audited rounds (up to
+  :data:`TREND_ROUNDS`):
 
-  - from the estimates: ``g_est = max(0, (e[-1] - e[-3]) / (r[-1] - r[-3]))``, the mean of
-    the last two round-over-round changes (floored at 0);
+  - from the estimates: ``g_est = max(0, slope)``, the least-squares slope of the
+    estimates against the round index (a fitted trend: one noisy audit moves it less
+    than a difference of two rounds would);
   - from the correction cost of the queried (non-audit) units: with the correction rate
     ``q = changed / reviewed`` pixels of a round, its relative fall per round
     ``rho = max(0, 1 - (q[-1] / q[-3]) ** (1 / (r[-1] - r[-3])))``, and
@@ -28,7 +31,9 @@ tile of the session's grid). From them (docs/architecture.md §8):
     flat. With two audited rounds the same formulas use the last two.
 
 - **The decision**: "stop" when at least :data:`MIN_ROUNDS` rounds carry audits and
-  ``expected_gain < stop_gain`` (``[session] stop_gain``, default 0.005), else "continue".
+  ``expected_gain < stop_gain`` (``[session] stop_gain``, default 0.005) both now and at
+  the previous audited round (one flat reading of noisy audits is not enough), else
+  "continue".
 
 Everything here is a pure function of the manifest dict (no session, no files), so the
 rule can be replayed round by round on a finished simulation (:func:`history`).
@@ -46,6 +51,11 @@ __all__ = ["estimate", "history", "audit_units", "headline_iou", "MIN_ROUNDS", "
 
 MIN_ROUNDS = 3
 """Rounds with audits needed before the rule may say stop."""
+TREND_ROUNDS = 3
+"""The expected gain is fitted over at most this many of the last audited rounds."""
+_T95 = {1: 6.314, 2: 2.920, 3: 2.353, 4: 2.132, 5: 2.015, 6: 1.943, 7: 1.895, 8: 1.860, 9: 1.833, 10: 1.812,
+        12: 1.782, 15: 1.753, 20: 1.725, 30: 1.697, 60: 1.671}
+"""One-sided 95 % quantiles of Student's t by degrees of freedom (1.645 beyond 60)."""
 BOOTSTRAP = 2000
 """Bootstrap resamples of the audit units per round."""
 LEVEL = 0.90
@@ -133,11 +143,44 @@ def _interval(units: list[np.ndarray], seed: int, index: int) -> tuple[float, fl
     c = units[0].shape[0]
     ious = headline_iou((counts @ stack).reshape(BOOTSTRAP, c, c))
     ious = ious[np.isfinite(ious)]
-    if ious.size == 0:
+    if ious.size < 2:
         return 0.0, 1.0
-    a = (1.0 - LEVEL) / 2.0
-    lo, hi = np.quantile(ious, [a, 1.0 - a])
-    return float(lo), float(hi)
+    centre = float(headline_iou(np.sum(units, axis=0)))
+    se = float(np.std(ious)) * math.sqrt(n / (n - 1))
+    half = _t95(n - 1) * se
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _t95(df: int) -> float:
+    """The one-sided 95 % quantile of Student's t with ``df`` degrees of freedom (interpolated)."""
+    keys = sorted(_T95)
+    if df >= keys[-1]:
+        return 1.645
+    below = max(k for k in keys if k <= df)
+    above = min(k for k in keys if k >= df)
+    if below == above:
+        return _T95[below]
+    w = (df - below) / (above - below)
+    return (1 - w) * _T95[below] + w * _T95[above]
+
+
+def _gains(per_round: list[dict]) -> tuple[float | None, float | None]:
+    """(gain from the estimates, gain from the correction cost) over the last audited rounds."""
+    if len(per_round) < 2:
+        return None, None
+    recent = per_round[-TREND_ROUNDS:]
+    r = np.array([p["round"] for p in recent], dtype=np.float64)
+    e = np.array([p["iou"] for p in recent], dtype=np.float64)
+    slope = float(np.polyfit(r, e, 1)[0]) if len(recent) >= 2 and np.ptp(r) > 0 else 0.0
+    g_est = max(0.0, slope)
+    g_cost = None
+    first, last = per_round[-min(MIN_ROUNDS, len(per_round))], per_round[-1]
+    span = max(1, last["round"] - first["round"])
+    q0, q1 = first["correction_rate"], last["correction_rate"]
+    if q0 is not None and q1 is not None and q0 > 0:
+        rho = max(0.0, 1.0 - (q1 / q0) ** (1.0 / span)) if q1 > 0 else 1.0
+        g_cost = (1.0 - last["iou"]) * rho
+    return g_est, g_cost
 
 
 def _metric_name(n_classes: int) -> str:
@@ -191,20 +234,13 @@ def estimate(
     if not per_round:
         return None
     last = per_round[-1]
-    recent = per_round[-MIN_ROUNDS:]
-    g_est = g_cost = None
-    if len(recent) >= 2:
-        first = recent[0]
-        span = max(1, last["round"] - first["round"])
-        g_est = max(0.0, (last["iou"] - first["iou"]) / span)
-        q0, q1 = first["correction_rate"], last["correction_rate"]
-        if q0 is not None and q1 is not None and q0 > 0:
-            rho = max(0.0, 1.0 - (q1 / q0) ** (1.0 / span)) if q1 > 0 else 1.0
-            g_cost = (1.0 - last["iou"]) * rho
+    g_est, g_cost = _gains(per_round)
     gains = [g for g in (g_est, g_cost) if g is not None]
     gain = max(gains) if gains else None
+    before = [g for g in _gains(per_round[:-1]) if g is not None]
+    flat_before = len(per_round) - 1 >= MIN_ROUNDS and bool(before) and max(before) < float(stop_gain)
     n_audited = len(per_round)
-    stop = n_audited >= MIN_ROUNDS and gain is not None and gain < float(stop_gain)
+    stop = n_audited > MIN_ROUNDS and gain is not None and gain < float(stop_gain) and flat_before
     half = (last["hi"] - last["lo"]) / 2.0
     name = _metric_name(c)
     head = f"estimated {name} {last['iou']:.3f} ± {half:.3f}"

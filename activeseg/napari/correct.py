@@ -595,10 +595,10 @@ class CorrectionController:
         classes = self._layer_classes()
         if classes is None:
             return False
-        path = self._mask_path(unit)
-
         def write() -> dict:
-            io.write_stack(path, classes[None], voxel_size=self.voxel_size, kind="labels")
+            # the path is taken here, under the lock and after the check for changes: a query
+            # made meanwhile may have carried this unit into a new round's folder
+            io.write_stack(self._mask_path(unit), classes[None], voxel_size=self.voxel_size, kind="labels")
             if isinstance(unit, tuple):
                 return import_corrections(self.session, regions=[unit])
             return import_corrections(self.session, slices=[unit])
