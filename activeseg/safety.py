@@ -78,7 +78,8 @@ def os_error_message(exc: OSError, path: str | os.PathLike | None = None, *, act
     return f"cannot {action} {where}: {fix}"
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a rename or a new file in ``path`` durable (best effort: not on Windows)."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:  # e.g. Windows: folders cannot be opened
@@ -128,7 +129,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp, path)
         tmp = None
         done = True
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     except OutputError:
         raise
     except OSError as exc:

@@ -31,7 +31,7 @@ from activeseg.errors import ConfigError, OutputError
 from activeseg.io import zarr_store
 from activeseg.io.errors import shape_text
 from activeseg.io.metadata import VoxelSizeArg, validate_full_voxel_size
-from activeseg.io.writers import check_kind_dtype, create_stack
+from activeseg.io.writers import check_kind_dtype, check_output_shape, create_stack
 
 logger = logging.getLogger("activeseg.io")  # one logger for the whole package (records named "activeseg.io")
 
@@ -95,7 +95,7 @@ class OutputWriter:
                 with open(self._tmp, "rb+") as fh:
                     os.fsync(fh.fileno())
                 os.replace(self._tmp, self.path)
-                zarr_store._fsync_dir(self.path.parent)
+                safety.fsync_dir(self.path.parent)
             else:
                 self.array = None
                 zarr_store.finish_store(self.path, voxel_size=self.voxel_size, kind=self.kind)
@@ -178,15 +178,7 @@ def create_output(
     """
     target = Path(os.path.expanduser(os.fspath(path)))
     vs = validate_full_voxel_size(voxel_size)
-    try:
-        shp = tuple(int(s) for s in shape)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"shape must be integers (Z, Y, X), got {shape!r}") from exc
-    if len(shp) not in (3, 4) or min(shp) <= 0 or (len(shp) == 4 and kind != "probabilities"):
-        raise ConfigError(
-            f"shape must be three positive integers (Z, Y, X) (or (Z, C, Y, X) for multi-class "
-            f"probabilities), got {shape!r}"
-        )
+    shp = check_output_shape(shape, kind)
     dt = np.dtype(dtype)
     check_kind_dtype(kind, dt, "create_output dtype")
     name = target.name.lower().rstrip("/")

@@ -58,6 +58,20 @@ def _label_lut() -> np.ndarray:
     return lut
 
 
+def check_output_shape(shape: Any, kind: str) -> tuple[int, ...]:
+    """The shape of a whole-stack output as ints: (Z, Y, X), or (Z, C, Y, X) for probabilities."""
+    try:
+        shp = tuple(int(s) for s in shape)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"shape must be three integers (Z, Y, X), got {shape!r}") from exc
+    if len(shp) not in (3, 4) or min(shp) <= 0 or (len(shp) == 4 and kind != "probabilities"):
+        raise ConfigError(
+            f"shape must be three positive integers (Z, Y, X) (or (Z, C, Y, X) for multi-class "
+            f"probabilities), got {shape!r}"
+        )
+    return shp
+
+
 def check_kind_dtype(kind: str, dtype: np.dtype, what: str) -> None:
     if kind not in _KINDS:
         raise ConfigError(f"kind must be one of {', '.join(_KINDS)}, got {kind!r}")
@@ -229,15 +243,7 @@ def create_stack(
     """
     path = Path(os.path.expanduser(os.fspath(path)))
     vs = validate_full_voxel_size(voxel_size)
-    try:
-        shape = tuple(int(s) for s in shape)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"shape must be three integers (Z, Y, X), got {shape!r}") from exc
-    if len(shape) not in (3, 4) or min(shape) <= 0 or (len(shape) == 4 and kind != "probabilities"):
-        raise ConfigError(
-            f"shape must be three positive integers (Z, Y, X) (or (Z, C, Y, X) for multi-class "
-            f"probabilities), got {shape!r}"
-        )
+    shape = check_output_shape(shape, kind)
     dt = np.dtype(dtype)
     check_kind_dtype(kind, dt, "create_stack dtype")
     kwargs = _imagej_kwargs(kind, vs, len(shape))

@@ -601,7 +601,7 @@ def _swap_in(part: Path, path: Path) -> None:
     # a previous output set aside by a writer killed between the two renames: the new one replaces it
     for stale in path.parent.glob(f".{path.name}.old-*"):
         _remove_tree(stale)
-    _fsync_dir(path.parent)
+    safety.fsync_dir(path.parent)
 
 
 def remove_partial(path: Path) -> None:
@@ -609,14 +609,3 @@ def remove_partial(path: Path) -> None:
     _remove_tree(partial_path(path))
 
 
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # e.g. Windows: folders cannot be opened
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
