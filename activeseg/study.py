@@ -33,7 +33,6 @@ estimate is about (the one that pre-filled the round).
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import os
@@ -50,7 +49,6 @@ import numpy as np
 from activeseg import cluster, io, loop, plots, registry, report, synth, tables
 from activeseg.errors import ConfigError, SessionError
 from activeseg.loop import stopping
-from activeseg.loop.state import waiting
 from activeseg.metrics import paper_indices
 from activeseg.safety import atomic_write_bytes, atomic_write_json, atomic_write_text
 
@@ -411,33 +409,10 @@ def execute_run(study_dir: Path, spec: RunSpec, inputs: dict, config: dict, *, t
 
 def _play(session, plan: list, *, human: str, bootstrap_count: int, steps: int | None, effort: int | None,
           audit: bool) -> None:
-    """The run's rounds on the simulation driver (:func:`activeseg.loop.run_rounds`).
-
-    With ``audit``, every query adds its audit; when the driver does not take ``audit``
-    itself, the same resumable loop (a trained round is skipped, a queried one corrected
-    and trained) is played here with ``query(..., audit=True)``.
-    """
-    run_rounds: Any = loop.run_rounds
-    if not audit or "audit" in inspect.signature(run_rounds).parameters:
-        run_rounds(session, plan, human=human, bootstrap_count=bootstrap_count, steps=steps, effort=effort,
-                   **({"audit": True} if audit else {}))
-        return
-    m = session.manifest
-    if not m["rounds"]:
-        zs = loop.bootstrap_slices(int(m["stack"]["shape"][0]), bootstrap_count)
-        loop.bootstrap(session, slices=zs, simulate_scribbles=True)
-    for i, (strategy, params, size) in enumerate(plan):
-        rounds = [r for r in session.manifest["rounds"] if r["index"] > 0]
-        if len(rounds) > i and rounds[i].get("status") == "trained":
-            continue
-        if len(rounds) <= i:
-            loop.query(session, size, strategy=strategy, params=params, audit=True, export=False)
-        if waiting(session.manifest["rounds"][-1]):
-            if human == "none":
-                loop.pseudo_label(session)
-            else:
-                loop.oracle_correct(session, effort=effort)
-        loop.train(session, steps=steps)
+    """The run's rounds on the simulation driver (:func:`activeseg.loop.run_rounds`), with
+    ``audit``: every query adds its audit."""
+    loop.run_rounds(session, plan, human=human, bootstrap_count=bootstrap_count, steps=steps, effort=effort,
+                    audit=audit)
 
 
 def run_effort(spec: RunSpec, tile: int) -> int | None:

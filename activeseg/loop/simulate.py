@@ -32,6 +32,7 @@ def run_rounds(
     bootstrap_count: int = 3,
     effort: int | None = None,
     steps: int | None = None,
+    audit: bool = False,
     progress: Progress = no_progress,
 ) -> list[dict]:
     """Play the rounds of ``plan`` on a session with ground truth; returns the trainings run.
@@ -41,7 +42,8 @@ def run_rounds(
     session: a trained one is skipped, a missing one is queried, a queried one is
     corrected (``human="truth"``: the ground-truth oracle; ``"none"``: the current
     model's confident pseudo-labels) and trained. So a killed run resumes where it
-    stopped, and running a finished plan again does nothing.
+    stopped, and running a finished plan again does nothing. ``audit``: every query adds
+    its audit (``query --audit``; corrected perfectly), so the stopping rule can be replayed.
     """
     if human not in ("truth", "none"):
         raise SessionError(f"human must be 'truth' (ground-truth oracle) or 'none' (pseudo-labels), got {human!r}")
@@ -57,7 +59,7 @@ def run_rounds(
         if len(rounds) > i and rounds[i].get("status") == "trained":
             continue
         if len(rounds) <= i:
-            query(session, size, strategy=strategy, params=params, export=False, progress=progress)
+            query(session, size, strategy=strategy, params=params, audit=audit, export=False, progress=progress)
         if waiting(session.manifest["rounds"][-1]):
             if human == "none":
                 pseudo_label(session, progress=progress)
