@@ -380,6 +380,17 @@ def _z_axes(fig, n_main: int, n_rug: int):
 # ---------------------------------------------------------------------------------------
 
 
+def _ceiling_lines(ax, ceiling: float | None, fractions: Sequence[float]) -> None:
+    """The all-slices ceiling as a dashed line and ``fractions`` of it as dotted ones."""
+    c = None if ceiling is None else to_float(ceiling, "ceiling")
+    if c is None or not math.isfinite(c):
+        return
+    ax.axhline(c, color="black", ls="--", lw=1.1, label=f"all slices (ceiling) = {c:.3f}")
+    for i, f in enumerate(fractions):
+        ax.axhline(f * c, color="0.45", ls=(":", "-.", (0, (1, 1)))[i % 3], lw=0.9,
+                   label=f"{f:.0%} of ceiling = {f * c:.3f}")
+
+
 def plot_learning_curves(
     rows: Sequence[Mapping],
     path: str | Path,
@@ -422,12 +433,7 @@ def plot_learning_curves(
         drawn = _draw_curves(ax, curves, styles)
         if not drawn:
             _no_data(ax, f"no finite values of '{metric}' to plot")
-        c = None if ceiling is None else to_float(ceiling, "ceiling")
-        if c is not None and math.isfinite(c):
-            ax.axhline(c, color="black", ls="--", lw=1.1, label=f"all slices (ceiling) = {c:.3f}")
-            for i, f in enumerate(fractions):
-                ax.axhline(f * c, color="0.45", ls=(":", "-.", (0, (1, 1)))[i % 3], lw=0.9,
-                           label=f"{f:.0%} of ceiling = {f * c:.3f}")
+        _ceiling_lines(ax, ceiling, fractions)
         ax.set_xlabel("labelled slices (fully corrected)")
         ax.set_ylabel(metric_label(metric))
         _integer_x(ax)
@@ -706,12 +712,7 @@ def plot_cost_curves(
                     label=f"{g} [{n} seed{'s' if n != 1 else ''}]", **styles[g])
         if not curves:
             _no_data(ax, f"no finite values of '{metric}' against '{x}'")
-        cv = None if ceiling is None else to_float(ceiling, "ceiling")
-        if cv is not None and math.isfinite(cv):
-            ax.axhline(cv, color="black", ls="--", lw=1.1, label=f"all slices (ceiling) = {cv:.3f}")
-            for i, f in enumerate(fractions):
-                ax.axhline(f * cv, color="0.45", ls=(":", "-.", (0, (1, 1)))[i % 3], lw=0.9,
-                           label=f"{f:.0%} of ceiling = {f * cv:.3f}")
+        _ceiling_lines(ax, ceiling, fractions)
         ax.set_xlabel(COST_AXES.get(x, x))
         ax.set_ylabel(metric_label(metric))
         if x != "reviewed_slices":
